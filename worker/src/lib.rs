@@ -1,0 +1,14 @@
+//! nnunet-worker: everything that runs on an accelerator.
+//!
+//! - [`net`]: PlainConvUNet built from the plans, parameters named like the reference.
+//! - [`train`]: loss, SGD-Nesterov with our own momentum buffers, poly LR, the epoch loop,
+//!   checkpoints, the batch loader over preprocessed data.
+//! - [`infer`]: sliding-window prediction with Gaussian weighting and mirroring TTA, export.
+//! - [`client`]: the gRPC loop that leases tasks from a coordinator and runs them.
+//! - [`device`]: device selection and reporting.
+
+pub mod client;
+pub mod device;
+pub mod infer;
+pub mod net;
+pub mod train;
