@@ -1,0 +1,223 @@
+//! Spatial augmentation (SPEC §8.1 step 1, bg2 `transforms/spatial/spatial.py::SpatialTransform` with
+//! `random_crop=False`, no elastic deformation) and mirroring (step 9).
+//!
+//! Geometry, read off bg2: the output grid is centred on the input centre. Output pixel `(i, j)` has
+//! centred coordinates `g = (i - (P0-1)/2, j - (P1-1)/2)`, is mapped by `g' = g · (R·S)` and sampled
+//! (grid_sample, `align_corners=False`) at input index `g' + (S_d - 1)/2`. The image is bilinear with
+//! zero padding. The segmentation is resampled per label: each label's indicator is bilinearly
+//! interpolated and the label with the highest value wins (ties go to the lower label); outside the
+//! input counts as label -1 (`border_mode_seg='constant'`, `padding_value_seg=-1`: pad, then resample).
+//! Without rotation and scaling the patch is a plain crop at `floor(S/2) - P/2`, padded with 0 / -1.
+use super::{Image, Seg};
+
+/// The crop used when neither rotation nor scaling fires (`crop_tensor` at the floored centre).
+pub fn center_crop(image: &Image, seg: &Seg, patch: [usize; 2]) -> (Image, Seg) {
+    let lo0 = (image.h / 2) as isize - (patch[0] / 2) as isize;
+    let lo1 = (image.w / 2) as isize - (patch[1] / 2) as isize;
+    crop(image, seg, [lo0, lo1], patch)
+}
+
+/// Copies the window `[lo, lo + patch)` (may reach outside), padding the image with 0 and the seg with -1.
+pub fn crop(image: &Image, seg: &Seg, lo: [isize; 2], patch: [usize; 2]) -> (Image, Seg) {
+    let (h, w) = (image.h as isize, image.w as isize);
+    let mut out = Image::zeros(image.channels, patch[0], patch[1]);
+    let mut sout = Seg { h: patch[0], w: patch[1], data: vec![-1; patch[0] * patch[1]] };
+    // Valid column range, computed once: the inner copy is a plain memcpy.
+    let j0 = (-lo[1]).clamp(0, patch[1] as isize) as usize;
+    let j1 = (w - lo[1]).clamp(0, patch[1] as isize) as usize;
+    if j0 >= j1 {
+        return (out, sout);
+    }
+    let src_j0 = (lo[1] + j0 as isize) as usize;
+    for i in 0..patch[0] {
+        let si = lo[0] + i as isize;
+        if si < 0 || si >= h {
+            continue;
+        }
+        let si = si as usize;
+        for c in 0..image.channels {
+            let src = &image.channel(c)[si * image.w + src_j0..si * image.w + src_j0 + (j1 - j0)];
+            out.channel_mut(c)[i * patch[1] + j0..i * patch[1] + j1].copy_from_slice(src);
+        }
+        let src = &seg.data[si * seg.w + src_j0..si * seg.w + src_j0 + (j1 - j0)];
+        sout.data[i * patch[1] + j0..i * patch[1] + j1].copy_from_slice(src);
+    }
+    (out, sout)
+}
+
+/// Rotation by `angle` (radians) and isotropic scaling by `scale` about the input centre, output `patch`.
+pub fn rotate_scale(image: &Image, seg: &Seg, patch: [usize; 2], angle: f64, scale: f64) -> (Image, Seg) {
+    assert_eq!((image.h, image.w), (seg.h, seg.w), "image and seg must have the same shape");
+    let (c, s) = (angle.cos(), angle.sin());
+    // A = R · diag(scale): [[s*c, -s*s'], [s*s', s*c]]; g' = g · A (row vector).
+    let a00 = scale * c;
+    let a01 = -scale * s;
+    let a10 = scale * s;
+    let a11 = scale * c;
+    let (h, w) = (image.h, image.w);
+    let off0 = (h as f64 - 1.0) / 2.0;
+    let off1 = (w as f64 - 1.0) / 2.0;
+    let cen0 = (patch[0] as f64 - 1.0) / 2.0;
+    let cen1 = (patch[1] as f64 - 1.0) / 2.0;
+    let n_out = patch[0] * patch[1];
+    let mut out = Image::zeros(image.channels, patch[0], patch[1]);
+    let mut sout = Seg { h: patch[0], w: patch[1], data: vec![-1; n_out] };
+    let plane = h * w;
+    for i in 0..patch[0] {
+        let g0 = i as f64 - cen0;
+        for j in 0..patch[1] {
+            let g1 = j as f64 - cen1;
+            // Sample position in input index space (row, col).
+            let y = g0 * a00 + g1 * a10 + off0;
+            let x = g0 * a01 + g1 * a11 + off1;
+            let y0f = y.floor();
+            let x0f = x.floor();
+            let (fy, fx) = ((y - y0f) as f32, (x - x0f) as f32);
+            let (y0, x0) = (y0f as isize, x0f as isize);
+            let wts = [(1.0 - fy) * (1.0 - fx), (1.0 - fy) * fx, fy * (1.0 - fx), fy * fx];
+            let pts = [(y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1)];
+            let mut idx = [usize::MAX; 4];
+            for k in 0..4 {
+                let (py, px) = pts[k];
+                if py >= 0 && px >= 0 && (py as usize) < h && (px as usize) < w {
+                    idx[k] = py as usize * w + px as usize;
+                }
+            }
+            let o = i * patch[1] + j;
+            // Image: bilinear, zeros outside.
+            for ch in 0..image.channels {
+                let src = &image.data[ch * plane..(ch + 1) * plane];
+                let mut v = 0.0f32;
+                for k in 0..4 {
+                    if idx[k] != usize::MAX {
+                        v += wts[k] * src[idx[k]];
+                    }
+                }
+                out.data[ch * n_out + o] = v;
+            }
+            // Seg: accumulate the bilinear weight per label among the 4 neighbours (outside = -1).
+            let mut labels = [0i16; 4];
+            let mut acc = [0.0f32; 4];
+            let mut n = 0usize;
+            for k in 0..4 {
+                let l = if idx[k] == usize::MAX { -1 } else { seg.data[idx[k]] };
+                match labels[..n].iter().position(|&x| x == l) {
+                    Some(p) => acc[p] += wts[k],
+                    None => {
+                        labels[n] = l;
+                        acc[n] = wts[k];
+                        n += 1;
+                    }
+                }
+            }
+            let mut best = 0usize;
+            for p in 1..n {
+                if acc[p] > acc[best] || (acc[p] == acc[best] && labels[p] < labels[best]) {
+                    best = p;
+                }
+            }
+            sout.data[o] = labels[best];
+        }
+    }
+    (out, sout)
+}
+
+/// Flips image and seg together along `axis` (0 = rows/H, 1 = columns/W).
+pub fn flip(image: &mut Image, seg: &mut Seg, axis: usize) {
+    let (h, w) = (image.h, image.w);
+    let flip_plane = |d: &mut [f32]| {
+        if axis == 0 {
+            for i in 0..h / 2 {
+                let (a, b) = d.split_at_mut((h - 1 - i) * w);
+                a[i * w..(i + 1) * w].swap_with_slice(&mut b[..w]);
+            }
+        } else {
+            d.chunks_exact_mut(w).for_each(|r| r.reverse());
+        }
+    };
+    for c in 0..image.channels {
+        flip_plane(image.channel_mut(c));
+    }
+    let d = &mut seg.data;
+    if axis == 0 {
+        for i in 0..h / 2 {
+            let (a, b) = d.split_at_mut((h - 1 - i) * w);
+            a[i * w..(i + 1) * w].swap_with_slice(&mut b[..w]);
+        }
+    } else {
+        d.chunks_exact_mut(w).for_each(|r| r.reverse());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ramp(h: usize, w: usize) -> (Image, Seg) {
+        let img = Image { channels: 1, h, w, data: (0..h * w).map(|i| i as f32).collect() };
+        let seg = Seg { h, w, data: (0..h * w).map(|i| ((i % w) * 3 / w) as i16).collect() };
+        (img, seg)
+    }
+
+    #[test]
+    fn identity_transform_equals_center_crop() {
+        let (img, seg) = ramp(10, 12);
+        let (a, sa) = rotate_scale(&img, &seg, [6, 8], 0.0, 1.0);
+        let (b, sb) = center_crop(&img, &seg, [6, 8]);
+        assert_eq!(a.data, b.data);
+        assert_eq!(sa.data, sb.data);
+    }
+
+    #[test]
+    fn crop_pads_with_zero_and_minus_one() {
+        let (img, seg) = ramp(4, 4);
+        let (a, s) = crop(&img, &seg, [-1, 2], [3, 3]);
+        assert_eq!(a.data, vec![0.0, 0.0, 0.0, 2.0, 3.0, 0.0, 6.0, 7.0, 0.0]);
+        assert_eq!(s.data[..3], [-1, -1, -1]);
+        assert_eq!(s.data[5], -1);
+    }
+
+    #[test]
+    fn rotation_by_90_degrees_permutes_pixels_and_keeps_labels_valid() {
+        let (img, seg) = ramp(8, 8);
+        let (r, s) = rotate_scale(&img, &seg, [8, 8], std::f64::consts::FRAC_PI_2, 1.0);
+        // A 90° rotation of a square about its centre maps pixels onto pixels (up to fp rounding).
+        let mut a = img.data.clone();
+        let mut b: Vec<f32> = r.data.iter().map(|x| x.round()).collect();
+        a.sort_by(f32::total_cmp);
+        b.sort_by(f32::total_cmp);
+        assert_eq!(a, b);
+        assert!(s.data.iter().all(|&l| (0..3).contains(&l)));
+        // rows of the rotated seg are constant (columns of the input were constant)
+        assert!(s.data.chunks(8).all(|r| r.iter().all(|&x| x == r[0])));
+    }
+
+    #[test]
+    fn zoom_out_pads_seg_with_minus_one() {
+        let (img, seg) = ramp(8, 8);
+        let (r, s) = rotate_scale(&img, &seg, [8, 8], 0.0, 1.4);
+        assert_eq!(s.data[0], -1, "corner samples outside the input");
+        assert!(r.data[0] < img.data[0] + 1e-6);
+        assert!(s.data.iter().all(|&l| (-1..3).contains(&l)));
+    }
+
+    #[test]
+    fn mirroring_flips_image_and_mask_together() {
+        let (mut img, mut seg) = ramp(3, 4);
+        seg.data = (0..12).map(|i| i as i16).collect();
+        let (orig, oseg) = (img.clone(), seg.clone());
+        flip(&mut img, &mut seg, 1);
+        assert_eq!(&img.data[..4], &[3.0, 2.0, 1.0, 0.0]);
+        for (x, l) in img.data.iter().zip(&seg.data) {
+            assert_eq!(*x as i16, *l, "image and mask moved together");
+        }
+        flip(&mut img, &mut seg, 0);
+        assert_eq!(&img.data[..4], &[11.0, 10.0, 9.0, 8.0]);
+        for (x, l) in img.data.iter().zip(&seg.data) {
+            assert_eq!(*x as i16, *l);
+        }
+        flip(&mut img, &mut seg, 0);
+        flip(&mut img, &mut seg, 1);
+        assert_eq!((img, seg), (orig, oseg));
+    }
+}
