@@ -43,3 +43,29 @@ pub fn rss_bytes() -> u64 {
         .map(|pages| pages * 4096)
         .unwrap_or(0)
 }
+
+/// `nnunet-worker smoke`: one real forward/backward/SGD step of a small conv net on CPU (and on
+/// CUDA when available), printing what libtorch sees.
+pub fn smoke() -> Result<()> {
+    use tch::nn::{Module, OptimizerConfig};
+    println!("libtorch: cuda available = {}, devices = {}, cudnn = {}", tch::Cuda::is_available(), tch::Cuda::device_count(), tch::Cuda::cudnn_is_available());
+    let mut devices = vec![Device::Cpu];
+    if tch::Cuda::is_available() {
+        devices.push(Device::Cuda(0));
+    }
+    for d in devices {
+        let vs = tch::nn::VarStore::new(d);
+        let net = tch::nn::seq()
+            .add(tch::nn::conv2d(vs.root() / "c1", 1, 8, 3, tch::nn::ConvConfig { padding: 1, ..Default::default() }))
+            .add_fn(|x| x.leaky_relu())
+            .add(tch::nn::conv2d(vs.root() / "c2", 8, 2, 1, Default::default()));
+        let mut opt = tch::nn::Sgd { momentum: 0.99, nesterov: true, ..Default::default() }.build(&vs, 0.01)?;
+        let x = tch::Tensor::randn([2, 1, 32, 32], (tch::Kind::Float, d));
+        let y = x.gt(0.0).to_kind(tch::Kind::Int64).squeeze_dim(1);
+        let loss0 = net.forward(&x).cross_entropy_loss::<tch::Tensor>(&y, None, tch::Reduction::Mean, -100, 0.0);
+        opt.backward_step(&loss0);
+        let loss1 = net.forward(&x).cross_entropy_loss::<tch::Tensor>(&y, None, tch::Reduction::Mean, -100, 0.0);
+        println!("{}: forward/backward/SGD step ok, loss {:.4} -> {:.4}", device_string(d), f64::try_from(&loss0)?, f64::try_from(&loss1)?);
+    }
+    Ok(())
+}

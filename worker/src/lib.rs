@@ -7,6 +7,8 @@
 //! - [`client`]: the gRPC loop that leases tasks from a coordinator and runs them.
 //! - [`device`]: device selection and reporting.
 
+pub mod cli_predict;
+pub mod cli_train;
 pub mod client;
 pub mod device;
 pub mod infer;

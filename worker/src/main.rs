@@ -1,3 +1,53 @@
+//! `nnunet-worker`: trains, validates and predicts with libtorch.
+//!
+//! - `nnunet-worker --coordinator URL --device cuda:0`: serve mode, leases tasks from a coordinator.
+//! - `nnunet-worker train ...`: one fold standalone (the same code the coordinator drives).
+//! - `nnunet-worker predict ...`: inference with trained folds (what `nnunet predict` runs).
+//! - `nnunet-worker smoke`: a libtorch forward/backward step and the CUDA status.
+use clap::{Parser, Subcommand};
+use nnunet_worker::{cli_predict, cli_train, client};
+
+#[derive(Parser, Debug)]
+#[command(name = "nnunet-worker", version, about = "nnunet-rs worker: libtorch training, validation and prediction", args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    serve: client::ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Train one fold standalone.
+    Train(cli_train::TrainArgs),
+    /// Predict images with trained folds.
+    Predict(cli_predict::PredictArgs),
+    /// Lease tasks from a coordinator (same as giving --coordinator without a subcommand).
+    Serve(client::ServeArgs),
+    /// Run one libtorch forward/backward/SGD step on CPU and report CUDA availability.
+    Smoke,
+}
+
 fn main() {
-    println!("nnunet-worker (being written)");
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("NNUNET_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Some(Cmd::Train(a)) => cli_train::run_train(a),
+        Some(Cmd::Predict(a)) => cli_predict::run_predict(a),
+        Some(Cmd::Serve(a)) => client::run_serve(a),
+        Some(Cmd::Smoke) => nnunet_worker::device::smoke(),
+        None if cli.serve.coordinator.is_some() => client::run_serve(cli.serve),
+        None => Err(anyhow::anyhow!("give --coordinator URL to serve a coordinator, or a subcommand (train, predict, smoke); see --help")),
+    };
+    if let Err(e) = res {
+        if let Some(code) = e.downcast_ref::<client::ExitCode>() {
+            eprintln!("{code}");
+            std::process::exit(code.0);
+        }
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
 }

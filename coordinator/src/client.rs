@@ -1,0 +1,263 @@
+//! Client side of the Monitor API for the CLI: connecting (token, TLS), and `submit`, `status`,
+//! `watch`, `logs`, `cancel`, `retry`.
+use crate::server::MAX_MESSAGE;
+use anyhow::{bail, Context, Result};
+use nnunet_proto::v1 as pb;
+use nnunet_proto::v1::monitor_client::MonitorClient;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConnectArgs {
+    /// Coordinator address, e.g. http://127.0.0.1:50051 or https://coord:50051.
+    #[arg(long, env = "NNUNET_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    pub coordinator: String,
+    /// File holding the shared-secret token (else NNUNET_TOKEN).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) to verify a TLS coordinator.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+}
+
+#[derive(Clone)]
+pub struct TokenInterceptor(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for TokenInterceptor {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type Monitor = MonitorClient<InterceptedService<Channel, TokenInterceptor>>;
+
+pub fn read_token(token_file: Option<&Path>) -> Result<Option<String>> {
+    if let Some(f) = token_file {
+        return Ok(Some(std::fs::read_to_string(f).with_context(|| format!("reading token file {}", f.display()))?.trim().to_string()));
+    }
+    Ok(std::env::var("NNUNET_TOKEN").ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()))
+}
+
+pub async fn channel(addr: &str, tls_ca: Option<&Path>) -> Result<Channel> {
+    let mut ep = tonic::transport::Endpoint::from_shared(addr.to_string()).with_context(|| format!("bad coordinator address {addr:?}"))?;
+    ep = ep.keep_alive_while_idle(true).http2_keep_alive_interval(std::time::Duration::from_secs(20)).connect_timeout(std::time::Duration::from_secs(10));
+    if let Some(ca) = tls_ca {
+        let pem = std::fs::read(ca).with_context(|| format!("reading CA {}", ca.display()))?;
+        ep = ep.tls_config(tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem)))?;
+    } else if addr.starts_with("https://") {
+        ep = ep.tls_config(tonic::transport::ClientTlsConfig::new().with_enabled_roots())?;
+    }
+    ep.connect().await.with_context(|| format!("cannot reach the coordinator at {addr}; is `nnunet serve` running there?"))
+}
+
+pub async fn monitor(args: &ConnectArgs) -> Result<Monitor> {
+    let ch = channel(&args.coordinator, args.tls_ca.as_deref()).await?;
+    let token = read_token(args.token_file.as_deref())?;
+    let meta = token.map(|t| format!("Bearer {t}").parse()).transpose().context("token has characters not allowed in a header")?;
+    Ok(MonitorClient::with_interceptor(ch, TokenInterceptor(meta)).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE))
+}
+
+/// Turns gRPC errors into actionable messages.
+pub fn explain(s: tonic::Status) -> anyhow::Error {
+    match s.code() {
+        tonic::Code::Unauthenticated => anyhow::anyhow!("the coordinator refused the call: {} (pass --token-file or NNUNET_TOKEN)", s.message()),
+        tonic::Code::Unavailable => anyhow::anyhow!("coordinator unavailable: {}", s.message()),
+        _ => anyhow::anyhow!("{}: {}", s.code(), s.message()),
+    }
+}
+
+pub fn kind_name(k: i32) -> &'static str {
+    match pb::TaskKind::try_from(k).unwrap_or(pb::TaskKind::Unspecified) {
+        pb::TaskKind::Preprocess => "preprocess",
+        pb::TaskKind::Train => "train",
+        pb::TaskKind::Validate => "validate",
+        pb::TaskKind::Predict => "predict",
+        pb::TaskKind::Unspecified => "?",
+    }
+}
+
+fn fmt_secs(s: f64) -> String {
+    if !s.is_finite() || s <= 0.0 {
+        return "-".into();
+    }
+    let s = s.round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// The per-fold table shown by `status` and `watch`.
+pub fn fold_table(info: &pb::RunInfo) -> String {
+    let mut out = format!("run {} ({}) dataset {} state {}\n", info.run_id, info.name, info.dataset_name, info.state);
+    out.push_str(&format!("{:<5} {:<9} {:<8} {:>9} {:>9} {:>8} {:>9} {:>9} {:>8} {:>9} {:>9}  {}\n", "fold", "task", "state", "epoch", "loss", "EMA Dice", "LR", "s/epoch", "ETA", "dev mem", "attempt", "worker"));
+    for t in &info.tasks {
+        let m = t.last_metrics.clone().unwrap_or_default();
+        let (ep, loss, ema, lr, spe, eta, mem) = if t.last_metrics.is_some() {
+            let remaining = m.epochs.saturating_sub(m.epoch + 1) as f64;
+            (
+                format!("{}/{}", m.epoch + 1, m.epochs),
+                format!("{:.4}", m.train_loss),
+                format!("{:.4}", m.ema_fg_dice),
+                format!("{:.2e}", m.lr),
+                format!("{:.1}", m.epoch_seconds),
+                if t.state == "RUNNING" { fmt_secs(remaining * m.epoch_seconds) } else { "-".into() },
+                if m.device_memory_peak_bytes > 0 { format!("{:.1}G", m.device_memory_peak_bytes as f64 / 1e9) } else { "-".into() },
+            )
+        } else {
+            Default::default()
+        };
+        let fold = if t.fold < 0 { "-".to_string() } else { t.fold.to_string() };
+        out.push_str(&format!(
+            "{:<5} {:<9} {:<8} {:>9} {:>9} {:>8} {:>9} {:>9} {:>8} {:>9} {:>9}  {}\n",
+            fold, kind_name(t.kind), t.state, ep, loss, ema, lr, spe, eta, mem, t.attempt, t.worker_id
+        ));
+    }
+    if !info.summary_json.is_empty() {
+        out.push_str(&summary_lines(&info.summary_json));
+    }
+    out
+}
+
+/// Human lines for the CV summary JSON.
+pub fn summary_lines(summary_json: &str) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(summary_json) else { return format!("summary: {summary_json}\n") };
+    if let Some(e) = v.get("error") {
+        return format!("error: {}\n", e.as_str().unwrap_or(&e.to_string()));
+    }
+    let mut out = String::new();
+    if let Some(per_fold) = v.get("per_fold_dice").and_then(|p| p.as_object()) {
+        for (k, d) in per_fold {
+            out.push_str(&format!("fold {k}: validation Dice {}\n", d.as_f64().map(|x| format!("{x:.4}")).unwrap_or_else(|| d.to_string())));
+        }
+    }
+    if let Some(d) = v.get("cv_dice").and_then(|d| d.as_f64()) {
+        out.push_str(&format!("cross-validation Dice (5 folds merged): {d:.4}\n"));
+    }
+    if let Some(d) = v.get("cv_dice_postprocessed").and_then(|d| d.as_f64()) {
+        out.push_str(&format!("with postprocessing: {d:.4}\n"));
+    }
+    if out.is_empty() {
+        out = format!("summary: {summary_json}\n");
+    }
+    out
+}
+
+/// One line per event, for logs and non-terminal watchers.
+pub fn event_line(e: &pb::Event) -> String {
+    use pb::event::Body;
+    let fold = if e.fold < 0 { "run".to_string() } else { format!("fold {}", e.fold) };
+    match &e.body {
+        Some(Body::RunState(s)) => format!("[{}] run is {s}", e.seq),
+        Some(Body::TaskState(t)) => format!(
+            "[{}] {fold} {} {} (attempt {}{}){}",
+            e.seq,
+            kind_name(t.kind),
+            t.state,
+            t.attempt,
+            if t.worker_id.is_empty() { String::new() } else { format!(", worker {}", t.worker_id) },
+            if t.detail.is_empty() { String::new() } else { format!(": {}", t.detail) }
+        ),
+        Some(Body::Metrics(m)) => format!(
+            "[{}] {fold} epoch {}/{} train_loss {:.4} val_loss {:.4} pseudo-Dice {:.4} EMA {:.4} lr {:.2e} {:.1}s/epoch{}",
+            e.seq,
+            m.epoch + 1,
+            m.epochs,
+            m.train_loss,
+            m.val_loss,
+            m.mean_fg_dice,
+            m.ema_fg_dice,
+            m.lr,
+            m.epoch_seconds,
+            if m.new_best { " (new best)" } else { "" }
+        ),
+        Some(Body::Log(l)) => format!("[{}] {fold} {l}", e.seq),
+        Some(Body::SummaryJson(s)) => format!("[{}] summary {s}", e.seq),
+        None => format!("[{}] (empty event)", e.seq),
+    }
+}
+
+/// Follows a run's events; on a terminal redraws the fold table, otherwise prints one line per
+/// event. Reconnects after a lost connection from the last sequence number seen.
+pub async fn watch(args: &ConnectArgs, run_id: &str, follow: bool, table: Option<bool>) -> Result<pb::RunInfo> {
+    let tty = table.unwrap_or_else(|| std::io::stdout().is_terminal());
+    let mut next = 0u64;
+    let mut failures = 0;
+    loop {
+        let mut client = match monitor(args).await {
+            Ok(c) => c,
+            Err(e) if failures < 60 => {
+                failures += 1;
+                eprintln!("watch: {e:#}; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let stream = client.watch_run(pb::WatchRunRequest { run_id: run_id.into(), since_seq: next, follow }).await;
+        let mut stream = match stream {
+            Ok(s) => s.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unavailable && failures < 60 => {
+                failures += 1;
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(s) => return Err(explain(s)),
+        };
+        let mut broke = false;
+        loop {
+            match stream.message().await {
+                Ok(Some(e)) => {
+                    failures = 0;
+                    next = e.seq + 1;
+                    if tty {
+                        if let Ok(info) = client.get_run(pb::GetRunRequest { run_id: run_id.into() }).await {
+                            print!("\x1b[2J\x1b[H{}", fold_table(&info.into_inner()));
+                            println!("{}", event_line(&e));
+                        }
+                    } else {
+                        println!("{}", event_line(&e));
+                    }
+                }
+                Ok(None) => break,
+                Err(s) => {
+                    eprintln!("watch: stream interrupted ({}); reconnecting from event {next}", s.message());
+                    broke = true;
+                    break;
+                }
+            }
+        }
+        if broke {
+            failures += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            continue;
+        }
+        let info = client.get_run(pb::GetRunRequest { run_id: run_id.into() }).await.map_err(explain)?.into_inner();
+        let terminal = matches!(info.state.as_str(), "DONE" | "FAILED" | "CANCELLED");
+        if !follow || terminal {
+            return Ok(info);
+        }
+    }
+}
+
+pub fn budget_from(epochs: u32, iters: u32, val_iters: u32, save_every: u32, seed: u64, threads: u32) -> pb::Budget {
+    pb::Budget { epochs, iterations_per_epoch: iters, val_iterations_per_epoch: val_iters, save_every, seed, disable_tta: false, num_threads: threads }
+}
+
+pub fn check_run_ok(info: &pb::RunInfo) -> Result<()> {
+    match info.state.as_str() {
+        "DONE" => Ok(()),
+        s => {
+            let failed: Vec<String> = info.tasks.iter().filter(|t| !t.error.is_empty()).map(|t| format!("{} fold {}: {}", kind_name(t.kind), t.fold, t.error)).collect();
+            bail!("run {} ended {s}{}{}", info.run_id, if failed.is_empty() { String::new() } else { format!("\n  ") }, failed.join("\n  "))
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Prometheus `/metrics` for the coordinator, in the text exposition format, with `run`, `fold`,
+//! `kind` and `worker` labels. Served on its own port (`--metrics-listen`) next to gRPC.
+use crate::server::Coordinator;
+use crate::state::TaskState;
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Renders every metric from the current state.
+pub fn render(c: &Coordinator) -> String {
+    let st = c.state.lock().unwrap();
+    let mut o = String::new();
+    let _ = writeln!(o, "# HELP nnunet_workers_registered Workers known to the coordinator.\n# TYPE nnunet_workers_registered gauge");
+    let _ = writeln!(o, "nnunet_workers_registered {}", st.workers.len());
+    let now = crate::state::now_ms();
+    let _ = writeln!(o, "# HELP nnunet_worker_last_seen_seconds Seconds since the worker's last call.\n# TYPE nnunet_worker_last_seen_seconds gauge");
+    for w in st.workers.values() {
+        let _ = writeln!(o, "nnunet_worker_last_seen_seconds{{worker=\"{}\",device=\"{}\"}} {:.1}", esc(&w.id), esc(&w.device), (now - w.last_seen_ms) as f64 / 1000.0);
+    }
+    let _ = writeln!(o, "# HELP nnunet_run_state Run state (1 for the current state).\n# TYPE nnunet_run_state gauge");
+    for r in st.runs.values() {
+        let _ = writeln!(o, "nnunet_run_state{{run=\"{}\",state=\"{}\"}} 1", esc(&r.id), r.state.name());
+    }
+    let _ = writeln!(o, "# HELP nnunet_tasks Tasks per run, kind and state.\n# TYPE nnunet_tasks gauge");
+    let mut counts = std::collections::BTreeMap::new();
+    for t in st.tasks.values() {
+        *counts.entry((t.run_id.clone(), t.kind.name(), t.state.name())).or_insert(0) += 1;
+    }
+    for ((run, kind, state), n) in counts {
+        let _ = writeln!(o, "nnunet_tasks{{run=\"{}\",kind=\"{kind}\",state=\"{state}\"}} {n}", esc(&run));
+    }
+    let series: [(&str, &str, fn(&nnunet_common::train_log::EpochMetrics) -> f64); 7] = [
+        ("nnunet_fold_epoch", "Last finished epoch (1-based).", |m| (m.epoch + 1) as f64),
+        ("nnunet_fold_train_loss", "Training loss of the last epoch.", |m| m.train_loss),
+        ("nnunet_fold_val_loss", "Validation loss of the last epoch.", |m| m.val_loss),
+        ("nnunet_fold_pseudo_dice", "Mean foreground pseudo-Dice of the last epoch.", |m| m.mean_fg_dice),
+        ("nnunet_fold_ema_dice", "EMA of the pseudo-Dice.", |m| m.ema_fg_dice),
+        ("nnunet_fold_learning_rate", "Learning rate.", |m| m.lr),
+        ("nnunet_fold_epoch_seconds", "Duration of the last epoch.", |m| m.epoch_seconds),
+    ];
+    for (name, help, f) in series {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for t in st.tasks.values() {
+            if let Some(m) = &t.last_metrics {
+                let worker = t.worker_id.as_deref().unwrap_or("");
+                let _ = writeln!(o, "{name}{{run=\"{}\",fold=\"{}\",worker=\"{}\"}} {}", esc(&t.run_id), t.fold, esc(worker), f(m));
+            }
+        }
+    }
+    let _ = writeln!(o, "# HELP nnunet_task_attempts Attempts per task.\n# TYPE nnunet_task_attempts gauge");
+    for t in st.tasks.values().filter(|t| t.state != TaskState::Pending || t.attempt > 0) {
+        let _ = writeln!(o, "nnunet_task_attempts{{run=\"{}\",fold=\"{}\",kind=\"{}\"}} {}", esc(&t.run_id), t.fold, t.kind.name(), t.attempt);
+    }
+    drop(st);
+    let _ = writeln!(o, "# HELP nnunet_artifact_bytes_uploaded_total Bytes received from workers.\n# TYPE nnunet_artifact_bytes_uploaded_total counter");
+    let _ = writeln!(o, "nnunet_artifact_bytes_uploaded_total {}", c.counters.bytes_uploaded.load(Ordering::Relaxed));
+    let _ = writeln!(o, "# HELP nnunet_artifact_bytes_downloaded_total Bytes sent to workers.\n# TYPE nnunet_artifact_bytes_downloaded_total counter");
+    let _ = writeln!(o, "nnunet_artifact_bytes_downloaded_total {}", c.counters.bytes_downloaded.load(Ordering::Relaxed));
+    let _ = writeln!(o, "# HELP nnunet_fenced_writes_total Writes refused for a stale fencing token.\n# TYPE nnunet_fenced_writes_total counter");
+    let _ = writeln!(o, "nnunet_fenced_writes_total {}", c.counters.refused_writes.load(Ordering::Relaxed));
+    o
+}
+
+/// Serves `/metrics` (and `/healthz`) until the process ends.
+pub async fn serve(c: Arc<Coordinator>, listener: tokio::net::TcpListener) {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let c = c.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let c = c.clone();
+                async move {
+                    let (code, body) = match req.uri().path() {
+                        "/metrics" => (200, render(&c)),
+                        "/healthz" => (200, "ok\n".to_string()),
+                        _ => (404, "not found: try /metrics\n".to_string()),
+                    };
+                    Ok::<_, std::convert::Infallible>(
+                        hyper::Response::builder()
+                            .status(code)
+                            .header("content-type", "text/plain; version=0.0.4")
+                            .body(Full::new(Bytes::from(body)))
+                            .unwrap(),
+                    )
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await;
+        });
+    }
+}

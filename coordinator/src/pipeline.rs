@@ -1,0 +1,206 @@
+//! The coordinator's part of the pipeline, on the run directory:
+//!
+//! ```text
+//! <state-dir>/runs/<run_id>/
+//!   .nnunet-run-id                      marker: a worker that can read it shares the filesystem
+//!   raw/DatasetXXX_Name -> user's folder (symlink)
+//!   preprocessed/DatasetXXX_Name/       nnU-Net layout: plans, fingerprint, splits, nnUNetPlans_2d/
+//!   results/DatasetXXX_Name/nnUNetTrainer__nnUNetPlans__2d/
+//!     fold_K/                           checkpoints, logs, progress.png, validation/
+//!     crossval_results_folds_0_1_2_3_4/ merged validation, summary.json, postprocessing.json
+//!     test_predictions/fold_K/          per-fold test probabilities (PREDICT tasks)
+//!     ensemble_test/                    fold ensemble of the test images
+//! ```
+//! Planning (verify, fingerprint, plan, splits) and finalizing (CV summary, postprocessing choice,
+//! test ensemble) run here, once; everything per case or per fold runs on workers.
+use crate::state::{Kind, Run, Task};
+use anyhow::{bail, Context, Result};
+use nnunet_common::paths::{self, DatasetDirs};
+use std::path::{Path, PathBuf};
+
+pub const RUN_MARKER: &str = ".nnunet-run-id";
+
+pub fn dirs_of(run: &Run) -> DatasetDirs {
+    let rd = Path::new(&run.run_dir);
+    DatasetDirs::new(&run.dataset_name, &rd.join("raw"), &rd.join("preprocessed"), &rd.join("results"))
+}
+
+/// Path of `p` relative to the run dir, as a string with `/`.
+fn rel(run: &Run, p: &Path) -> String {
+    p.strip_prefix(&run.run_dir).unwrap_or(p).to_string_lossy().into_owned()
+}
+
+pub fn prepare_run_dir(run_dir: &Path, run_id: &str, raw: &Path, dataset_name: &str) -> Result<()> {
+    for d in ["raw", "preprocessed", "results"] {
+        std::fs::create_dir_all(run_dir.join(d)).with_context(|| format!("creating {}", run_dir.join(d).display()))?;
+    }
+    let link = run_dir.join("raw").join(dataset_name);
+    if !link.exists() {
+        std::os::unix::fs::symlink(raw, &link).with_context(|| format!("linking {} -> {}", link.display(), raw.display()))?;
+    }
+    nnunet_common::hash::write_atomic(&run_dir.join(RUN_MARKER), run_id.as_bytes())?;
+    Ok(())
+}
+
+/// Verifies, fingerprints and plans the dataset and writes the splits. Returns the case ids.
+pub fn plan(run: &Run, threads: usize) -> Result<Vec<String>> {
+    let dirs = dirs_of(run);
+    nnunet_common::verify::verify_dataset(&dirs.raw)?.into_result()?;
+    nnunet_common::preprocess::plan_dataset(&dirs, 8.0, threads)?;
+    let model_dir = dirs.model_dir();
+    std::fs::create_dir_all(&model_dir)?;
+    std::fs::copy(dirs.plans_file(), model_dir.join("plans.json"))?;
+    std::fs::copy(dirs.raw.join("dataset.json"), model_dir.join("dataset.json"))?;
+    if dirs.fingerprint_file().exists() {
+        std::fs::copy(dirs.fingerprint_file(), model_dir.join("dataset_fingerprint.json"))?;
+    }
+    let splits: Vec<nnunet_common::splits::Split> = nnunet_common::error::read_json(&dirs.splits_file())?;
+    let mut cases: Vec<String> = splits.first().map(|s| s.train.iter().chain(&s.val).cloned().collect()).unwrap_or_default();
+    cases.sort();
+    if cases.is_empty() {
+        bail!("the dataset has no training cases");
+    }
+    for &f in &run.folds {
+        if f < 0 || f as usize >= splits.len() {
+            bail!("fold {f} requested but splits_final.json has {} folds", splits.len());
+        }
+    }
+    Ok(cases)
+}
+
+fn raw_case_files(dirs: &DatasetDirs, sub: &str, cases: &[String]) -> Result<Vec<PathBuf>> {
+    let dir = dirs.raw.join(sub);
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(&dir) else { return Ok(out) };
+    let mut names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    for n in names {
+        if n.starts_with('.') {
+            continue;
+        }
+        let stem_ok = cases.iter().any(|c| {
+            n.strip_prefix(c.as_str()).is_some_and(|rest| rest.starts_with('.') || (rest.len() > 5 && rest.starts_with('_') && rest[1..5].bytes().all(|b| b.is_ascii_digit()) && rest[5..].starts_with('.')))
+        });
+        if stem_ok || cases.is_empty() {
+            out.push(dir.join(n));
+        }
+    }
+    Ok(out)
+}
+
+fn fold_cases(dirs: &DatasetDirs, fold: i32) -> Result<(Vec<String>, Vec<String>)> {
+    let splits: Vec<nnunet_common::splits::Split> = nnunet_common::error::read_json(&dirs.splits_file())?;
+    let s = splits.get(fold as usize).with_context(|| format!("no fold {fold} in splits_final.json"))?;
+    Ok((s.train.clone(), s.val.clone()))
+}
+
+fn preprocessed_case_files(dirs: &DatasetDirs, cases: &[String]) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for c in cases {
+        let f = nnunet_common::case::CaseFiles::new(&dirs.data_dir(), c);
+        v.extend([f.data, f.seg, f.props]);
+    }
+    v
+}
+
+fn global_files(dirs: &DatasetDirs) -> Vec<PathBuf> {
+    let mut v = vec![dirs.plans_file(), dirs.preprocessed.join("dataset.json"), dirs.splits_file()];
+    if dirs.fingerprint_file().exists() {
+        v.push(dirs.fingerprint_file());
+    }
+    v
+}
+
+/// The files (relative to the run dir) a worker needs for a task. A worker without the shared
+/// filesystem downloads the ones it does not have (checked by sha256).
+pub fn task_inputs(run: &Run, t: &Task) -> Result<Vec<String>> {
+    let dirs = dirs_of(run);
+    let mut files: Vec<PathBuf> = Vec::new();
+    match t.kind {
+        Kind::Preprocess => {
+            files.push(dirs.raw.join("dataset.json"));
+            files.extend(raw_case_files(&dirs, "imagesTr", &t.cases)?);
+            files.extend(raw_case_files(&dirs, "labelsTr", &t.cases)?);
+            files.extend(global_files(&dirs));
+        }
+        Kind::Train | Kind::Validate => {
+            files.extend(global_files(&dirs));
+            let (train, val) = fold_cases(&dirs, t.fold)?;
+            let cases: Vec<String> = if t.kind == Kind::Train { train.into_iter().chain(val.clone()).collect() } else { val.clone() };
+            files.extend(preprocessed_case_files(&dirs, &cases));
+            let fold_dir = dirs.fold_dir(t.fold as usize);
+            if t.kind == Kind::Validate {
+                for c in &val {
+                    let ending = nnunet_common::dataset_json::DatasetJson::load(&dirs.raw.join("dataset.json")).map(|d| d.file_ending).unwrap_or_else(|_| ".nii.gz".into());
+                    files.push(dirs.gt_dir().join(format!("{c}{ending}")));
+                }
+                files.push(fold_dir.join("checkpoint_final.safetensors"));
+                files.push(fold_dir.join("checkpoint_final.json"));
+            } else if let Some(ck) = &t.checkpoint {
+                // Resume material: the last checkpoint and the logs written so far.
+                let ck = Path::new(&run.run_dir).join(ck);
+                files.push(ck.clone());
+                files.push(ck.with_extension("json"));
+                for extra in ["training_log.jsonl", "training_log.txt"] {
+                    if fold_dir.join(extra).exists() {
+                        files.push(fold_dir.join(extra));
+                    }
+                }
+            }
+        }
+        Kind::Predict => {
+            let model = dirs.model_dir();
+            files.push(model.join("plans.json"));
+            files.push(model.join("dataset.json"));
+            files.push(dirs.raw.join("dataset.json"));
+            let fold_dir = dirs.fold_dir(t.fold as usize);
+            files.push(fold_dir.join("checkpoint_final.safetensors"));
+            files.push(fold_dir.join("checkpoint_final.json"));
+            files.extend(raw_case_files(&dirs, "imagesTs", &[])?);
+        }
+    }
+    Ok(files.iter().map(|p| rel(run, p)).collect())
+}
+
+/// The checkpoint a task starts from, relative to the run dir.
+pub fn task_checkpoint(run: &Run, t: &Task) -> Option<String> {
+    match t.kind {
+        Kind::Train => t.checkpoint.clone(),
+        Kind::Validate | Kind::Predict => Some(rel(run, &dirs_of(run).fold_dir(t.fold as usize).join("checkpoint_final.safetensors"))),
+        Kind::Preprocess => None,
+    }
+}
+
+/// When an upload completes a checkpoint (its JSON sidecar is uploaded after the weights), returns
+/// the weights' path and the epoch recorded in the sidecar.
+pub fn checkpoint_from_upload(rel_path: &Path, dest: &Path) -> Option<(String, Option<u32>)> {
+    let name = rel_path.file_name()?.to_string_lossy();
+    if !(name == "checkpoint_latest.json" || name == "checkpoint_final.json") {
+        return None;
+    }
+    let weights = rel_path.with_extension("safetensors");
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(dest).ok()?).ok()?;
+    let epoch = meta.get("epoch").and_then(|e| e.as_u64()).map(|e| e as u32);
+    Some((weights.to_string_lossy().into_owned(), epoch))
+}
+
+/// Writes the cross-validation summary (merged validation predictions, Dice, postprocessing) and
+/// returns the JSON a user reports.
+pub fn finalize(run: &Run) -> Result<String> {
+    let dirs = dirs_of(run);
+    let ds = nnunet_common::dataset_json::DatasetJson::load(&dirs.raw.join("dataset.json"))?;
+    let folds: Vec<usize> = run.folds.iter().map(|&f| f as usize).collect();
+    let summary = nnunet_common::evaluate::crossval_summary(&dirs.model_dir(), &folds, &dirs.gt_dir(), &ds)?;
+    let mut v = serde_json::to_value(&summary)?;
+    if run.predict_test {
+        let fold_dirs: Vec<PathBuf> = folds.iter().map(|f| dirs.model_dir().join("test_predictions").join(format!("fold_{f}"))).collect();
+        let out = dirs.model_dir().join("ensemble_test");
+        let n = nnunet_common::ensemble::ensemble_folders(&fold_dirs, &out, &ds)?;
+        v["test_ensemble"] = serde_json::json!({ "folder": out, "cases": n });
+    }
+    v["run_id"] = serde_json::json!(run.id);
+    v["dataset"] = serde_json::json!(run.dataset_name);
+    v["model_dir"] = serde_json::json!(dirs.model_dir());
+    let _ = paths::model_folder_name();
+    Ok(serde_json::to_string(&v)?)
+}

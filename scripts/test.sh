@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The test command (README): sets up what is missing, builds, and runs every test.
+#   unit tests of every crate, the coordinator over real gRPC (auth, TLS, fencing), the worker's
+#   libtorch tests, the end-to-end tests (real coordinator + worker processes on loopback training
+#   real data), and the deployment tests (a real single-node Slurm; offline Kubernetes validation).
+# Tests that need ../shared/datasets skip with a message when it is absent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. scripts/env.sh
+export CARGO_TERM_COLOR=never
+echo "== build"
+cargo build --workspace --bins --tests
+echo "== tests"
+cargo test --workspace --no-fail-fast -- --test-threads=2
+echo "== deployment tests"
+bash tests/deploy/run.sh
