@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""Renders the nnunet-rs Kubernetes manifests: the kustomize base in deploy/k8s/base with the values
+that change between clusters applied, plus the ConfigMap `nnunet-config` made from deploy/config.env
+(the same file the Slurm script reads).
+
+    python3 deploy/k8s/render.py [--set KEY=VALUE ...] [--values FILE] [--token-file F] [-o OUT]
+
+Values (defaults in deploy/k8s/values.env; --values FILE and then --set override them):
+    namespace           nnunet
+    registry            image registry prefix, e.g. registry.example.org/team (empty: none)
+    tag                 image tag of both images
+    coordinator_image   coordinator image name (before registry/tag)
+    worker_image        worker image name
+    workers             worker pods = GPUs used at once (1..5; 5 = one per fold)
+    gpus_per_worker     1, or 0 for CPU workers (no nvidia.com/gpu request, --device cpu)
+    worker_cpu          CPU request per worker = per fold (also its libtorch threads)
+    worker_memory       RAM request and limit per worker
+    coordinator_cpu, coordinator_memory
+    storage_class       StorageClass of the state volume (empty: the cluster default)
+    storage_size        size of the state volume (datasets, checkpoints, results)
+    config.KEY          override one line of deploy/config.env in the ConfigMap
+
+--token-file F also emits the Secret `nnunet-token` from F (otherwise create it with kubectl, see
+deploy/README.md; never commit a token). Needs PyYAML only. Exit code 2 on a bad value.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import copy
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+BASE = HERE / "base"
+VALUES = HERE / "values.env"
+
+GPU = "nvidia.com/gpu"
+# ConfigMap keys that only mean something to the Slurm script (the pods use fixed paths and ports:
+# the volume at /var/lib/nnunet, the Secret at /etc/nnunet/token, gRPC 50051, metrics 9464)
+SLURM_ONLY = {"NNUNET_STATE_DIR", "NNUNET_TOKEN_FILE", "NNUNET_LOG_DIR", "NNUNET_PORT", "NNUNET_METRICS_PORT"}
+K8S_FIXED = {"NNUNET_STATE_DIR": "/var/lib/nnunet", "NNUNET_TOKEN_FILE": "/etc/nnunet/token"}
+
+QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+IMAGE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$")
+CONFIG_KEY = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+class RenderError(Exception):
+    pass
+
+
+def read_env(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines (values literal), '#' comments and blank lines ignored."""
+    out: dict[str, str] = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        key, sep, value = s.partition("=")
+        if not sep or not (CONFIG_KEY.match(key) or re.match(r"^[a-z_.A-Z0-9]+$", key)):
+            raise RenderError(f"{path}:{n}: cannot parse '{line}' (want KEY=VALUE)")
+        out[key] = value
+    return out
+
+
+def check_values(v: dict[str, str]) -> None:
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise RenderError(msg)
+
+    need(bool(DNS_LABEL.match(v["namespace"])), f"namespace '{v['namespace']}' is not a DNS label")
+    need(v["workers"].isdigit() and 1 <= int(v["workers"]) <= 64, f"workers must be 1..64, got '{v['workers']}'")
+    need(v["gpus_per_worker"] in ("0", "1"), f"gpus_per_worker must be 0 or 1 (one GPU per fold), got '{v['gpus_per_worker']}'")
+    for k in ("worker_cpu", "worker_memory", "coordinator_cpu", "coordinator_memory", "storage_size"):
+        need(bool(QUANTITY.match(v[k])), f"{k} '{v[k]}' is not a Kubernetes quantity (e.g. 8, 500m, 32Gi)")
+    need(v["worker_cpu"].isdigit() and int(v["worker_cpu"]) >= 1,
+         f"worker_cpu must be a whole number of CPUs (it is also the worker's thread count), got '{v['worker_cpu']}'")
+    for k in ("coordinator_image", "worker_image", "tag"):
+        need(bool(IMAGE_PART.match(v[k])), f"{k} '{v[k]}' is not a valid image reference part")
+    need(v["registry"] == "" or bool(IMAGE_PART.match(v["registry"])), f"registry '{v['registry']}' is not valid")
+    need(v["storage_class"] == "" or bool(DNS_LABEL.match(v["storage_class"].replace(".", "-"))),
+         f"storage_class '{v['storage_class']}' is not a valid name")
+
+
+def image(v: dict[str, str], name: str) -> str:
+    ref = f"{name}:{v['tag']}"
+    return f"{v['registry'].rstrip('/')}/{ref}" if v["registry"] else ref
+
+
+def containers(doc: dict) -> list[dict]:
+    return doc["spec"]["template"]["spec"]["containers"]
+
+
+def render(values: dict[str, str], config: dict[str, str], token: str | None = None) -> list[dict]:
+    check_values(values)
+    kust = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    docs: list[dict] = []
+    for res in kust["resources"]:
+        docs.extend(d for d in yaml.safe_load_all((BASE / res).read_text()) if d)
+
+    # ConfigMap from deploy/config.env (what kustomize's configMapGenerator makes), pod-side paths
+    data = {k: v for k, v in config.items() if k not in SLURM_ONLY}
+    data.update(K8S_FIXED)
+    data["NNUNET_DEVICE"] = "cpu" if values["gpus_per_worker"] == "0" else "cuda"
+    docs.insert(1, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "nnunet-config"}, "data": data})
+    if token is not None:
+        docs.insert(2, {
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": {"name": "nnunet-token"},
+            "data": {"token": base64.b64encode(token.encode()).decode()},
+        })
+
+    ns = values["namespace"]
+    for d in docs:
+        md = d.setdefault("metadata", {})
+        if d["kind"] == "Namespace":
+            md["name"] = ns
+        else:
+            md["namespace"] = ns
+        md.setdefault("labels", {}).update(kust["labels"][0]["pairs"])
+        tmpl = d.get("spec", {}).get("template")
+        if tmpl:
+            tmpl["metadata"].setdefault("labels", {}).update(kust["labels"][0]["pairs"])
+
+        if d["kind"] == "PersistentVolumeClaim":
+            d["spec"]["resources"]["requests"]["storage"] = values["storage_size"]
+            if values["storage_class"]:
+                d["spec"]["storageClassName"] = values["storage_class"]
+        elif d["kind"] == "Deployment" and md["name"] == "nnunet-coordinator":
+            c = containers(d)[0]
+            c["image"] = image(values, values["coordinator_image"])
+            c["resources"] = {"requests": {"cpu": values["coordinator_cpu"], "memory": values["coordinator_memory"]},
+                              "limits": {"memory": values["coordinator_memory"]}}
+        elif d["kind"] == "Job" and md["name"] == "nnunet-submit":
+            containers(d)[0]["image"] = image(values, values["coordinator_image"])
+        elif d["kind"] == "Job" and md["name"] == "nnunet-workers":
+            n = int(values["workers"])
+            d["spec"]["completions"] = n
+            d["spec"]["parallelism"] = n
+            pod = d["spec"]["template"]["spec"]
+            c = pod["containers"][0]
+            c["image"] = image(values, values["worker_image"])
+            req = {"cpu": values["worker_cpu"], "memory": values["worker_memory"]}
+            lim = {"memory": values["worker_memory"]}
+            if values["gpus_per_worker"] == "1":
+                req[GPU] = lim[GPU] = "1"
+            else:
+                # CPU workers: no GPU request, no GPU toleration, --device cpu
+                pod.pop("tolerations", None)
+                for e in c["env"]:
+                    if e["name"] == "NNUNET_WORKER_DEVICE":
+                        e["value"] = "cpu"
+            c["resources"] = {"requests": req, "limits": lim}
+    return docs
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--values", type=Path, help="a KEY=VALUE file applied over deploy/k8s/values.env")
+    ap.add_argument("--config", type=Path, default=HERE.parent / "config.env", help="default: deploy/config.env")
+    ap.add_argument("--token-file", type=Path, help="also emit the Secret nnunet-token from this file")
+    ap.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
+    a = ap.parse_args(argv)
+    try:
+        values = read_env(VALUES)
+        if a.values:
+            values.update(read_env(a.values))
+        config = read_env(a.config)
+        for kv in a.set:
+            k, sep, v = kv.partition("=")
+            if not sep:
+                raise RenderError(f"--set '{kv}': want KEY=VALUE")
+            if k.startswith("config."):
+                if not CONFIG_KEY.match(k[7:]):
+                    raise RenderError(f"--set '{kv}': '{k[7:]}' is not a config key")
+                config[k[7:]] = v
+            elif k in values:
+                values[k] = v
+            else:
+                raise RenderError(f"--set '{kv}': unknown value '{k}' (known: {', '.join(sorted(values))}, config.KEY)")
+        token = None
+        if a.token_file:
+            token = a.token_file.read_text().strip()
+            if len(token) < 16:
+                raise RenderError(f"token in {a.token_file} is shorter than 16 characters (use `openssl rand -hex 32`)")
+        docs = render(values, config, token)
+    except (RenderError, OSError, yaml.YAMLError) as e:
+        print(f"render.py: {e}", file=sys.stderr)
+        return 2
+    text = "# Rendered by deploy/k8s/render.py; edit deploy/k8s/base, values.env or config.env instead.\n"
+    text += yaml.safe_dump_all([copy.deepcopy(d) for d in docs], sort_keys=False, explicit_start=True)
+    if a.output:
+        a.output.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
