@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Slurm deployment tests against the real single-node Slurm of scripts/slurm-up.sh and the real
-# nnunet / nnunet-worker binaries (NNUNET_BIN_DIR, else target/release, else target/debug):
+# nnunet / nnunet-worker binaries (NNUNET_BIN_DIR, else the newer of target/release and target/debug):
 #
 #   cv       deploy/slurm/nnunet.sbatch with 2 CPU workers on 10 real ISBI 2012 EM slices downscaled
 #            to 64 px in the test, 2 epochs x 2 iterations: the job COMPLETES and the 5-fold CV
@@ -28,14 +28,19 @@ fail() { say "FAIL [$CURRENT]: $*"; return 1; }
 
 # ---- preconditions --------------------------------------------------------------------------------
 find_bins() {
-  local d
-  for d in ${NNUNET_BIN_DIR:-} "$REPO/target/release" "$REPO/target/debug"; do
-    if [[ -x $d/nnunet && -x $d/nnunet-worker ]]; then
-      BIN_DIR=$(cd "$d" && pwd)
-      return 0
-    fi
+  # $NNUNET_BIN_DIR, else the newer of target/release and target/debug (a stale build is not used)
+  local d best='' best_t=0 t
+  if [[ -n ${NNUNET_BIN_DIR:-} ]]; then
+    [[ -x $NNUNET_BIN_DIR/nnunet && -x $NNUNET_BIN_DIR/nnunet-worker ]] || return 1
+    BIN_DIR=$(cd "$NNUNET_BIN_DIR" && pwd)
+    return 0
+  fi
+  for d in "$REPO/target/release" "$REPO/target/debug"; do
+    [[ -x $d/nnunet && -x $d/nnunet-worker ]] || continue
+    t=$(stat -c %Y "$d/nnunet-worker")
+    if ((t > best_t)); then best=$d best_t=$t; fi
   done
-  return 1
+  [[ -n $best ]] && BIN_DIR=$best
 }
 if ! find_bins; then
   say "no nnunet + nnunet-worker binaries in \$NNUNET_BIN_DIR, target/release or target/debug;"

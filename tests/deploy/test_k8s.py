@@ -1,0 +1,257 @@
+"""Kubernetes manifests of deploy/k8s: rendered by deploy/k8s/render.py, validated OFFLINE against the
+Kubernetes OpenAPI schemas that PyPI's kubernetes-validate ships (strict: unknown fields fail), and
+checked for the invariants the deployment relies on. Run by scripts/k8s-validate.sh."""
+from __future__ import annotations
+
+import base64
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+RENDER = REPO / "deploy" / "k8s" / "render.py"
+sys.path.insert(0, str(RENDER.parent))
+import render  # noqa: E402
+
+# 1.33: backoffLimitPerIndex/podFailurePolicy GA (the oldest release the README supports);
+# 1.37: the newest schemas kubernetes-validate 1.37.0 ships.
+K8S_VERSIONS = ["1.33.0", "1.37.0"]
+
+
+def run_render(*args: str) -> tuple[int, str, str]:
+    p = subprocess.run([sys.executable, str(RENDER), *args], capture_output=True, text=True, timeout=60)
+    return p.returncode, p.stdout, p.stderr
+
+
+def docs_of(text: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def by_kind(docs: list[dict], kind: str, name: str | None = None) -> dict:
+    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    assert len(found) == 1, f"want one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def pod_spec(d: dict) -> dict:
+    return d["spec"]["template"]["spec"]
+
+
+@pytest.fixture(scope="module")
+def default_docs() -> list[dict]:
+    rc, out, err = run_render()
+    assert rc == 0, err
+    return docs_of(out)
+
+
+@pytest.fixture(scope="module")
+def cpu_docs() -> list[dict]:
+    rc, out, err = run_render("--set", "gpus_per_worker=0", "--set", "workers=2", "--set", "worker_cpu=2",
+                              "--set", "worker_memory=4Gi", "--set", "storage_class=fast-ssd",
+                              "--set", "registry=registry.example.org/team", "--set", "tag=1.2.3",
+                              "--set", "config.NNUNET_EPOCHS=5")
+    assert rc == 0, err
+    return docs_of(out)
+
+
+# ---------------------------------------------------------------- schema validation (offline)
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("variant", ["default_docs", "cpu_docs"])
+def test_manifests_validate_against_kubernetes_schemas(variant, version, request):
+    docs = request.getfixturevalue(variant)
+    assert {d["kind"] for d in docs} >= {"Namespace", "ConfigMap", "PersistentVolumeClaim", "Deployment", "Service", "Job"}
+    for d in docs:
+        # raises ValidationError (unknown field in strict mode, wrong type, missing required field)
+        kubernetes_validate.validate(d, version, strict=True)
+
+
+def test_validation_catches_a_broken_manifest(default_docs):
+    """The validator really checks: a misspelt Job field and a wrong type are rejected."""
+    job = by_kind(default_docs, "Job", "nnunet-workers")
+    bad = yaml.safe_load(yaml.safe_dump(job))
+    bad["spec"]["backoffLimitPerIndexx"] = 3
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, "1.37.0", strict=True)
+    bad = yaml.safe_load(yaml.safe_dump(job))
+    bad["spec"]["completions"] = "five"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, "1.37.0", strict=True)
+
+
+def test_rendered_output_is_what_kubernetes_validate_cli_accepts(tmp_path):
+    rc, out, err = run_render()
+    assert rc == 0, err
+    f = tmp_path / "nnunet.yaml"
+    f.write_text(out)
+    cli = Path(sys.executable).with_name("kubernetes-validate")
+    p = subprocess.run([str(cli), "--strict", "--quiet", "-k", "1.37.0", str(f)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+# ---------------------------------------------------------------- invariants
+def test_workers_are_an_indexed_job_with_per_index_backoff(default_docs):
+    job = by_kind(default_docs, "Job", "nnunet-workers")
+    s = job["spec"]
+    assert s["completionMode"] == "Indexed"
+    assert s["completions"] == 5 and s["parallelism"] == 5
+    assert s["backoffLimitPerIndex"] >= 1
+    assert "backoffLimit" not in s  # the per-index budget, not one shared by all folds
+    assert s["podReplacementPolicy"] == "Failed"
+    assert pod_spec(job)["restartPolicy"] == "Never"  # required by backoffLimitPerIndex
+
+
+def test_pod_failure_policy_ignores_disruptions_and_fails_real_errors(default_docs):
+    rules = by_kind(default_docs, "Job", "nnunet-workers")["spec"]["podFailurePolicy"]["rules"]
+    ignore = [r for r in rules if r["action"] == "Ignore"]
+    assert any(c["type"] == "DisruptionTarget" for r in ignore for c in r.get("onPodConditions", []))
+    assert not any("onExitCodes" in r for r in ignore), "no exit code may be ignored: real errors must count"
+    fail = [r for r in rules if r["action"] in ("FailIndex", "FailJob")]
+    assert fail and all(r["onExitCodes"]["operator"] == "In" for r in fail)
+    codes = {c for r in fail for c in r["onExitCodes"]["values"]}
+    assert 143 not in codes, "143 = stopped by SIGTERM/SIGUSR1 (preemption): must stay retryable"
+    assert 0 not in codes
+
+
+def test_every_worker_pod_requests_one_gpu_and_its_fold_budget(default_docs):
+    job = by_kind(default_docs, "Job", "nnunet-workers")
+    (c,) = pod_spec(job)["containers"]
+    res = c["resources"]
+    assert res["requests"]["nvidia.com/gpu"] == "1" and res["limits"]["nvidia.com/gpu"] == "1"
+    assert res["requests"]["cpu"] == "8" and res["requests"]["memory"] == "32Gi"
+    assert res["limits"]["memory"] == res["requests"]["memory"]
+    assert "--device=$(NNUNET_WORKER_DEVICE)" in c["args"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["NNUNET_WORKER_DEVICE"]["value"] == "cuda:0"
+    assert env["NNUNET_WORKER_THREADS"]["valueFrom"]["resourceFieldRef"]["resource"] == "requests.cpu"
+    assert "--exit-when-idle" in c["args"]
+    assert any(a.startswith("--coordinator=http://nnunet-coordinator:") for a in c["args"])
+
+
+def test_cpu_variant_drops_the_gpu_and_applies_values(cpu_docs):
+    job = by_kind(cpu_docs, "Job", "nnunet-workers")
+    assert job["spec"]["completions"] == 2 and job["spec"]["parallelism"] == 2
+    (c,) = pod_spec(job)["containers"]
+    assert "nvidia.com/gpu" not in c["resources"]["requests"] and "nvidia.com/gpu" not in c["resources"]["limits"]
+    assert c["resources"]["requests"]["cpu"] == "2" and c["resources"]["limits"]["memory"] == "4Gi"
+    assert {e["name"]: e.get("value") for e in c["env"]}["NNUNET_WORKER_DEVICE"] == "cpu"
+    assert "tolerations" not in pod_spec(job)
+    assert c["image"] == "registry.example.org/team/nnunet-rs/worker:1.2.3"
+    assert by_kind(cpu_docs, "PersistentVolumeClaim")["spec"]["storageClassName"] == "fast-ssd"
+    cm = by_kind(cpu_docs, "ConfigMap", "nnunet-config")["data"]
+    assert cm["NNUNET_EPOCHS"] == "5" and cm["NNUNET_DEVICE"] == "cpu"
+
+
+def test_token_is_a_mounted_secret_everywhere(default_docs):
+    for name in ("nnunet-coordinator", "nnunet-workers", "nnunet-submit"):
+        d = next(d for d in default_docs if d["metadata"]["name"] == name and d["kind"] in ("Deployment", "Job"))
+        spec = pod_spec(d)
+        vols = {v["name"]: v for v in spec["volumes"]}
+        secret_vols = [n for n, v in vols.items() if v.get("secret", {}).get("secretName") == "nnunet-token"]
+        assert len(secret_vols) == 1, name
+        assert vols[secret_vols[0]]["secret"]["defaultMode"] & 0o007 == 0, "token must not be world-readable"
+        (c,) = spec["containers"]
+        mounts = [m for m in c["volumeMounts"] if m["name"] == secret_vols[0]]
+        assert mounts and mounts[0]["readOnly"] is True and mounts[0]["mountPath"] == "/etc/nnunet"
+        text = yaml.safe_dump(c)
+        assert "/etc/nnunet/token" in text, f"{name} does not read the mounted token file"
+        # never as a plain env value or a literal argument
+        assert not any(e["name"] == "NNUNET_TOKEN" for e in c.get("env", [])), name
+    assert not [d for d in default_docs if d["kind"] == "Secret"], "no Secret unless --token-file is given"
+
+
+def test_token_file_emits_the_secret(tmp_path):
+    tf = tmp_path / "token"
+    tf.write_text("0123456789abcdef0123456789abcdef\n")
+    rc, out, err = run_render("--token-file", str(tf))
+    assert rc == 0, err
+    sec = by_kind(docs_of(out), "Secret", "nnunet-token")
+    assert base64.b64decode(sec["data"]["token"]).decode() == "0123456789abcdef0123456789abcdef"
+    tf.write_text("short\n")
+    rc, _, err = run_render("--token-file", str(tf))
+    assert rc == 2 and "shorter than 16" in err
+
+
+def test_coordinator_has_grpc_probes_volume_and_service(default_docs):
+    dep = by_kind(default_docs, "Deployment", "nnunet-coordinator")
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+    (c,) = pod_spec(dep)["containers"]
+    grpc_port = next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc")
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert c[probe]["grpc"]["port"] == grpc_port, probe
+    assert f"--listen=0.0.0.0:{grpc_port}" in c["args"]
+    metrics_port = next(p["containerPort"] for p in c["ports"] if p["name"] == "metrics")
+    assert f"--metrics-listen=0.0.0.0:{metrics_port}" in c["args"]
+    state = next(m for m in c["volumeMounts"] if m["name"] == "state")
+    assert f"--state-dir={state['mountPath']}" in c["args"]
+    claim = next(v for v in pod_spec(dep)["volumes"] if v["name"] == "state")["persistentVolumeClaim"]["claimName"]
+    pvc = by_kind(default_docs, "PersistentVolumeClaim", claim)
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "50Gi"
+    svc = by_kind(default_docs, "Service", "nnunet-coordinator")
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert {p["port"] for p in svc["spec"]["ports"]} == {grpc_port, metrics_port}
+    assert c["resources"]["requests"]["memory"] and c["resources"]["limits"]["memory"]
+
+
+def test_pods_run_restricted(default_docs):
+    ns = by_kind(default_docs, "Namespace")
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    for d in default_docs:
+        if d["kind"] not in ("Deployment", "Job"):
+            continue
+        spec = pod_spec(d)
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        assert spec["automountServiceAccountToken"] is False
+        for c in spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+            assert "limits" in c["resources"] and "memory" in c["resources"]["limits"], d["metadata"]["name"]
+        assert d["metadata"]["namespace"] == "nnunet"
+
+
+def test_submit_job_reads_the_shared_config(default_docs):
+    job = by_kind(default_docs, "Job", "nnunet-submit")
+    assert job["spec"]["backoffLimit"] == 0  # a retried submit could start a second run
+    (c,) = pod_spec(job)["containers"]
+    assert c["envFrom"] == [{"configMapRef": {"name": "nnunet-config"}}]
+    script = c["args"][0]
+    cm = by_kind(default_docs, "ConfigMap", "nnunet-config")["data"]
+    for var in re.findall(r"\$\{?(NNUNET_[A-Z_]+)", script):
+        assert var in cm or var == "NNUNET_COORDINATOR", f"submit script uses ${var}, not in the ConfigMap"
+    # the ConfigMap is deploy/config.env, with the pod-side paths
+    cfg = render.read_env(REPO / "deploy" / "config.env")
+    for k in ("NNUNET_DATASET", "NNUNET_RUN_NAME", "NNUNET_EPOCHS", "NNUNET_ITERS", "NNUNET_VAL_ITERS"):
+        assert cm[k] == cfg[k]
+    assert cm["NNUNET_STATE_DIR"] == "/var/lib/nnunet" and cm["NNUNET_TOKEN_FILE"] == "/etc/nnunet/token"
+    # the submit script is valid POSIX sh
+    p = subprocess.run(["sh", "-n", "-c", script], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+
+
+def test_same_image_tag_and_names_as_the_docker_dir(default_docs):
+    images = {c["image"] for d in default_docs if d["kind"] in ("Deployment", "Job") for c in pod_spec(d)["containers"]}
+    assert images == {"nnunet-rs/coordinator:0.1.0", "nnunet-rs/worker:0.1.0"}
+    readme = (REPO / "deploy" / "README.md").read_text()
+    for img in images:
+        assert img in readme, f"deploy/README.md does not show how to build {img}"
+
+
+@pytest.mark.parametrize("bad", ["workers=0", "workers=x", "gpus_per_worker=2", "worker_memory=lots",
+                                 "namespace=Bad_NS", "nosuchvalue=1", "config.lower=1", "worker_cpu=500m"])
+def test_bad_values_are_refused(bad):
+    rc, out, err = run_render("--set", bad)
+    assert rc == 2 and out == "" and err.startswith("render.py: "), (rc, err)
+
+
+def test_kustomization_lists_every_base_file():
+    base = REPO / "deploy" / "k8s" / "base"
+    kust = yaml.safe_load((base / "kustomization.yaml").read_text())
+    files = {p.name for p in base.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kust["resources"]) == files
+    env = (base / kust["configMapGenerator"][0]["envs"][0]).resolve()
+    assert env == (REPO / "deploy" / "config.env").resolve()
