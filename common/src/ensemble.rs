@@ -74,10 +74,18 @@ pub fn class_to_values(classes: &[u16], class_values: &[f64]) -> Vec<u16> {
     classes.iter().map(|&c| class_values.get(c as usize).map(|&v| v as u16).unwrap_or(c)).collect()
 }
 
-/// Merges the cases of several prediction folders that were written with saved probabilities.
-/// Every folder must hold the same `.npz` files. Writes `{case}{mask_ending}` (and, with
-/// `save_probabilities`, the averaged `.npz` + sidecar) to `output`. Returns the number of cases.
-pub fn ensemble_folders(inputs: &[PathBuf], output: &Path, save_probabilities: bool) -> Result<usize> {
+/// Merges the cases of several prediction folders that were written with saved probabilities
+/// (`nnunet predict --save-probabilities`): writes the masks of the averaged probabilities to
+/// `output`. `dataset_json` is the model's; its label count is checked against the files.
+/// Returns the number of cases.
+pub fn ensemble_folders(inputs: &[PathBuf], output: &Path, dataset_json: &crate::dataset_json::DatasetJson) -> Result<usize> {
+    ensemble_folders_with(inputs, output, false, Some(dataset_json.num_classes()))
+}
+
+/// [`ensemble_folders`] with options: every folder must hold the same `.npz` files; writes
+/// `{case}{mask_ending}` (and, with `save_probabilities`, the averaged `.npz` + sidecar) to
+/// `output`; `n_classes`, when given, must match the probabilities' first axis.
+pub fn ensemble_folders_with(inputs: &[PathBuf], output: &Path, save_probabilities: bool, n_classes: Option<usize>) -> Result<usize> {
     if inputs.len() < 2 {
         return Err(Error::Invalid("ensembling needs at least two input folders".into()));
     }
@@ -116,6 +124,11 @@ pub fn ensemble_folders(inputs: &[PathBuf], output: &Path, save_probabilities: b
             let (shape, probs) = average_probabilities(&files)?;
             if shape.len() != 4 {
                 return Err(Error::format(&files[0], format!("probabilities have shape {shape:?}; expected (K, Z, X, Y)")));
+            }
+            if let Some(k) = n_classes {
+                if shape[0] != k {
+                    return Err(Error::format(&files[0], format!("probabilities have {} classes but the model's dataset.json declares {k}", shape[0])));
+                }
             }
             let classes = argmax_channels(shape[0], &probs);
             let case = name.trim_end_matches(".npz");
@@ -163,14 +176,14 @@ mod tests {
             npy::write_npz_f32(&d.join("c1.npz"), &[("probabilities", &[2, 1, 1, 2], &p)]).unwrap();
             crate::error::write_json(&d.join("c1.json"), &sidecar).unwrap();
         }
-        assert_eq!(ensemble_folders(&[a.clone(), b.clone()], &out, true).unwrap(), 1);
+        assert_eq!(ensemble_folders_with(&[a.clone(), b.clone()], &out, true, Some(2)).unwrap(), 1);
         let (_, avg) = npy::read_npz_member::<f32>(&out.join("c1.npz"), "probabilities").unwrap();
         assert_eq!(avg, vec![(0.1 + 0.8) / 2.0, (0.4 + 0.7) / 2.0, (0.9 + 0.2) / 2.0, (0.6 + 0.3) / 2.0]);
         let mask = crate::imageio::read_seg(&out.join("c1.png")).unwrap();
         assert_eq!(mask.data, vec![255.0, 0.0]);
         // a folder missing a case is refused with a message naming the difference
         npy::write_npz_f32(&a.join("c2.npz"), &[("probabilities", &[2, 1, 1, 2], &[0.0; 4])]).unwrap();
-        let err = ensemble_folders(&[a, b], &out, false).unwrap_err().to_string();
+        let err = ensemble_folders_with(&[a, b], &out, false, None).unwrap_err().to_string();
         assert!(err.contains("c2.npz"), "{err}");
     }
 }

@@ -278,6 +278,13 @@ impl Summary {
     }
 }
 
+/// Serializes in nnU-Net's layout (see [`Summary::to_value`]); NaN becomes `null` in serde_json.
+impl serde::Serialize for Summary {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&self.to_value(), s)
+    }
+}
+
 /// Reads a segmentation as integer labels with its spatial shape (Z, X, Y).
 pub fn read_labels(path: &Path) -> Result<([usize; 3], Vec<i32>)> {
     let img = crate::imageio::read_seg(path)?;

@@ -48,6 +48,35 @@ impl Value {
     }
 }
 
+/// Serializes through serde (e.g. into `serde_json::Value`): NaN becomes whatever the serializer
+/// does with a non-finite float (`null` for serde_json), ints stay ints.
+impl serde::Serialize for Value {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match self {
+            Value::Null => s.serialize_unit(),
+            Value::Bool(b) => s.serialize_bool(*b),
+            Value::Int(i) => s.serialize_i64(*i),
+            Value::Float(f) => s.serialize_f64(*f),
+            Value::Str(v) => s.serialize_str(v),
+            Value::List(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for i in items {
+                    seq.serialize_element(i)?;
+                }
+                seq.end()
+            }
+            Value::Dict(m) => {
+                let mut map = s.serialize_map(Some(m.len()))?;
+                for (k, v) in m {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
+            }
+        }
+    }
+}
+
 /// Python's `repr(float)`: shortest round-trip digits, fixed notation for exponents in [-4, 16),
 /// scientific (`1e-05`, `1.5e+16`) otherwise, `NaN`/`Infinity` as `json` writes them.
 pub fn float_repr(x: f64) -> String {
