@@ -137,6 +137,13 @@ impl NumpyRandomState {
         (0..size).map(|_| self.bounded_masked(rng) as usize).collect()
     }
 
+    /// Like [`Self::randint_fill`], lazily.
+    pub fn randint_fill_iter(&mut self, n: usize, size: usize) -> impl Iterator<Item = usize> + '_ {
+        assert!(n > 0, "randint over an empty range");
+        let rng = (n - 1) as u64;
+        (0..size).map(move |_| self.bounded_masked(rng) as usize)
+    }
+
     fn bounded_masked(&mut self, rng: u64) -> u64 {
         if rng == 0 {
             return 0;
