@@ -1,6 +1,193 @@
-//! (being written by its owner; placeholder so the crate builds meanwhile)
-#[derive(clap::Args, Debug)]
-pub struct TrainArgs {}
-pub fn run_train(_a: TrainArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+//! `nnunet-worker train`: trains one fold standalone with the same code the coordinator drives
+//! (`train::train_fold`), printing one line per epoch (or a progress bar on a TTY).
+use crate::train::{self, CheckpointKind, FoldSpec, Progress, TrainingConfig};
+use anyhow::Context;
+use nnunet_common::train_log::EpochMetrics;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// Preprocessed dataset: a folder, or a name/id under $nnUNet_preprocessed.
+    #[arg(long)]
+    pub dataset: String,
+    /// Fold to train (0-4; a larger number uses nnU-Net's random 80:20 split).
+    #[arg(long, default_value_t = 0)]
+    pub fold: usize,
+    /// Epochs (nnU-Net: 1000).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Training iterations per epoch (nnU-Net: 250).
+    #[arg(long)]
+    pub iters: Option<usize>,
+    /// Validation iterations per epoch (nnU-Net: 50).
+    #[arg(long)]
+    pub val_iters: Option<usize>,
+    /// Write checkpoint_latest every N epochs (nnU-Net: 50).
+    #[arg(long)]
+    pub save_every: Option<usize>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Continue from the fold's checkpoint_latest (like nnU-Net's --c).
+    #[arg(long = "continue")]
+    pub resume: bool,
+    /// Fold output folder (default $nnUNet_results/<dataset>/nnUNetTrainer__nnUNetPlans__2d/fold_K).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Seed of the initialization and the batches.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// libtorch threads (default: 1 on CUDA, all cores on CPU).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Data-loader threads (default: cores, at most 12).
+    #[arg(long)]
+    pub loader_threads: Option<usize>,
+    /// On CUDA, run the augmentations batched on the GPU.
+    #[arg(long)]
+    pub gpu_augmentation: bool,
+}
+
+/// Console progress for the standalone command; SIGTERM/SIGINT request a stop.
+struct CliProgress {
+    stop: Arc<AtomicBool>,
+}
+
+impl Progress for CliProgress {
+    fn on_epoch(&mut self, _m: &EpochMetrics) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn on_checkpoint(&mut self, kind: CheckpointKind, files: &[PathBuf]) -> anyhow::Result<()> {
+        if let Some(f) = files.first() {
+            eprintln!("checkpoint {kind:?}: {}", f.display());
+        }
+        Ok(())
+    }
+    fn log(&mut self, line: &str) {
+        eprintln!("{line}");
+    }
+    fn should_stop(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
+    let pre_root = nnunet_common::paths::preprocessed_root().unwrap_or_else(|_| PathBuf::from("."));
+    let pre = nnunet_common::paths::resolve_dataset(&pre_root, &args.dataset).with_context(|| format!("resolving --dataset {}", args.dataset))?;
+    let name = pre.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "dataset".into());
+    let fold_dir = match &args.out {
+        Some(o) => o.clone(),
+        None => {
+            let res = nnunet_common::paths::results_root().context("no --out given")?;
+            res.join(&name).join(nnunet_common::paths::model_folder_name()).join(format!("fold_{}", args.fold))
+        }
+    };
+    // The model folder gets the files inference needs (nnU-Net copies them at training start).
+    if let Some(model_dir) = fold_dir.parent() {
+        std::fs::create_dir_all(model_dir).with_context(|| format!("creating {}", model_dir.display()))?;
+        for (src, dst) in [(format!("{}.json", nnunet_common::paths::PLANS_NAME), "plans.json"), ("dataset.json".into(), "dataset.json"), ("dataset_fingerprint.json".into(), "dataset_fingerprint.json")] {
+            let s = pre.join(&src);
+            if s.is_file() {
+                let bytes = std::fs::read(&s).with_context(|| format!("reading {}", s.display()))?;
+                nnunet_common::hash::write_atomic(&model_dir.join(dst), &bytes)?;
+            }
+        }
+    }
+    let device = crate::device::parse_device(&args.device)?;
+    let mut config = TrainingConfig::nnunet_v2();
+    if let Some(v) = args.epochs {
+        config.epochs = v;
+    }
+    if let Some(v) = args.iters {
+        config.iterations_per_epoch = v;
+    }
+    if let Some(v) = args.val_iters {
+        config.val_iterations_per_epoch = v;
+    }
+    if let Some(v) = args.save_every {
+        config.save_every = v;
+    }
+    if let Some(v) = args.seed {
+        config.seed = v;
+    }
+    if let Some(v) = args.threads {
+        config.torch_threads = v;
+    }
+    if let Some(v) = args.loader_threads {
+        config.loader_threads = v;
+    }
+    config.gpu_augmentation = args.gpu_augmentation;
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher_stop = stop.clone();
+    std::thread::spawn(move || loop {
+        if STOP.load(Ordering::SeqCst) {
+            watcher_stop.store(true, Ordering::SeqCst);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    });
+    let spec = FoldSpec { preprocessed_dir: pre, fold: args.fold, fold_dir: fold_dir.clone(), device, config, resume: args.resume };
+    let mut progress = CliProgress { stop };
+    let out = train::train_fold(&spec, &mut progress)?;
+    if out.stopped_early {
+        eprintln!("stopped; continue with --continue (resumes from {})", fold_dir.join("checkpoint_latest.safetensors").display());
+        std::process::exit(143);
+    }
+    println!("fold {} done: {} epochs run, best EMA pseudo Dice {:.4}, final checkpoint {}", args.fold, out.epochs_run, out.best_ema, out.final_checkpoint.display());
+    Ok(())
+}
+
+/// `nnunet-worker bench-step` (hidden): seconds per training step for given plan parameters.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchStepArgs {
+    /// Square patch edge.
+    #[arg(long, default_value_t = 512)]
+    pub patch: usize,
+    #[arg(long, default_value_t = 8)]
+    pub stages: usize,
+    #[arg(long, default_value_t = 2)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 1)]
+    pub channels: i64,
+    #[arg(long, default_value_t = 2)]
+    pub classes: i64,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    /// libtorch threads (default all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+pub fn run_bench_step(a: BenchStepArgs) -> anyhow::Result<()> {
+    let device = crate::device::parse_device(&a.device)?;
+    let threads = a.threads.unwrap_or_else(|| if device.is_cuda() { 1 } else { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) });
+    tch::set_num_threads(threads as i32);
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    let arch = train::synth::arch_kwargs(a.stages);
+    let s = train::run::bench_steps(&arch, a.channels, a.classes, a.batch, [a.patch, a.patch], device, a.warmup, a.steps)?;
+    println!(
+        "{}",
+        serde_json::json!({"device": crate::device::device_string(device), "patch": a.patch, "stages": a.stages, "batch": a.batch,
+            "channels": a.channels, "threads": threads, "steps": a.steps, "seconds_per_step": s})
+    );
+    Ok(())
 }

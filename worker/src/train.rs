@@ -1,1 +1,29 @@
-//! (being written)
+//! Training one fold exactly as nnU-Net v2's `nnUNetTrainer` does for the 2D configuration
+//! (SPEC §7, §8), with libtorch through tch.
+//!
+//! - [`run`]: the epoch loop ([`train_fold`]), [`TrainingConfig`], [`FoldSpec`], the [`Progress`] trait.
+//! - [`loss`]: Dice + cross-entropy with deep supervision (SPEC §7.2).
+//! - [`optim`]: SGD with Nesterov momentum, weight decay and gradient clipping, with our own momentum
+//!   buffers so the optimizer state is part of the checkpoint; [`amp`]: the fp16 gradient scaler.
+//! - [`schedule`]: the poly learning-rate schedule.
+//! - [`loader`]: the batch loader (foreground oversampling, enlarged initial patch, augmentation on a
+//!   thread pool, prefetching into a bounded channel); [`gpu_aug`]: the optional batched GPU augmentation.
+//! - [`checkpoint`]: safetensors weights + momentum buffers with a JSON sidecar, written atomically,
+//!   verified by hash on load; [`checkpoint::load_network`] for inference.
+//! - [`ema`]: the online pseudo-Dice and its exponential moving average (SPEC §7.4).
+//! - [`report`]: the training log files, the console progress and `progress.png`.
+
+pub mod amp;
+pub mod checkpoint;
+pub mod ema;
+pub mod gpu_aug;
+pub mod loader;
+pub mod loss;
+pub mod optim;
+pub mod report;
+pub mod run;
+pub mod schedule;
+pub mod synth;
+
+pub use checkpoint::{load_network, CheckpointMeta};
+pub use run::{train_fold, CheckpointKind, FoldSpec, Progress, TrainOutcome, TrainingConfig};

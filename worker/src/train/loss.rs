@@ -1,0 +1,154 @@
+//! nnU-Net v2's training loss (SPEC §7.2; `nnunetv2/training/loss/compound_losses.py::DC_and_CE_loss`,
+//! `dice.py::MemoryEfficientSoftDiceLoss`, `deep_supervision.py::DeepSupervisionWrapper`):
+//! `L = CE(logits, t) + SoftDice(softmax(logits), t)` with batch Dice, no background, smooth 1e-5,
+//! summed over the deep-supervision outputs with weights `1/2^i`, the last one set to 0, normalized.
+use tch::{Kind, Reduction, Tensor};
+
+/// nnU-Net's Dice smoothing term.
+pub const DICE_SMOOTH: f64 = 1e-5;
+
+/// Deep-supervision weights for `n` outputs (highest resolution first): `1/2^i`, the last set to 0,
+/// then normalized to sum 1 (in that order, as `nnUNetTrainer._build_loss` does). For 7 outputs:
+/// [32, 16, 8, 4, 2, 1, 0] / 63.
+/// With a single output the weight is 1 (nnU-Net only zeroes the last weight when there are several).
+pub fn deep_supervision_weights(n: usize) -> Vec<f64> {
+    let mut w: Vec<f64> = (0..n).map(|i| 1.0 / (1u64 << i) as f64).collect();
+    if n > 1 {
+        w[n - 1] = 0.0;
+    }
+    let s: f64 = w.iter().sum();
+    w.iter().map(|x| x / s).collect()
+}
+
+/// `MemoryEfficientSoftDiceLoss(softmax, batch_dice, do_bg=False, smooth=1e-5)`.
+/// `logits` (B, K, H, W); `target` (B, H, W) int64 labels in 0..K. Returns `-mean(dc)` (a scalar);
+/// the sums are done in fp32 even under autocast.
+pub fn soft_dice_loss(logits: &Tensor, target: &Tensor, batch_dice: bool) -> Tensor {
+    let k = logits.size()[1];
+    let p = logits.to_kind(Kind::Float).softmax(1, Kind::Float);
+    // One-hot without gradients, channels first: (B, K, H, W).
+    let y = tch::no_grad(|| target.one_hot(k).permute([0, 3, 1, 2]).to_kind(Kind::Float));
+    // do_bg = False: drop the background channel from both.
+    let p = p.narrow(1, 1, k - 1);
+    let y = y.narrow(1, 1, k - 1);
+    let axes: &[i64] = &[2, 3];
+    let mut intersect = (&p * &y).sum_dim_intlist(axes, false, Kind::Float);
+    let mut sum_pred = p.sum_dim_intlist(axes, false, Kind::Float);
+    let mut sum_gt = y.sum_dim_intlist(axes, false, Kind::Float);
+    if batch_dice {
+        intersect = intersect.sum_dim_intlist(0, false, Kind::Float);
+        sum_pred = sum_pred.sum_dim_intlist(0, false, Kind::Float);
+        sum_gt = sum_gt.sum_dim_intlist(0, false, Kind::Float);
+    }
+    let dc = (intersect * 2.0 + DICE_SMOOTH) / (sum_gt + sum_pred + DICE_SMOOTH).clamp_min(1e-8);
+    -dc.mean(Kind::Float)
+}
+
+/// Plain `nn.CrossEntropyLoss` (mean over pixels, no class weights) on int64 labels (B, H, W).
+pub fn cross_entropy(logits: &Tensor, target: &Tensor) -> Tensor {
+    logits.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(target, None, Reduction::Mean, -100, 0.0)
+}
+
+/// `DC_and_CE_loss` with weights 1 and 1 for one output.
+pub fn dc_ce(logits: &Tensor, target: &Tensor, batch_dice: bool) -> Tensor {
+    cross_entropy(logits, target) + soft_dice_loss(logits, target, batch_dice)
+}
+
+/// The deep-supervision loss: `Σ w_i dc_ce(out_i, target_i)`, skipping zero weights.
+/// `targets[i]` are int64 (B, H_i, W_i) label maps matching `outputs[i]`.
+pub fn deep_supervision_loss(outputs: &[Tensor], targets: &[Tensor], weights: &[f64], batch_dice: bool) -> Tensor {
+    assert_eq!(outputs.len(), targets.len(), "one target per deep-supervision output");
+    assert_eq!(outputs.len(), weights.len(), "one weight per deep-supervision output");
+    let mut total: Option<Tensor> = None;
+    for ((o, t), &w) in outputs.iter().zip(targets).zip(weights) {
+        if w == 0.0 {
+            continue;
+        }
+        let l = dc_ce(o, t, batch_dice) * w;
+        total = Some(match total {
+            None => l,
+            Some(acc) => acc + l,
+        });
+    }
+    total.expect("at least one non-zero deep-supervision weight")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(data: &[f32], shape: &[i64]) -> Tensor {
+        Tensor::from_slice(data).reshape(shape)
+    }
+
+    #[test]
+    fn ds_weights_match_spec() {
+        // nnunetv2 nnUNetTrainer._build_loss zeroes the last weight BEFORE normalizing, so the weights are
+        // [32, 16, 8, 4, 2, 1, 0] / 63 (SPEC §7.2 quotes [0.50394, ...], i.e. normalized before zeroing;
+        // the installed nnunetv2 2.8.1 code is what we follow).
+        let w = deep_supervision_weights(7);
+        let want = [32.0 / 63.0, 16.0 / 63.0, 8.0 / 63.0, 4.0 / 63.0, 2.0 / 63.0, 1.0 / 63.0, 0.0];
+        for (a, b) in w.iter().zip(want) {
+            assert!((a - b).abs() < 1e-12, "{w:?}");
+        }
+        assert_eq!(deep_supervision_weights(1), vec![1.0]);
+        assert_eq!(deep_supervision_weights(2), vec![1.0, 0.0]);
+    }
+
+    #[test]
+    fn dice_hand_computed() {
+        // One image 1x2 pixels, 2 classes. Logits chosen so softmax p(fg) = [0.5, 0.8807971] (logit diff 0, 2).
+        // Target [0, 1]. Foreground only: I = 0.8807971, Sp = 1.3807971, Sy = 1.
+        // dc = (2I + 1e-5) / (Sy + Sp + 1e-5) = 1.7616042 / 2.3808071 = 0.7399178...
+        let logits = t(&[0.0, 0.0, 0.0, 2.0], &[1, 2, 1, 2]);
+        let target = Tensor::from_slice(&[0i64, 1]).reshape([1, 1, 2]);
+        let l = soft_dice_loss(&logits, &target, true).double_value(&[]);
+        let p = 1.0 / (1.0 + (-2.0f64).exp());
+        let want = -(2.0 * p + 1e-5) / (1.0 + 0.5 + p + 1e-5);
+        assert!((l - want).abs() < 1e-6, "{l} vs {want}");
+        // CE: mean(-log p_true) = mean(-ln 0.5, -ln p)
+        let ce = cross_entropy(&logits, &target).double_value(&[]);
+        let want_ce = (-(0.5f64).ln() - p.ln()) / 2.0;
+        assert!((ce - want_ce).abs() < 1e-6, "{ce} vs {want_ce}");
+        let both = dc_ce(&logits, &target, true).double_value(&[]);
+        assert!((both - (want + want_ce)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn batch_dice_differs_from_per_sample_dice() {
+        // Two samples; sample 0 has no foreground and predicts none (p_fg ~ 0), sample 1 predicts fg perfectly.
+        // Batch Dice pools both -> ~1; per-sample Dice averages sample 0's (smooth/smooth = 1) and sample 1's -> ~1
+        // too, so make sample 0 predict fg p=1 where target is bg: batch dc = 2*1/(1+2) = 2/3, per-sample = (0 + 1)/2.
+        let big = 30.0f32;
+        // (B=2, K=2, H=1, W=1): sample 0 logits favour fg, target bg; sample 1 favour fg, target fg.
+        let logits = t(&[0.0, big, 0.0, big], &[2, 2, 1, 1]);
+        let target = Tensor::from_slice(&[0i64, 1]).reshape([2, 1, 1]);
+        let b = soft_dice_loss(&logits, &target, true).double_value(&[]);
+        let s = soft_dice_loss(&logits, &target, false).double_value(&[]);
+        assert!((b + 2.0 / 3.0).abs() < 1e-4, "batch dice {b}");
+        assert!((s + 0.5).abs() < 1e-4, "per-sample dice {s}");
+    }
+
+    #[test]
+    fn ds_loss_skips_zero_weight_and_weights_terms() {
+        let o0 = t(&[0.0, 0.0, 0.0, 2.0], &[1, 2, 1, 2]);
+        let t0 = Tensor::from_slice(&[0i64, 1]).reshape([1, 1, 2]);
+        // The second output is garbage (NaN); with weight 0 it must not contribute.
+        let o1 = t(&[f32::NAN, f32::NAN], &[1, 2, 1, 1]);
+        let t1 = Tensor::from_slice(&[0i64]).reshape([1, 1, 1]);
+        let w = deep_supervision_weights(2);
+        let l = deep_supervision_loss(&[o0.shallow_clone(), o1], &[t0.shallow_clone(), t1], &w, true).double_value(&[]);
+        let single = dc_ce(&o0, &t0, true).double_value(&[]);
+        assert!((l - single).abs() < 1e-9, "{l} vs {single}");
+    }
+
+    #[test]
+    fn loss_has_gradients() {
+        let logits = t(&[0.0, 1.0, 2.0, 0.5], &[1, 2, 1, 2]).set_requires_grad(true);
+        let target = Tensor::from_slice(&[0i64, 1]).reshape([1, 1, 2]);
+        let l = dc_ce(&logits, &target, true);
+        l.backward();
+        let g = logits.grad();
+        assert!(g.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    }
+}
