@@ -433,6 +433,9 @@ pub fn crossval_summary(model_dir: &Path, folds: &[usize], gt_dir: &Path, datase
     }
     let summary = compute_metrics_on_folder(gt_dir, &merged, Some(&merged.join("summary.json")), &labels, ending, ignore)?;
     let pp = crate::postprocess::determine_postprocessing(&merged, gt_dir, dataset_json)?;
+    // `nnunet predict` applies the model folder's postprocessing.json (nnU-Net keeps its
+    // postprocessing.pkl next to the folds too).
+    copy_atomic(&merged.join("postprocessing.json"), &model_dir.join("postprocessing.json"))?;
     let per_label = |s: &Summary| -> serde_json::Value {
         serde_json::Value::Object(s.mean.iter().map(|(l, m)| (l.to_string(), json_f64(m.dice))).collect())
     };

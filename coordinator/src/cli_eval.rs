@@ -1,8 +1,173 @@
-//! PLACEHOLDER written by the lead so the crate builds; the inference engineer replaces this file.
-//! (Module of the coordinator LIBRARY: `coordinator/src/lib.rs` declares `pub mod cli_eval;`.)
-#[derive(clap::Args, Debug)] pub struct EvaluateArgs {}
-#[derive(clap::Args, Debug)] pub struct EnsembleArgs {}
-#[derive(clap::Args, Debug)] pub struct PostprocessArgs {}
-pub fn run_evaluate(_a: EvaluateArgs) -> anyhow::Result<()> { anyhow::bail!("not built yet") }
-pub fn run_ensemble(_a: EnsembleArgs) -> anyhow::Result<()> { anyhow::bail!("not built yet") }
-pub fn run_postprocess(_a: PostprocessArgs) -> anyhow::Result<()> { anyhow::bail!("not built yet") }
+//! The scoring commands of the `nnunet` CLI (SPEC §10.3, §11), thin wrappers over
+//! `nnunet_common::{evaluate, ensemble, postprocess}`:
+//!
+//! - `nnunet evaluate GT_DIR PRED_DIR [--djfile dataset.json] [-o summary.json]`: nnU-Net's
+//!   `nnUNetv2_evaluate_folder`; writes `summary.json` in nnU-Net's layout.
+//! - `nnunet ensemble -i DIR1 DIR2 ... -o OUT [--save-probabilities]`: `nnUNetv2_ensemble`.
+//! - `nnunet postprocess determine -i PRED -r GT --djfile dataset.json` and
+//!   `nnunet postprocess apply -i IN -o OUT --pp postprocessing.json`.
+//! - `nnunet cv-summary -m MODEL_DIR -r GT [--folds ...]`: the cross-validation summary.
+use anyhow::{bail, Context, Result};
+use nnunet_common::dataset_json::DatasetJson;
+use nnunet_common::{ensemble, evaluate, postprocess};
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct EvaluateArgs {
+    /// Folder with the reference masks.
+    pub gt_dir: PathBuf,
+    /// Folder with the predicted masks (same file names).
+    pub pred_dir: PathBuf,
+    /// dataset.json giving the labels, the file ending and the ignore label (nnU-Net's -djfile).
+    #[arg(short = 'd', long = "djfile", alias = "dataset-json")]
+    pub djfile: Option<PathBuf>,
+    /// Labels to evaluate when no dataset.json is given (default: every nonzero value in the references).
+    #[arg(short = 'l', long = "labels", num_args = 1..)]
+    pub labels: Vec<i64>,
+    /// Output file (default PRED_DIR/summary.json).
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<PathBuf>,
+}
+
+/// The file ending of the first image file in `dir` (".png", ".nii.gz", ...).
+fn detect_ending(dir: &Path) -> Result<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.') && nnunet_common::imageio::detect_format(Path::new(n)).is_some())
+        .collect();
+    names.sort();
+    let first = names.first().with_context(|| format!("no mask files in {}", dir.display()))?;
+    let stem = nnunet_common::imageio::strip_image_ending(first).unwrap_or(first);
+    Ok(first[stem.len()..].to_string())
+}
+
+pub fn run_evaluate(args: EvaluateArgs) -> Result<()> {
+    let (labels, ending, ignore) = match &args.djfile {
+        Some(p) => {
+            let dj = DatasetJson::load(p).with_context(|| format!("reading {}", p.display()))?;
+            (dj.foreground_labels(), dj.file_ending.clone(), dj.ignore_label())
+        }
+        None => {
+            let ending = detect_ending(&args.pred_dir)?;
+            let labels = if args.labels.is_empty() {
+                let mut set = std::collections::BTreeSet::new();
+                for f in evaluate::list_files(&args.gt_dir, &ending)? {
+                    let (_, v) = evaluate::read_labels(&args.gt_dir.join(&f))?;
+                    set.extend(v.into_iter().filter(|&x| x != 0).map(|x| x as i64));
+                }
+                set.into_iter().collect()
+            } else {
+                args.labels.clone()
+            };
+            (labels, ending, None)
+        }
+    };
+    if labels.is_empty() {
+        bail!("no foreground labels to evaluate: give --djfile dataset.json or --labels 1 2 ...");
+    }
+    let out = args.output.clone().unwrap_or_else(|| args.pred_dir.join("summary.json"));
+    let s = evaluate::compute_metrics_on_folder(&args.gt_dir, &args.pred_dir, Some(&out), &labels, &ending, ignore)?;
+    println!("{} case(s), labels {labels:?}", s.metric_per_case.len());
+    for (l, m) in &s.mean {
+        println!("  label {l}: Dice {:.4}  IoU {:.4}", m.dice, m.iou);
+    }
+    println!("  foreground mean Dice {:.4}\nwrote {}", s.foreground_mean.dice, out.display());
+    Ok(())
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct EnsembleArgs {
+    /// Prediction folders written with --save-probabilities.
+    #[arg(short = 'i', long = "input", num_args = 2.., required = true)]
+    pub inputs: Vec<PathBuf>,
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+    /// Also write the averaged probabilities.
+    #[arg(long = "save-probabilities", alias = "save-npz")]
+    pub save_probabilities: bool,
+}
+
+pub fn run_ensemble(args: EnsembleArgs) -> Result<()> {
+    let n = ensemble::ensemble_folders_with(&args.inputs, &args.output, args.save_probabilities, None)?;
+    println!("ensembled {n} case(s) from {} folders into {}", args.inputs.len(), args.output.display());
+    Ok(())
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct PostprocessArgs {
+    #[command(subcommand)]
+    pub action: PostprocessAction,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum PostprocessAction {
+    /// Choose the postprocessing on (cross-validation) predictions: writes postprocessing.json and postprocessed/ in PRED.
+    Determine {
+        #[arg(short = 'i', long = "input")]
+        input: PathBuf,
+        /// Reference masks.
+        #[arg(short = 'r', long = "ref")]
+        reference: PathBuf,
+        #[arg(short = 'd', long = "djfile", alias = "dataset-json")]
+        djfile: PathBuf,
+    },
+    /// Apply a postprocessing.json to every mask of a folder.
+    Apply {
+        #[arg(short = 'i', long = "input")]
+        input: PathBuf,
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        /// postprocessing.json (ours or nnU-Net's).
+        #[arg(long = "pp", alias = "pp-json")]
+        pp: PathBuf,
+    },
+}
+
+pub fn run_postprocess(args: PostprocessArgs) -> Result<()> {
+    match args.action {
+        PostprocessAction::Determine { input, reference, djfile } => {
+            let dj = DatasetJson::load(&djfile).with_context(|| format!("reading {}", djfile.display()))?;
+            let c = postprocess::determine_postprocessing(&input, &reference, &dj)?;
+            println!(
+                "mean foreground Dice {:.4} -> {:.4} with {}",
+                c.baseline.foreground_mean.dice,
+                c.postprocessed.foreground_mean.dice,
+                if c.steps.is_empty() { "no postprocessing".to_string() } else { c.steps.iter().map(|s| s.describe()).collect::<Vec<_>>().join("; ") }
+            );
+            println!("wrote {}", input.join("postprocessing.json").display());
+        }
+        PostprocessAction::Apply { input, output, pp } => {
+            let steps = postprocess::load_postprocessing(&pp)?;
+            let ending = detect_ending(&input)?;
+            let n = postprocess::apply_postprocessing_to_folder(&input, &output, &steps, &ending)?;
+            println!("postprocessed {n} mask(s) into {}", output.display());
+        }
+    }
+    Ok(())
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct CvSummaryArgs {
+    /// Model folder (nnUNet_results/DatasetXXX_Name/nnUNetTrainer__nnUNetPlans__2d).
+    #[arg(short = 'm', long = "model")]
+    pub model: PathBuf,
+    /// Reference masks (nnUNet_preprocessed/DatasetXXX_Name/gt_segmentations).
+    #[arg(short = 'r', long = "ref")]
+    pub reference: PathBuf,
+    #[arg(short = 'f', long = "folds", num_args = 1.., default_values_t = vec![0usize, 1, 2, 3, 4])]
+    pub folds: Vec<usize>,
+}
+
+/// Cross-validation summary of a model folder; see [`evaluate::crossval_summary`].
+pub fn cv_summary(model_dir: &Path, folds: &[usize], gt_dir: &Path, dataset_json: &DatasetJson) -> Result<serde_json::Value> {
+    Ok(evaluate::crossval_summary(model_dir, folds, gt_dir, dataset_json)?)
+}
+
+pub fn run_cv_summary(args: CvSummaryArgs) -> Result<()> {
+    let dj = DatasetJson::load(&args.model.join("dataset.json")).with_context(|| format!("{} is not a model folder", args.model.display()))?;
+    let v = cv_summary(&args.model, &args.folds, &args.reference, &dj)?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
