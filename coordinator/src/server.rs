@@ -5,7 +5,7 @@
 //! every change to SQLite before answering, and fans events out to watchers through a broadcast
 //! channel; a watcher that falls behind re-reads the journal instead of losing events.
 use crate::pipeline;
-use crate::state::{self, Budget, Effects, Event, EventBody, Kind, Refusal, Run, RunState, State, TaskState};
+use crate::state::{self, Budget, Effects, Event, EventBody, Refusal, Run, RunState, State, TaskState};
 use crate::store::Store;
 use anyhow::{bail, Context, Result};
 use nnunet_proto::v1 as pb;
@@ -474,7 +474,10 @@ impl WorkerApi for WorkerService {
         let (task_id, token) = (first.task_id.clone(), first.fencing_token);
         let run_dir = {
             let st = self.0.state.lock().unwrap();
-            let t = st.check_fence(&task_id, token).map_err(refusal_status)?;
+            let t = st.check_fence(&task_id, token).map_err(|r| {
+                self.0.counters.refused_writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                refusal_status(r)
+            })?;
             if t.run_id != first.run_id {
                 return Err(Status::invalid_argument("task does not belong to that run"));
             }

@@ -542,6 +542,18 @@ struct GrpcProgress<'a> {
     ctx: &'a TaskCtx,
     ws: &'a Workspace,
     fold_dir: PathBuf,
+    /// The checkpoint upload in flight, if any.
+    pending: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl GrpcProgress<'_> {
+    /// Waits for the checkpoint upload in flight; its failure (e.g. fenced) fails the task.
+    fn wait_upload(&mut self) -> Result<()> {
+        match self.pending.take() {
+            Some(h) => h.join().map_err(|_| anyhow!("checkpoint upload thread panicked"))?,
+            None => Ok(()),
+        }
+    }
 }
 
 impl Progress for GrpcProgress<'_> {
@@ -579,7 +591,10 @@ impl Progress for GrpcProgress<'_> {
 
     fn on_checkpoint(&mut self, kind: CheckpointKind, files: &[PathBuf]) -> Result<()> {
         // Weights first, then logs and plot, the JSON sidecar last: the coordinator records the
-        // checkpoint when the sidecar lands.
+        // checkpoint when the sidecar lands. The files are hard-linked into an outbox (checkpoint
+        // files are replaced by rename, never rewritten, so the link keeps this version) and
+        // streamed by a background thread while training goes on; the next checkpoint waits for
+        // the previous upload (backpressure), and the task completes only after the last one.
         let mut files: Vec<PathBuf> = files.to_vec();
         for extra in ["progress.png", "training_log.jsonl", "training_log.txt"] {
             let p = self.fold_dir.join(extra);
@@ -591,13 +606,33 @@ impl Progress for GrpcProgress<'_> {
             let n = p.file_name().unwrap().to_string_lossy().into_owned();
             (n.starts_with("checkpoint") && n.ends_with(".json"), !n.ends_with(".safetensors"), n)
         });
-        let t = Instant::now();
-        let mut bytes = 0;
+        self.wait_upload()?;
+        let outbox = self.fold_dir.join(format!(".outbox-{kind:?}"));
+        let _ = std::fs::remove_dir_all(&outbox);
+        std::fs::create_dir_all(&outbox)?;
+        let mut jobs = Vec::new();
         for f in &files {
-            bytes += std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
-            self.ctx.upload(self.ws, f)?;
+            let name = f.file_name().unwrap();
+            let staged = outbox.join(name);
+            if std::fs::hard_link(f, &staged).is_err() {
+                std::fs::copy(f, &staged)?;
+            }
+            jobs.push((staged, self.ctx.rel(self.ws, f)));
         }
-        tracing::info!("{kind:?} checkpoint streamed to the coordinator: {:.1} MB in {:.2}s", bytes as f64 / 1e6, t.elapsed().as_secs_f64());
+        let conn = self.ctx.conn.clone();
+        let task = self.ctx.task.clone();
+        let rt = self.ctx.rt.clone();
+        self.pending = Some(std::thread::spawn(move || -> Result<()> {
+            let t = Instant::now();
+            let mut bytes = 0;
+            for (local, rel) in &jobs {
+                bytes += std::fs::metadata(local).map(|m| m.len()).unwrap_or(0);
+                rt.block_on(conn.upload(&task, local, rel))?;
+            }
+            let _ = std::fs::remove_dir_all(&outbox);
+            tracing::info!("{kind:?} checkpoint streamed to the coordinator: {:.1} MB in {:.2}s", bytes as f64 / 1e6, t.elapsed().as_secs_f64());
+            Ok(())
+        }));
         Ok(())
     }
 
@@ -646,8 +681,11 @@ fn run_train(ctx: &TaskCtx) -> Result<String> {
         ctx.log(format!("training fold {} from scratch on {}", ctx.task.fold, crate::device::device_string(ctx.device)));
     }
     let spec = FoldSpec { preprocessed_dir: ctx.dirs(&ws.root).preprocessed, fold: ctx.task.fold as usize, fold_dir: fd.clone(), device: ctx.device, config, resume: true };
-    let mut progress = GrpcProgress { ctx, ws: &ws, fold_dir: fd.clone() };
-    let outcome = train::train_fold(&spec, &mut progress)?;
+    let mut progress = GrpcProgress { ctx, ws: &ws, fold_dir: fd.clone(), pending: None };
+    let outcome = train::train_fold(&spec, &mut progress);
+    let flushed = progress.wait_upload();
+    let outcome = outcome?;
+    flushed?;
     if outcome.stopped_early {
         ctx.check_stop()?;
         bail!("training stopped early");
