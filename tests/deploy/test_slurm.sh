@@ -74,7 +74,7 @@ make_dataset() {
   local dir=$1
   "$DEPLOY_PY" "$REPO/tests/deploy/make_isbi_tiny.py" "$ISBI" "$dir/png" 10 64 >&2 || return 1
   "$BIN_DIR/nnunet" convert --images "$dir/png/images" --masks "$dir/png/masks" --out "$dir/raw" \
-    --id 951 --name IsbiTiny >&2 || return 1
+    --id 951 --name IsbiTiny --quiet >&2 || return 1
   local ds
   ds=$(find "$dir/raw" -maxdepth 2 -name dataset.json -printf '%h\n' | head -n1)
   [[ -n $ds ]] || { say "nnunet convert wrote no dataset.json under $dir/raw" >&2; return 1; }
