@@ -2,6 +2,7 @@
 # Bring up a real single-node Slurm (slurmctld + slurmd + munged) on this host, as root, without
 # systemd. Idempotent: re-running with the daemons up only re-checks them. Recipe: shared/SLURM-LOCAL.md.
 # cgroup plugins need a systemd/cgroup setup that CI machines lack, so proctrack/linuxproc + task/none.
+# The daemons talk over loopback only (SlurmctldHost=host(127.0.0.1), NodeAddr=127.0.0.1).
 # Env: SLURM_UP_TIMEOUT (s to wait for the node to become idle, default 60).
 set -euo pipefail
 
@@ -48,7 +49,7 @@ CONF=/etc/slurm/slurm.conf
 NEW_CONF=$(cat <<CONF
 # Written by nnunet-rs scripts/slurm-up.sh (single-node test cluster; see shared/SLURM-LOCAL.md)
 ClusterName=nnunet
-SlurmctldHost=${HOST}
+SlurmctldHost=${HOST}(127.0.0.1)
 AuthType=auth/munge
 CryptoType=crypto/munge
 MpiDefault=none
@@ -76,7 +77,7 @@ InactiveLimit=0
 Waittime=0
 SlurmctldTimeout=30
 SlurmdTimeout=30
-NodeName=${HOST} CPUs=${CPUS} RealMemory=${MEM_MB} State=UNKNOWN
+NodeName=${HOST} NodeAddr=127.0.0.1 CPUs=${CPUS} RealMemory=${MEM_MB} State=UNKNOWN
 PartitionName=debug Nodes=${HOST} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 CONF
 )
