@@ -145,6 +145,8 @@ def render(values: dict[str, str], config: dict[str, str], token: str | None = N
             pod = d["spec"]["template"]["spec"]
             c = pod["containers"][0]
             c["image"] = image(values, values["worker_image"])
+            for ic in pod.get("initContainers", []):
+                ic["image"] = image(values, values["coordinator_image"])
             req = {"cpu": values["worker_cpu"], "memory": values["worker_memory"]}
             lim = {"memory": values["worker_memory"]}
             if values["gpus_per_worker"] == "1":
@@ -157,6 +159,18 @@ def render(values: dict[str, str], config: dict[str, str], token: str | None = N
                         e["value"] = "cpu"
             c["resources"] = {"requests": req, "limits": lim}
     return docs
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (the pods' shell scripts) as literal blocks, readable in the output."""
+
+
+def _str(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _str)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"render.py: {e}", file=sys.stderr)
         return 2
     text = "# Rendered by deploy/k8s/render.py; edit deploy/k8s/base, values.env or config.env instead.\n"
-    text += yaml.safe_dump_all([copy.deepcopy(d) for d in docs], sort_keys=False, explicit_start=True)
+    text += yaml.dump_all([copy.deepcopy(d) for d in docs], Dumper=_Dumper, sort_keys=False, explicit_start=True)
     if a.output:
         a.output.write_text(text)
     else:

@@ -4,6 +4,7 @@ checked for the invariants the deployment relies on. Run by scripts/k8s-validate
 from __future__ import annotations
 
 import base64
+import json
 import re
 import subprocess
 import sys
@@ -132,6 +133,21 @@ def test_every_worker_pod_requests_one_gpu_and_its_fold_budget(default_docs):
     assert any(a.startswith("--coordinator=http://nnunet-coordinator:") for a in c["args"])
 
 
+def test_workers_wait_for_the_run_before_exit_when_idle_can_fire(default_docs):
+    """--exit-when-idle exits at once while the coordinator has no active run: the worker pods must
+    not start their worker before the run submitted by nnunet-submit exists."""
+    job = by_kind(default_docs, "Job", "nnunet-workers")
+    (init,) = pod_spec(job)["initContainers"]
+    script = init["args"][0]
+    assert "nnunet status" in script and "$NNUNET_RUN_NAME" in script and "until" in script
+    assert init["envFrom"] == [{"configMapRef": {"name": "nnunet-config"}}]
+    assert init["image"] == by_kind(default_docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+    submit = pod_spec(by_kind(default_docs, "Job", "nnunet-submit"))["containers"][0]["args"][0]
+    assert '--name "$NNUNET_RUN_NAME"' in submit
+    p = subprocess.run(["sh", "-n", "-c", script], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+
+
 def test_cpu_variant_drops_the_gpu_and_applies_values(cpu_docs):
     job = by_kind(cpu_docs, "Job", "nnunet-workers")
     assert job["spec"]["completions"] == 2 and job["spec"]["parallelism"] == 2
@@ -141,6 +157,7 @@ def test_cpu_variant_drops_the_gpu_and_applies_values(cpu_docs):
     assert {e["name"]: e.get("value") for e in c["env"]}["NNUNET_WORKER_DEVICE"] == "cpu"
     assert "tolerations" not in pod_spec(job)
     assert c["image"] == "registry.example.org/team/nnunet-rs/worker:1.2.3"
+    assert pod_spec(job)["initContainers"][0]["image"] == "registry.example.org/team/nnunet-rs/coordinator:1.2.3"
     assert by_kind(cpu_docs, "PersistentVolumeClaim")["spec"]["storageClassName"] == "fast-ssd"
     cm = by_kind(cpu_docs, "ConfigMap", "nnunet-config")["data"]
     assert cm["NNUNET_EPOCHS"] == "5" and cm["NNUNET_DEVICE"] == "cpu"
@@ -207,7 +224,7 @@ def test_pods_run_restricted(default_docs):
         assert spec["securityContext"]["runAsNonRoot"] is True
         assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
         assert spec["automountServiceAccountToken"] is False
-        for c in spec["containers"]:
+        for c in spec["containers"] + spec.get("initContainers", []):
             sc = c["securityContext"]
             assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
             assert "limits" in c["resources"] and "memory" in c["resources"]["limits"], d["metadata"]["name"]
@@ -255,3 +272,93 @@ def test_kustomization_lists_every_base_file():
     assert set(kust["resources"]) == files
     env = (base / kust["configMapGenerator"][0]["envs"][0]).resolve()
     assert env == (REPO / "deploy" / "config.env").resolve()
+
+
+# ---------------------------------------------------------------- the pods' scripts, for real
+def _nnunet_bin() -> Path | None:
+    cands = [REPO / "target" / p / "nnunet" for p in ("release", "debug")]
+    cands = [c for c in cands if c.exists()]
+    return max(cands, key=lambda c: c.stat().st_mtime) if cands else None
+
+
+@pytest.fixture()
+def coordinator(tmp_path):
+    """A real `nnunet serve` on loopback, with the token file the pods would have mounted."""
+    import socket
+    import time
+
+    nnunet = _nnunet_bin()
+    if nnunet is None:
+        pytest.skip("no target/{release,debug}/nnunet: build it (cargo build -p nnunet-coordinator) to run the pod scripts")
+    token = tmp_path / "token"
+    token.write_text("0123456789abcdef0123456789abcdef\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen([str(nnunet), "serve", "--listen", f"127.0.0.1:{port}", "--state-dir", str(tmp_path / "state"),
+                             "--token-file", str(token)], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            if subprocess.run([str(nnunet), "status", "--coordinator", url, "--token-file", str(token)], capture_output=True).returncode == 0:
+                break
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            time.sleep(0.1)
+        yield nnunet, url, token
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def _pod_script(script: str, url: str, token: Path, state: Path) -> str:
+    """The script as the pod runs it, pointed at the local coordinator instead of the Service."""
+    return (script.replace("http://nnunet-coordinator:50051", url)
+            .replace("/etc/nnunet/token", str(token)).replace("/var/lib/nnunet", str(state)))
+
+
+def _pod_env(docs: list[dict], nnunet: Path, **over: str) -> dict[str, str]:
+    env = dict(by_kind(docs, "ConfigMap", "nnunet-config")["data"])
+    env.update(over)
+    env["PATH"] = f"{nnunet.parent}:/usr/bin:/bin"
+    return env
+
+
+def test_submit_job_and_worker_init_scripts_against_a_real_coordinator(default_docs, coordinator, tmp_path):
+    nnunet, url, token = coordinator
+    submit = _pod_script(pod_spec(by_kind(default_docs, "Job", "nnunet-submit"))["containers"][0]["args"][0], url, token, tmp_path)
+    wait = _pod_script(pod_spec(by_kind(default_docs, "Job", "nnunet-workers"))["initContainers"][0]["args"][0], url, token, tmp_path)
+    env = _pod_env(default_docs, nnunet, NNUNET_RUN_NAME="k8s-test", NNUNET_EPOCHS="1", NNUNET_ITERS="1", NNUNET_VAL_ITERS="1")
+    # the dataset as the README puts it on the volume: <volume>/datasets/Dataset001_Example
+    assert env["NNUNET_DATASET"] == "datasets/Dataset001_Example"
+    for cmd in (["synth", "--out", str(tmp_path / "png"), "--cases", "5", "--size", "32"],
+                ["convert", "--images", str(tmp_path / "png" / "images"), "--masks", str(tmp_path / "png" / "masks"),
+                 "--out", str(tmp_path / "datasets"), "--id", "1", "--name", "Example", "--quiet"]):
+        p = subprocess.run([str(nnunet), *cmd], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stdout + p.stderr
+
+    # before the run exists the workers' init container keeps waiting
+    with pytest.raises(subprocess.TimeoutExpired):
+        subprocess.run(["sh", "-c", wait], env=env, capture_output=True, text=True, timeout=3)
+
+    p = subprocess.run(["sh", "-c", submit], env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    run_id = re.search(r"submitted run ([^\s:]+)", p.stdout).group(1)
+
+    # the run is known under its name (its dataset path was resolved below the volume)
+    st = subprocess.run([str(nnunet), "status", "--coordinator", url, "--token-file", str(token), "--json"],
+                        capture_output=True, text=True, timeout=30)
+    runs = json.loads(st.stdout)
+    assert [(r["run_id"], r["name"]) for r in runs] == [(run_id, "k8s-test")]
+
+    # a second submit (a re-applied Job) does not start a second run
+    p = subprocess.run(["sh", "-c", submit], env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "not submitting again" in p.stdout, p.stdout + p.stderr
+    st = subprocess.run([str(nnunet), "status", "--coordinator", url, "--token-file", str(token), "--json"],
+                        capture_output=True, text=True, timeout=30)
+    assert len(json.loads(st.stdout)) == 1
+
+    # now the init container lets the worker start
+    p = subprocess.run(["sh", "-c", wait], env=env, capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stdout + p.stderr
