@@ -362,12 +362,13 @@ fn collect_nnunet(dir: &Path, problems: &mut Vec<String>) -> Result<(Vec<CaseSrc
     } else {
         o.get("file_ending").and_then(|e| e.as_str()).unwrap_or(".nii.gz").to_string()
     };
-    let list_cases = |sub: &str, problems: &mut Vec<String>| -> Result<Vec<String>> {
+    // case -> channel file indices found (a natural image file may hold several channels).
+    let list_cases = |sub: &str, problems: &mut Vec<String>| -> Result<BTreeMap<String, BTreeSet<usize>>> {
         let d = dir.join(sub);
+        let mut ids: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
         if !d.is_dir() {
-            return Ok(Vec::new());
+            return Ok(ids);
         }
-        let mut ids = BTreeSet::new();
         let mut names: Vec<String> = std::fs::read_dir(&d).map_err(|e| Error::io(&d, e))?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
         names.sort();
         for name in names {
@@ -376,16 +377,25 @@ fn collect_nnunet(dir: &Path, problems: &mut Vec<String>) -> Result<(Vec<CaseSrc
             }
             let ok = name.strip_suffix(ending.as_str()).and_then(|s| {
                 let (c, x) = s.split_at(s.len().checked_sub(5)?);
-                (x.starts_with('_') && x[1..].bytes().all(|b| b.is_ascii_digit())).then_some(c)
+                let k: usize = x.strip_prefix('_')?.parse().ok()?;
+                Some((c, k))
             });
             match ok {
-                Some(c) if !c.is_empty() => {
-                    ids.insert(c.to_string());
+                Some((c, k)) if !c.is_empty() => {
+                    ids.entry(c.to_string()).or_default().insert(k);
                 }
                 _ => problems.push(format!("{}: stray file: not {{case}}_{{XXXX}}{ending}; remove it", d.join(&name).display())),
             }
         }
-        Ok(ids.into_iter().collect())
+        Ok(ids)
+    };
+    let one_channel_per_file = ending.ends_with(".nii") || ending.ends_with(".nii.gz");
+    let channel_files = |sub: &str, id: &str, found: Option<&BTreeSet<usize>>| -> Vec<PathBuf> {
+        let n = match found {
+            Some(f) if !one_channel_per_file => f.iter().max().map(|m| m + 1).unwrap_or(1),
+            _ => n_ch,
+        };
+        (0..n).map(|k| dir.join(sub).join(format!("{id}_{k:04}{ending}"))).collect()
     };
     let mut train = Vec::new();
     let train_ids: Vec<String> = if is_v1 {
@@ -411,10 +421,11 @@ fn collect_nnunet(dir: &Path, problems: &mut Vec<String>) -> Result<(Vec<CaseSrc
         ids.sort();
         ids
     } else {
-        list_cases("imagesTr", problems)?
+        list_cases("imagesTr", problems)?.into_keys().collect()
     };
+    let found_tr = list_cases("imagesTr", &mut Vec::new())?;
     for id in train_ids {
-        let images: Vec<PathBuf> = (0..n_ch).map(|k| dir.join("imagesTr").join(format!("{id}_{k:04}{ending}"))).collect();
+        let images = channel_files("imagesTr", &id, found_tr.get(&id));
         let mask = dir.join("labelsTr").join(format!("{id}{ending}"));
         let mut ok = true;
         for f in images.iter().chain(std::iter::once(&mask)) {
@@ -428,8 +439,8 @@ fn collect_nnunet(dir: &Path, problems: &mut Vec<String>) -> Result<(Vec<CaseSrc
         }
     }
     let mut test = Vec::new();
-    for id in list_cases("imagesTs", problems)? {
-        let images: Vec<PathBuf> = (0..n_ch).map(|k| dir.join("imagesTs").join(format!("{id}_{k:04}{ending}"))).collect();
+    for (id, found) in list_cases("imagesTs", problems)? {
+        let images = channel_files("imagesTs", &id, Some(&found));
         if let Some(f) = images.iter().find(|f| !f.is_file()) {
             problems.push(format!("test case {id}: {} is missing", f.display()));
             continue;

@@ -222,15 +222,21 @@ pub fn verify_dataset(dir: &Path) -> Result<VerifyReport> {
             cases.len()
         ));
     }
+    // NIfTI holds one channel per file; a natural image file may hold several (one RGB
+    // `_0000.png` = 3 channels, SPEC §1.2), so there the number of files per case is the largest
+    // found and the channel count is checked on content.
+    let one_channel_per_file = ending.ends_with(".nii") || ending.ends_with(".nii.gz");
+    let files_per_case =
+        if one_channel_per_file { n_channels } else { cases.values().map(|c| c.len()).max().unwrap_or(1) };
     for (case, chans) in &cases {
-        for c in 0..n_channels {
+        for c in 0..files_per_case {
             if !chans.contains(&c) {
                 rep.problems.push(format!(
                     "case {case}: missing channel file imagesTr/{case}_{c:04}{ending} (dataset.json declares {n_channels} channel(s)); add the file or fix channel_names"
                 ));
             }
         }
-        for &c in chans.iter().filter(|&&c| c >= n_channels) {
+        for &c in chans.iter().filter(|&&c| c >= files_per_case.max(n_channels)) {
             rep.problems.push(format!(
                 "case {case}: imagesTr/{case}_{c:04}{ending} is channel {c} but dataset.json declares only {n_channels} channel(s) in channel_names; add the channel name or remove the file"
             ));
@@ -267,7 +273,7 @@ pub fn verify_dataset(dir: &Path) -> Result<VerifyReport> {
         let t = scan_images(&images_ts, &ending, &mut rep.problems, &mut rep.warnings)?;
         check_case_collisions(t.keys(), "imagesTs", &mut rep.problems);
         for (case, chans) in &t {
-            for c in (0..n_channels).filter(|c| !chans.contains(c)) {
+            for c in (0..files_per_case).filter(|c| !chans.contains(c)) {
                 rep.problems.push(format!("test case {case}: missing channel file imagesTs/{case}_{c:04}{ending}; add it or fix channel_names"));
             }
         }
@@ -282,25 +288,24 @@ pub fn verify_dataset(dir: &Path) -> Result<VerifyReport> {
     }
 
     // Content checks, one case per task (SPEC §2 v2 checks 6 and 7).
-    let complete: Vec<&String> = cases
+    let complete: Vec<(&String, &BTreeSet<usize>)> = cases
         .iter()
-        .filter(|(c, ch)| (0..n_channels).all(|k| ch.contains(&k)) && label_files.contains(*c))
-        .map(|(c, _)| c)
+        .filter(|(c, ch)| (0..files_per_case).all(|k| ch.contains(&k)) && label_files.contains(*c))
         .collect();
     let results: Vec<(Vec<String>, Vec<String>)> = complete
         .par_iter()
-        .map(|case| {
-            let files: Vec<PathBuf> = (0..n_channels).map(|k| images_tr.join(format!("{case}_{k:04}{ending}"))).collect();
+        .map(|(case, chans)| {
+            let files: Vec<PathBuf> = chans.iter().map(|k| images_tr.join(format!("{case}_{k:04}{ending}"))).collect();
             check_case(case, &files, Some(&labels_tr.join(format!("{case}{ending}"))), n_channels, &allowed)
         })
         .collect();
     let test_results: Vec<(Vec<String>, Vec<String>)> = test_cases
         .iter()
-        .filter(|(_, ch)| (0..n_channels).all(|k| ch.contains(&k)))
+        .filter(|(_, ch)| (0..files_per_case).all(|k| ch.contains(&k)))
         .collect::<Vec<_>>()
         .par_iter()
-        .map(|(case, _)| {
-            let files: Vec<PathBuf> = (0..n_channels).map(|k| images_ts.join(format!("{case}_{k:04}{ending}"))).collect();
+        .map(|(case, chans)| {
+            let files: Vec<PathBuf> = chans.iter().map(|k| images_ts.join(format!("{case}_{k:04}{ending}"))).collect();
             check_case(case, &files, None, n_channels, &allowed)
         })
         .collect();
