@@ -613,8 +613,8 @@ pub fn basic_verify(raw: &Path, dj: &DatasetJson) -> Result<()> {
 /// Verify + fingerprint + plan + splits: writes `dataset_fingerprint.json`, `nnUNetPlans.json`,
 /// `splits_final.json` (respecting a user file in the raw folder) and the `dataset.json` copy.
 pub fn plan_dataset(dirs: &DatasetDirs, gpu_memory_target_gb: f64, n_threads: usize, show_progress: bool) -> Result<Plans> {
+    crate::verify::verify_dataset(&dirs.raw)?.into_result()?;
     let dj = DatasetJson::load(&dirs.raw.join("dataset.json"))?;
-    basic_verify(&dirs.raw, &dj)?;
     std::fs::create_dir_all(&dirs.preprocessed).map_err(|e| Error::io(&dirs.preprocessed, e))?;
     let fp: Fingerprint = fingerprint::extract(&dirs.raw, n_threads, show_progress)?;
     fp.save(&dirs.fingerprint_file())?;
