@@ -10,7 +10,7 @@ rc=0
 echo "== deploy: Kubernetes manifests and Dockerfiles (offline)"
 bash scripts/k8s-validate.sh || rc=1
 echo "== deploy: the Kubernetes pods' commands as local processes (real binaries)"
-.venv-deploy/bin/pytest -q -p no:cacheprovider tests/deploy/test_k8s_pods.py || rc=1
+"${DEPLOY_VENV:-.venv-deploy}/bin/pytest" -q -p no:cacheprovider tests/deploy/test_k8s_pods.py || rc=1
 echo "== deploy: Slurm"
 if bash scripts/slurm-up.sh; then
   bash tests/deploy/test_slurm.sh || rc=1
