@@ -134,16 +134,28 @@ pub fn summary_lines(summary_json: &str) -> String {
         return format!("error: {}\n", e.as_str().unwrap_or(&e.to_string()));
     }
     let mut out = String::new();
-    if let Some(per_fold) = v.get("per_fold_dice").and_then(|p| p.as_object()) {
+    let f4 = |d: &serde_json::Value| d.as_f64().map(|x| format!("{x:.4}")).unwrap_or_else(|| "NaN".into());
+    if let Some(per_fold) = v.get("fold_foreground_dice").and_then(|p| p.as_object()) {
         for (k, d) in per_fold {
-            out.push_str(&format!("fold {k}: validation Dice {}\n", d.as_f64().map(|x| format!("{x:.4}")).unwrap_or_else(|| d.to_string())));
+            out.push_str(&format!("fold {k}: validation Dice {}\n", f4(d)));
         }
     }
-    if let Some(d) = v.get("cv_dice").and_then(|d| d.as_f64()) {
-        out.push_str(&format!("cross-validation Dice (5 folds merged): {d:.4}\n"));
+    let names = v.get("label_names").and_then(|n| n.as_object()).cloned().unwrap_or_default();
+    if let Some(per_label) = v.get("cv_dice_per_label").and_then(|p| p.as_object()) {
+        for (k, d) in per_label {
+            let name = names.get(k).and_then(|n| n.as_str()).unwrap_or("");
+            out.push_str(&format!("label {k} {name}: cross-validation Dice {}\n", f4(d)));
+        }
     }
-    if let Some(d) = v.get("cv_dice_postprocessed").and_then(|d| d.as_f64()) {
-        out.push_str(&format!("with postprocessing: {d:.4}\n"));
+    if let Some(d) = v.get("cv_foreground_dice") {
+        out.push_str(&format!("cross-validation Dice (folds merged, foreground mean): {}\n", f4(d)));
+    }
+    if let Some(d) = v.get("cv_foreground_dice_postprocessed") {
+        let pp: Vec<String> = v.get("postprocessing").and_then(|p| p.as_array()).map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default();
+        out.push_str(&format!("with postprocessing: {} ({})\n", f4(d), if pp.is_empty() { "none selected".to_string() } else { pp.join("; ") }));
+    }
+    if let Some(f) = v.get("summary_file").and_then(|f| f.as_str()) {
+        out.push_str(&format!("summary: {f}\n"));
     }
     if out.is_empty() {
         out = format!("summary: {summary_json}\n");

@@ -155,7 +155,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let threads = (ncpu / devices.len()).max(1);
 
     let (epochs, iters, val_iters) = if builtin {
-        (args.epochs.unwrap_or(8), args.iters.unwrap_or(12), args.val_iters.unwrap_or(4))
+        (args.epochs.unwrap_or(6), args.iters.unwrap_or(10), args.val_iters.unwrap_or(4))
     } else {
         (args.epochs.unwrap_or(1000), args.iters.unwrap_or(250), args.val_iters.unwrap_or(50))
     };

@@ -250,7 +250,7 @@ fn five_folds_on_three_workers_survive_a_killed_worker() {
     }
     let st = c.status_json(&run);
     assert_eq!(st["state"], "DONE");
-    assert!(st["summary"]["cv_dice"].is_number(), "status reports the CV Dice: {}", st["summary"]);
+    assert!(st["summary"]["cv_foreground_dice"].is_number(), "status reports the CV Dice: {}", st["summary"]);
 }
 
 #[test]
