@@ -89,7 +89,7 @@ pub fn plot_progress(path: &std::path::Path, history: &[EpochMetrics]) -> crate:
         root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
         let panels = root.split_evenly((3, 1));
         let n = history.len().max(1) as f64;
-        let x_max = n.max(2.0);
+        let x_max = (n - 1.0).max(1.0);
         let finite = |v: f64| if v.is_finite() { Some(v) } else { None };
         let range = |vals: &mut dyn Iterator<Item = f64>| {
             let v: Vec<f64> = vals.filter_map(finite).collect();

@@ -186,8 +186,36 @@ pub fn run_bench_step(a: BenchStepArgs) -> anyhow::Result<()> {
     let s = train::run::bench_steps(&arch, a.channels, a.classes, a.batch, [a.patch, a.patch], device, a.warmup, a.steps)?;
     println!(
         "{}",
-        serde_json::json!({"device": crate::device::device_string(device), "patch": a.patch, "stages": a.stages, "batch": a.batch,
+        serde_json::json!({"device": crate::device::device_string(device), "cuda_available": tch::Cuda::is_available(),
+            "cudnn_available": tch::Cuda::cudnn_is_available(), "patch": a.patch, "stages": a.stages, "batch": a.batch,
             "channels": a.channels, "threads": threads, "steps": a.steps, "seconds_per_step": s})
     );
+    Ok(())
+}
+
+/// `nnunet-worker synth-preprocessed` (hidden): writes a synthetic preprocessed dataset (plans,
+/// dataset.json, splits, cases) for the GPU check and benchmarks.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SynthArgs {
+    /// Output folder (`.../DatasetXXX_Name`).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 16)]
+    pub cases: usize,
+    /// Square image and patch edge.
+    #[arg(long, default_value_t = 512)]
+    pub size: usize,
+    #[arg(long, default_value_t = 3)]
+    pub channels: usize,
+    #[arg(long, default_value_t = 12)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 8)]
+    pub stages: usize,
+}
+
+pub fn run_synth(a: SynthArgs) -> anyhow::Result<()> {
+    let spec = train::synth::SynthSpec { cases: a.cases, size: a.size, channels: a.channels, patch: a.size, batch_size: a.batch, arch: train::synth::arch_kwargs(a.stages), seed: 1 };
+    train::synth::write_preprocessed(&a.out, &spec)?;
+    println!("wrote {} synthetic cases to {}", a.cases, a.out.display());
     Ok(())
 }

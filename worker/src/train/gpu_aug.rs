@@ -220,3 +220,35 @@ pub fn crop_batch_to_device(b: &Batch, device: Device) -> (Tensor, Tensor) {
     let s = Tensor::from_slice(&b.targets[0]).view([b.batch_size as i64, crop[0] as i64, crop[1] as i64]).to_device(device).to_kind(Kind::Int64);
     (x, s)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(patch: [usize; 2]) -> AugConfig {
+        AugConfig { patch, rotation: AugConfig::rotation_for_patch(patch), mirror_axes: vec![0, 1], mask_channels: vec![0], ds_scales: vec![vec![1.0, 1.0], vec![0.5, 0.5]] }
+    }
+
+    #[test]
+    fn batched_augmentation_shapes_labels_and_identity_geometry() {
+        // Runs the same tensor code as on CUDA, on the CPU.
+        let g = GpuAugmenter::new(&cfg([16, 16]), Device::Cpu);
+        let (b, s) = (8i64, 20i64);
+        let x = Tensor::arange(b * 2 * s * s, (Kind::Float, Device::Cpu)).view([b, 2, s, s]) / 100.0;
+        let seg = (Tensor::arange(s * s, (Kind::Int64, Device::Cpu)).view([1, s, s]).remainder(3) - 1).repeat([b, 1, 1]);
+        for k in 0..5u64 {
+            let (img, t) = g.augment(&x, &seg, 3, k);
+            assert_eq!(img.size(), vec![b, 2, 16, 16]);
+            assert_eq!(t[0].size(), vec![b, 16, 16]);
+            assert_eq!(t[1].size(), vec![b, 8, 8]);
+            assert!(i64::try_from(t[0].min()).unwrap() >= 0 && i64::try_from(t[0].max()).unwrap() <= 1, "labels 0..=1 after -1 -> 0");
+            assert!(bool::try_from(img.isfinite().all()).unwrap());
+        }
+        // Identity theta = centre crop (offset 2): check the geometry mapping on a sample without augmentation.
+        let theta = Tensor::from_slice(&[16.0f32 / 20.0, 0.0, 0.0, 0.0, 16.0 / 20.0, 0.0]).view([1, 2, 3]);
+        let grid = Tensor::affine_grid_generator(&theta, [1, 1, 16, 16], false);
+        let crop = x.narrow(0, 0, 1).grid_sampler(&grid, 0, 0, false);
+        let want = x.narrow(0, 0, 1).narrow(2, 2, 16).narrow(3, 2, 16);
+        assert!(f64::try_from((crop - want).abs().max()).unwrap() < 1e-4);
+    }
+}
