@@ -180,22 +180,36 @@ pub async fn run(args: RunArgs) -> Result<()> {
     eprintln!("coordinator on {url} (state {}, token in {token_src}); watch from another shell with: nnunet watch --coordinator {url} --token-file {}/token RUN", state_dir.display(), state_dir.display());
 
     let mut events = coord.subscribe();
-    let run = coord.submit(pb::SubmitRunRequest {
+    // An interrupted `nnunet run` on the same dataset and folds continues where it stopped.
+    let canonical = dataset_dir.canonicalize()?.to_string_lossy().into_owned();
+    let previous = {
+        let st = coord.state.lock().unwrap();
+        let mut runs: Vec<_> = st.runs.values().filter(|r| !r.state.is_terminal() && r.raw_dir == canonical && r.folds == args.folds).cloned().collect();
+        runs.sort_by_key(|r| r.created_ms);
+        runs.pop()
+    };
+    let run = if let Some(prev) = previous {
+        eprintln!("resuming unfinished run {} (finished tasks are kept; training resumes from the last checkpoints)", prev.id);
+        coord.apply(|st| ((), st.release_leases(&prev.id, "the previous `nnunet run` was interrupted")))?;
+        prev
+    } else {
+        coord.submit(pb::SubmitRunRequest {
         dataset_dir: dataset_dir.to_string_lossy().into_owned(),
         budget: Some(client::budget_from(epochs, iters, val_iters, args.save_every, args.seed, threads as u32)),
         folds: args.folds.clone(),
         name: String::new(),
         preprocess_shards: devices.len() as u32,
         predict_test: dataset_dir.join("imagesTs").is_dir(),
-    })?;
+    })?
+    };
     eprintln!(
         "run {} on {}: {} fold(s), {} epochs x {} iterations ({} validation), {} worker(s) [{}], {} torch thread(s) each",
         run.id,
         dataset_dir.display(),
-        args.folds.len(),
-        epochs,
-        iters,
-        val_iters,
+        run.folds.len(),
+        run.budget.epochs,
+        run.budget.iterations_per_epoch,
+        run.budget.val_iterations_per_epoch,
         devices.len(),
         devices.iter().map(|d| d.0.clone() + &d.1.iter().map(|(k, v)| format!(" {k}={v}")).collect::<String>()).collect::<Vec<_>>().join(", "),
         threads

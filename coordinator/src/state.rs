@@ -513,6 +513,17 @@ impl State {
         fx
     }
 
+    /// Returns every running lease of `run_id` to the queue (its workers are known to be gone,
+    /// e.g. `nnunet run` restarted after an interruption). Training resumes from checkpoints.
+    pub fn release_leases(&mut self, run_id: &str, why: &str) -> Effects {
+        let mut fx = Effects::default();
+        let ids: Vec<String> = self.tasks.values().filter(|t| t.run_id == run_id && t.state == TaskState::Running).map(|t| t.id.clone()).collect();
+        for id in ids {
+            self.fail_task(&id, why, true, &mut fx);
+        }
+        fx
+    }
+
     /// Moves a run forward when a stage completes; returns whether it is ready to finalize.
     fn advance_run(&mut self, run_id: &str, fx: &mut Effects) {
         let tasks: Vec<&Task> = self.tasks.values().filter(|t| t.run_id == run_id).collect();
