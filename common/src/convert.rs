@@ -4,7 +4,9 @@
 //!
 //! - 2D images become pseudo-3D NIfTI of numpy shape (1, H, W) with spacing (999, 1, 1), exactly
 //!   as nnU-Net's `convert_2d_image_to_nifti` writes them; every channel goes to its own file, so
-//!   an RGB image becomes `_0000/_0001/_0002` named R, G, B (RGBA adds A).
+//!   an RGB image becomes `_0000/_0001/_0002` named R, G, B (RGBA adds A). Each file uses the
+//!   smallest datatype that holds its values exactly (uint8 for 8-bit PNG, as nnU-Net v1's
+//!   conversion keeps the source dtype; float32 for float data).
 //! - Mask values are mapped to consecutive labels 0..K with ONE mapping for the whole dataset
 //!   (0/255 becomes 0/1, {0, 128, 255} becomes {0, 1, 2}); `--map`, `--binarize` and `--labels`
 //!   change it. The mapping is saved in `dataset.json` (`nnunetrs_label_mapping`) so predictions
@@ -582,7 +584,7 @@ fn write_case(src: &CaseSrc, out_dir: &Path, sub: &str, mapping: &BTreeMap<u64, 
     let volume = img.geometry.affine.is_some() && shape[0] > 1;
     for k in 0..c {
         let p = out_dir.join(sub).join(format!("{}_{k:04}.nii.gz", src.id));
-        imageio::write_nifti_f32(&p, shape, img.channel(k), &img.geometry)?;
+        imageio::write_nifti_image(&p, shape, img.channel(k), &img.geometry)?;
     }
     let mut counts = BTreeMap::new();
     if let Some(mp) = &src.mask {

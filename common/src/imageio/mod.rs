@@ -28,7 +28,7 @@ mod natural;
 mod nifti_io;
 
 pub use natural::{read_natural, write_seg_natural};
-pub use nifti_io::{read_nifti, write_nifti_f32, write_nifti_seg};
+pub use nifti_io::{read_nifti, write_nifti_f32, write_nifti_image, write_nifti_seg};
 
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};

@@ -291,6 +291,7 @@ fn default_affine(spacing_zyx: [f64; 3]) -> [[f64; 4]; 4] {
 enum OutType {
     F32,
     U8,
+    I16,
     U16,
 }
 
@@ -308,6 +309,7 @@ fn build_header(shape_zyx: [usize; 3], geom: &Geometry, t: OutType) -> Vec<u8> {
     let (code, bitpix) = match t {
         OutType::F32 => (16i16, 32i16),
         OutType::U8 => (2, 8),
+        OutType::I16 => (4, 16),
         OutType::U16 => (512, 16),
     };
     put_i16(&mut h, 70, code);
@@ -385,6 +387,34 @@ pub fn write_nifti_f32(path: &Path, shape_zxy: [usize; 3], data: &[f32], geom: &
     write_file(path, header, body)
 }
 
+/// Writes an image in the smallest NIfTI datatype that holds every value exactly: uint8, int16 or
+/// uint16 when all values are integers in range (an 8-bit PNG gives uint8, as nnU-Net v1's
+/// `convert_2d_image_to_nifti` keeps the source dtype), float32 otherwise (NaN included). Readers,
+/// ours and nnU-Net's, cast to float32, so the choice changes file size and speed, not values.
+pub fn write_nifti_image(path: &Path, shape_zxy: [usize; 3], data: &[f32], geom: &Geometry) -> Result<()> {
+    check_len(path, shape_zxy, data.len())?;
+    let integral = data.iter().all(|v| v.fract() == 0.0);
+    let (lo, hi) = data.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    let t = if !integral || data.is_empty() {
+        OutType::F32
+    } else if lo >= 0.0 && hi <= 255.0 {
+        OutType::U8
+    } else if lo >= -32768.0 && hi <= 32767.0 {
+        OutType::I16
+    } else if lo >= 0.0 && hi <= 65535.0 {
+        OutType::U16
+    } else {
+        OutType::F32
+    };
+    let body: Vec<u8> = match t {
+        OutType::U8 => data.iter().map(|&v| v as u8).collect(),
+        OutType::I16 => data.iter().flat_map(|&v| (v as i16).to_le_bytes()).collect(),
+        OutType::U16 => data.iter().flat_map(|&v| (v as u16).to_le_bytes()).collect(),
+        OutType::F32 => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    };
+    write_file(path, build_header(shape_zxy, geom, t), body)
+}
+
 /// Writes a segmentation (labels as u16, C-contiguous (Z, Y, X)) as uint8 when every label is at
 /// most 255, else uint16, like nnU-Net's writers. Geometry as in [`write_nifti_f32`].
 pub fn write_nifti_seg(path: &Path, shape_zxy: [usize; 3], data: &[u16], geom: &Geometry) -> Result<()> {
@@ -445,6 +475,28 @@ mod tests {
                     assert!((a[i][j] - affine[i][j]).abs() < 1e-6, "{a:?}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn image_writer_picks_the_smallest_exact_dtype() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Geometry { spacing: [999.0, 1.0, 1.0], affine: None, format: String::new() };
+        for (vals, code) in [
+            (vec![0.0f32, 255.0], 2i16),
+            (vec![-5.0, 300.0], 4),
+            (vec![0.0, 60000.0], 512),
+            (vec![0.5, 1.0], 16),
+            (vec![f32::NAN, 1.0], 16),
+            (vec![0.0, 70000.0], 16),
+        ] {
+            let p = dir.path().join("i.nii");
+            write_nifti_image(&p, [1, 1, 2], &vals, &g).unwrap();
+            let b = std::fs::read(&p).unwrap();
+            assert_eq!(i16::from_le_bytes([b[70], b[71]]), code, "{vals:?}");
+            let back = read_nifti(&p).unwrap().data;
+            assert_eq!(back[1], vals[1]);
+            assert!(back[0] == vals[0] || (back[0].is_nan() && vals[0].is_nan()));
         }
     }
 
