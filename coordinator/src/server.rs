@@ -306,41 +306,7 @@ fn chrono_like_stamp() -> String {
     format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", sod / 3600, (sod % 3600) / 60, sod % 60)
 }
 
-pub fn metrics_to_proto(m: &nnunet_common::train_log::EpochMetrics) -> pb::EpochMetrics {
-    pb::EpochMetrics {
-        epoch: m.epoch,
-        epochs: m.epochs,
-        train_loss: m.train_loss,
-        val_loss: m.val_loss,
-        pseudo_dice: m.pseudo_dice.clone(),
-        mean_fg_dice: m.mean_fg_dice,
-        ema_fg_dice: m.ema_fg_dice,
-        lr: m.lr,
-        epoch_seconds: m.epoch_seconds,
-        dataloader_wait_seconds: m.dataloader_wait_seconds,
-        step_seconds: m.step_seconds,
-        device_memory_peak_bytes: m.device_memory_peak_bytes,
-        new_best: m.new_best,
-    }
-}
-
-pub fn metrics_from_proto(m: &pb::EpochMetrics) -> nnunet_common::train_log::EpochMetrics {
-    nnunet_common::train_log::EpochMetrics {
-        epoch: m.epoch,
-        epochs: m.epochs,
-        train_loss: m.train_loss,
-        val_loss: m.val_loss,
-        pseudo_dice: m.pseudo_dice.clone(),
-        mean_fg_dice: m.mean_fg_dice,
-        ema_fg_dice: m.ema_fg_dice,
-        lr: m.lr,
-        epoch_seconds: m.epoch_seconds,
-        dataloader_wait_seconds: m.dataloader_wait_seconds,
-        step_seconds: m.step_seconds,
-        device_memory_peak_bytes: m.device_memory_peak_bytes,
-        new_best: m.new_best,
-    }
-}
+pub use nnunet_proto::convert::{metrics_from_proto, metrics_to_proto};
 
 pub fn event_to_proto(e: &Event) -> pb::Event {
     use pb::event::Body;

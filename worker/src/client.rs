@@ -564,21 +564,7 @@ impl Progress for GrpcProgress<'_> {
             task_id: ctx.task.task_id.clone(),
             lease_id: ctx.task.lease_id,
             fencing_token: ctx.task.fencing_token,
-            metrics: Some(pb::EpochMetrics {
-                epoch: m.epoch,
-                epochs: m.epochs,
-                train_loss: m.train_loss,
-                val_loss: m.val_loss,
-                pseudo_dice: m.pseudo_dice.clone(),
-                mean_fg_dice: m.mean_fg_dice,
-                ema_fg_dice: m.ema_fg_dice,
-                lr: m.lr,
-                epoch_seconds: m.epoch_seconds,
-                dataloader_wait_seconds: m.dataloader_wait_seconds,
-                step_seconds: m.step_seconds,
-                device_memory_peak_bytes: m.device_memory_peak_bytes,
-                new_best: m.new_best,
-            }),
+            metrics: Some(nnunet_proto::convert::metrics_to_proto(m)),
         };
         ctx.rt
             .block_on(ctx.conn.call("metrics", |mut api| {
