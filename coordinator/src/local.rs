@@ -84,17 +84,45 @@ fn worker_binary() -> Result<PathBuf> {
     }
 }
 
-/// The built-in default: a synthetic dataset generated deterministically into the state dir.
+/// The built-in default: a synthetic dataset generated deterministically into the state dir,
+/// 40 training cases plus 10 held-out test cases (their masks become a second dataset, the ground
+/// truth the fold ensemble is scored against at the end).
 fn default_dataset(state_dir: &Path) -> Result<PathBuf> {
     let src = state_dir.join("builtin-synthetic");
     let raw_root = state_dir.join("nnUNet_raw");
     let ds = raw_root.join("Dataset999_Synthetic");
-    if ds.join("dataset.json").is_file() {
+    if ds.join("dataset.json").is_file() && raw_root.join("Dataset998_SyntheticTest").join("dataset.json").is_file() {
         return Ok(ds);
     }
-    eprintln!("generating the built-in synthetic dataset (40 cases, 128x128, 3 classes) in {}", src.display());
-    nnunet_common::synthetic::generate(&src, 40, 128, 0)?;
-    crate::cli_intake::convert_images_masks(&src.join("images"), &src.join("masks"), None, &raw_root, 999, "Synthetic", false)
+    eprintln!("generating the built-in synthetic dataset (50 cases of 128x128: 40 for training, 10 held out; 2 shape classes) in {}", src.display());
+    nnunet_common::synthetic::generate(&src, 50, 128, 0)?;
+    for d in ["test_images", "test_masks"] {
+        std::fs::create_dir_all(src.join(d))?;
+    }
+    for i in 40..50 {
+        for (from, to) in [("images", "test_images"), ("masks", "test_masks")] {
+            let name = format!("case_{i:03}.png");
+            std::fs::rename(src.join(from).join(&name), src.join(to).join(&name)).with_context(|| format!("moving {name} to {to}"))?;
+        }
+    }
+    crate::cli_intake::convert_images_masks(&src.join("test_images"), &src.join("test_masks"), None, &raw_root, 998, "SyntheticTest", false)?;
+    crate::cli_intake::convert_images_masks(&src.join("images"), &src.join("masks"), Some(&src.join("test_images")), &raw_root, 999, "Synthetic", false)
+}
+
+/// Scores the fold ensemble of the built-in dataset on its held-out test cases.
+fn score_builtin_test(state_dir: &Path, run_dir: &Path) -> Result<String> {
+    let gt = state_dir.join("nnUNet_raw").join("Dataset998_SyntheticTest").join("labelsTr");
+    let pred = run_dir.join("results").join("Dataset999_Synthetic").join(nnunet_common::paths::model_folder_name()).join("ensemble_test");
+    let summary = nnunet_common::evaluate::evaluate_folders(&gt, &pred, &[1, 2], ".nii.gz", None)?;
+    let v = serde_json::to_value(&summary)?;
+    let f = |p: &str| v.pointer(p).and_then(|x| x.as_f64()).map(|x| format!("{x:.4}")).unwrap_or_else(|| "NaN".into());
+    Ok(format!(
+        "ensemble of the folds on the 10 held-out test images: Dice {} (disc {}, rectangle {}); predictions in {}",
+        f("/foreground_mean/Dice"),
+        f("/mean/1/Dice"),
+        f("/mean/2/Dice"),
+        pred.display()
+    ))
 }
 
 fn resolve_dataset(args: &RunArgs) -> Result<(PathBuf, bool)> {
@@ -266,6 +294,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     let info = coord.run_info(&run.id).expect("run exists");
     println!("\n{}", client::fold_table(&info));
+    if builtin && info.state == "DONE" && run.predict_test {
+        match score_builtin_test(&state_dir, &state_dir.join("runs").join(&run.id)) {
+            Ok(line) => println!("{line}"),
+            Err(e) => eprintln!("could not score the held-out test images: {e:#}"),
+        }
+    }
     println!("results: {}", state_dir.join("runs").join(&run.id).join("results").display());
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;

@@ -776,7 +776,8 @@ pub fn resolve_token(token_file: Option<&Path>, state_dir: &Path) -> Result<(Str
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
     }
-    Ok((t, format!("{} (generated)", p.display())))
+    // Printed once, at generation; later starts only say where it is.
+    Ok((t.clone(), format!("{} (generated on this first start: {t})", p.display())))
 }
 
 #[cfg(test)]
