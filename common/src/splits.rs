@@ -46,14 +46,19 @@ impl NumpyRandomState {
         const UPPER: u32 = 0x8000_0000;
         const LOWER: u32 = 0x7fff_ffff;
         const MATRIX_A: u32 = 0x9908_b0df;
-        for i in 0..N {
-            let y = (self.mt[i] & UPPER) | (self.mt[(i + 1) % N] & LOWER);
-            let mut v = self.mt[(i + M) % N] ^ (y >> 1);
-            if y & 1 == 1 {
-                v ^= MATRIX_A;
-            }
-            self.mt[i] = v;
+        #[inline(always)]
+        fn twist(a: u32, b: u32, m: u32) -> u32 {
+            let y = (a & UPPER) | (b & LOWER);
+            m ^ (y >> 1) ^ (if y & 1 == 1 { MATRIX_A } else { 0 })
         }
+        // the reference's three loops (no modulo in the hot path)
+        for i in 0..N - M {
+            self.mt[i] = twist(self.mt[i], self.mt[i + 1], self.mt[i + M]);
+        }
+        for i in N - M..N - 1 {
+            self.mt[i] = twist(self.mt[i], self.mt[i + 1], self.mt[i + M - N]);
+        }
+        self.mt[N - 1] = twist(self.mt[N - 1], self.mt[0], self.mt[M - 1]);
         self.pos = 0;
     }
 
