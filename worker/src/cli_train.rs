@@ -48,6 +48,9 @@ pub struct TrainArgs {
     /// On CUDA, run the augmentations batched on the GPU.
     #[arg(long)]
     pub gpu_augmentation: bool,
+    /// Skip the final sliding-window validation of the fold's validation cases (validation/summary.json).
+    #[arg(long)]
+    pub skip_validation: bool,
 }
 
 /// Console progress for the standalone command; SIGTERM/SIGINT request a stop.
@@ -139,7 +142,7 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     });
-    let spec = FoldSpec { preprocessed_dir: pre, fold: args.fold, fold_dir: fold_dir.clone(), device, config, resume: args.resume };
+    let spec = FoldSpec { preprocessed_dir: pre.clone(), fold: args.fold, fold_dir: fold_dir.clone(), device, config, resume: args.resume };
     let mut progress = CliProgress { stop };
     let out = train::train_fold(&spec, &mut progress)?;
     if out.stopped_early {
@@ -147,6 +150,12 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         std::process::exit(143);
     }
     println!("fold {} done: {} epochs run, best EMA pseudo Dice {:.4}, final checkpoint {}", args.fold, out.epochs_run, out.best_ema, out.final_checkpoint.display());
+    // nnU-Net's perform_actual_validation (SPEC §7.4): sliding window over the fold's validation cases.
+    if !args.skip_validation {
+        let opts = crate::infer::PredictOptions { device, ..Default::default() };
+        let summary = crate::infer::validate_fold(&pre, args.fold, &fold_dir, &opts).with_context(|| format!("final validation of fold {}", args.fold))?;
+        println!("Mean Validation Dice: {:.4} ({})", summary.foreground_mean.dice, fold_dir.join("validation/summary.json").display());
+    }
     Ok(())
 }
 
@@ -217,5 +226,43 @@ pub fn run_synth(a: SynthArgs) -> anyhow::Result<()> {
     let spec = train::synth::SynthSpec { cases: a.cases, size: a.size, channels: a.channels, patch: a.size, batch_size: a.batch, arch: train::synth::arch_kwargs(a.stages), seed: 1 };
     train::synth::write_preprocessed(&a.out, &spec)?;
     println!("wrote {} synthetic cases to {}", a.cases, a.out.display());
+    Ok(())
+}
+
+/// `nnunet-worker bench-aug` (hidden): single-thread throughput of the CPU training augmentation
+/// (the full SPEC §8.1 pipeline from the enlarged crop to the final patch and the DS targets).
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchAugArgs {
+    /// Square final patch edge (the crop is the enlarged initial patch, 602 for 512).
+    #[arg(long, default_value_t = 512)]
+    pub patch: usize,
+    #[arg(long, default_value_t = 1)]
+    pub channels: usize,
+    #[arg(long, default_value_t = 8)]
+    pub stages: usize,
+    #[arg(long, default_value_t = 200)]
+    pub samples: usize,
+}
+
+pub fn run_bench_aug(a: BenchAugArgs) -> anyhow::Result<()> {
+    use nnunet_common::augment::{augment_train, AugConfig, Image, Seg};
+    use rand::{Rng, SeedableRng};
+    let patch = [a.patch, a.patch];
+    let rotation = AugConfig::rotation_for_patch(patch);
+    let crop = AugConfig::initial_patch_size(patch, rotation);
+    let cfg = AugConfig { patch, rotation, mirror_axes: vec![0, 1], mask_channels: vec![], ds_scales: train::synth::arch_kwargs(a.stages).deep_supervision_scales() };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let n = crop[0] * crop[1];
+    let img = Image { channels: a.channels, h: crop[0], w: crop[1], data: (0..a.channels * n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect() };
+    let seg = Seg { h: crop[0], w: crop[1], data: (0..n).map(|i| if (i / crop[1]) % 50 < 20 { 1 } else { 0 }).collect() };
+    for _ in 0..5 {
+        std::hint::black_box(augment_train(&img, &seg, &cfg, &mut rng));
+    }
+    let t = std::time::Instant::now();
+    for _ in 0..a.samples {
+        std::hint::black_box(augment_train(&img, &seg, &cfg, &mut rng));
+    }
+    let s = t.elapsed().as_secs_f64();
+    println!("{}", serde_json::json!({"patch": a.patch, "crop": crop, "channels": a.channels, "samples": a.samples, "threads": 1, "patches_per_second": a.samples as f64 / s}));
     Ok(())
 }

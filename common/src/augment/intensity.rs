@@ -3,17 +3,23 @@ use super::resize::{bilinear, nearest_exact, round_half_even};
 use super::Image;
 use rand::Rng;
 
-/// Standard normal samples by Box-Muller (two per pair of uniforms).
+/// Standard normal samples (Marsaglia's polar method in f32: one `ln` and one `sqrt` per pair, no trig).
 pub fn fill_standard_normal<R: Rng + ?Sized>(out: &mut [f32], rng: &mut R) {
+    const SCALE: f32 = 1.0 / (1u32 << 23) as f32;
     let mut i = 0;
     while i < out.len() {
-        let u1 = rng.random::<f64>().max(f64::MIN_POSITIVE);
-        let u2 = rng.random::<f64>();
-        let r = (-2.0 * u1.ln()).sqrt();
-        let t = std::f64::consts::TAU * u2;
-        out[i] = (r * t.cos()) as f32;
+        let r = rng.next_u64();
+        // Two uniforms in (-1, 1) from the 23 high bits of each half.
+        let u = ((r >> 41) as f32) * SCALE * 2.0 - 1.0;
+        let v = (((r >> 9) & 0x7f_ffff) as f32) * SCALE * 2.0 - 1.0;
+        let s = u * u + v * v;
+        if s >= 1.0 || s == 0.0 {
+            continue;
+        }
+        let f = (-2.0 * s.ln() / s).sqrt();
+        out[i] = u * f;
         if i + 1 < out.len() {
-            out[i + 1] = (r * t.sin()) as f32;
+            out[i + 1] = v * f;
         }
         i += 2;
     }
@@ -102,10 +108,18 @@ fn mean_min_max(x: &[f32]) -> (f32, f32, f32) {
 
 /// torch `std()` (unbiased) and mean.
 fn mean_std(x: &[f32]) -> (f64, f64) {
+    // One pass over shifted values (shift = first element) keeps the sum of squares well conditioned.
     let n = x.len() as f64;
-    let m = x.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = x.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
-    (m, var.sqrt())
+    let shift = x.first().copied().unwrap_or(0.0);
+    let (mut s, mut ss) = (0.0f64, 0.0f64);
+    for &v in x {
+        let d = (v - shift) as f64;
+        s += d;
+        ss += d * d;
+    }
+    let m = s / n;
+    let var = ((ss - s * m) / (n - 1.0).max(1.0)).max(0.0);
+    (m + shift as f64, var.sqrt())
 }
 
 /// `ContrastTransform(preserve_range=True)`: `x = (x - mean) * f + mean`, clamped to the original range.

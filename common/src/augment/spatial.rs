@@ -63,27 +63,47 @@ pub fn rotate_scale(image: &Image, seg: &Seg, patch: [usize; 2], angle: f64, sca
     let mut out = Image::zeros(image.channels, patch[0], patch[1]);
     let mut sout = Seg { h: patch[0], w: patch[1], data: vec![-1; n_out] };
     let plane = h * w;
+    let (hi, wi) = (h as isize, w as isize);
     for i in 0..patch[0] {
         let g0 = i as f64 - cen0;
+        // Sample position of column j is base + j * step (affine in j): no per-pixel matrix product.
+        let base_y = g0 * a00 - cen1 * a10 + off0;
+        let base_x = g0 * a01 - cen1 * a11 + off1;
+        let row_out = i * patch[1];
         for j in 0..patch[1] {
-            let g1 = j as f64 - cen1;
-            // Sample position in input index space (row, col).
-            let y = g0 * a00 + g1 * a10 + off0;
-            let x = g0 * a01 + g1 * a11 + off1;
+            let y = base_y + j as f64 * a10;
+            let x = base_x + j as f64 * a11;
             let y0f = y.floor();
             let x0f = x.floor();
             let (fy, fx) = ((y - y0f) as f32, (x - x0f) as f32);
             let (y0, x0) = (y0f as isize, x0f as isize);
+            let o = row_out + j;
             let wts = [(1.0 - fy) * (1.0 - fx), (1.0 - fy) * fx, fy * (1.0 - fx), fy * fx];
+            if y0 >= 0 && x0 >= 0 && y0 + 1 < hi && x0 + 1 < wi {
+                // Fast path: all four neighbours inside.
+                let p00 = y0 as usize * w + x0 as usize;
+                let idx = [p00, p00 + 1, p00 + w, p00 + w + 1];
+                for ch in 0..image.channels {
+                    let src = &image.data[ch * plane..(ch + 1) * plane];
+                    out.data[ch * n_out + o] = wts[0] * src[idx[0]] + wts[1] * src[idx[1]] + wts[2] * src[idx[2]] + wts[3] * src[idx[3]];
+                }
+                let l = [seg.data[idx[0]], seg.data[idx[1]], seg.data[idx[2]], seg.data[idx[3]]];
+                sout.data[o] = if l[0] == l[1] && l[0] == l[2] && l[0] == l[3] { l[0] } else { vote(&l, &wts) };
+                continue;
+            }
             let pts = [(y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1)];
             let mut idx = [usize::MAX; 4];
+            let mut any = false;
             for k in 0..4 {
                 let (py, px) = pts[k];
-                if py >= 0 && px >= 0 && (py as usize) < h && (px as usize) < w {
+                if py >= 0 && px >= 0 && py < hi && px < wi {
                     idx[k] = py as usize * w + px as usize;
+                    any = true;
                 }
             }
-            let o = i * patch[1] + j;
+            if !any {
+                continue; // image 0, seg -1 already
+            }
             // Image: bilinear, zeros outside.
             for ch in 0..image.channels {
                 let src = &image.data[ch * plane..(ch + 1) * plane];
@@ -95,31 +115,37 @@ pub fn rotate_scale(image: &Image, seg: &Seg, patch: [usize; 2], angle: f64, sca
                 }
                 out.data[ch * n_out + o] = v;
             }
-            // Seg: accumulate the bilinear weight per label among the 4 neighbours (outside = -1).
-            let mut labels = [0i16; 4];
-            let mut acc = [0.0f32; 4];
-            let mut n = 0usize;
-            for k in 0..4 {
-                let l = if idx[k] == usize::MAX { -1 } else { seg.data[idx[k]] };
-                match labels[..n].iter().position(|&x| x == l) {
-                    Some(p) => acc[p] += wts[k],
-                    None => {
-                        labels[n] = l;
-                        acc[n] = wts[k];
-                        n += 1;
-                    }
-                }
-            }
-            let mut best = 0usize;
-            for p in 1..n {
-                if acc[p] > acc[best] || (acc[p] == acc[best] && labels[p] < labels[best]) {
-                    best = p;
-                }
-            }
-            sout.data[o] = labels[best];
+            // Seg: outside counts as label -1.
+            let l = [0, 1, 2, 3].map(|k| if idx[k] == usize::MAX { -1 } else { seg.data[idx[k]] });
+            sout.data[o] = vote(&l, &wts);
         }
     }
     (out, sout)
+}
+
+/// The label with the largest summed bilinear weight among the four neighbours (ties: lower label).
+#[inline]
+fn vote(labels: &[i16; 4], wts: &[f32; 4]) -> i16 {
+    let mut lab = [0i16; 4];
+    let mut acc = [0.0f32; 4];
+    let mut n = 0usize;
+    for k in 0..4 {
+        match lab[..n].iter().position(|&x| x == labels[k]) {
+            Some(p) => acc[p] += wts[k],
+            None => {
+                lab[n] = labels[k];
+                acc[n] = wts[k];
+                n += 1;
+            }
+        }
+    }
+    let mut best = 0usize;
+    for p in 1..n {
+        if acc[p] > acc[best] || (acc[p] == acc[best] && lab[p] < lab[best]) {
+            best = p;
+        }
+    }
+    lab[best]
 }
 
 /// Flips image and seg together along `axis` (0 = rows/H, 1 = columns/W).
