@@ -284,7 +284,7 @@ pub fn plan_2d(fp: &Fingerprint, dataset_json: &DatasetJson, dataset_name: &str,
             fp.shapes_after_crop.len()
         )));
     }
-    if !(gpu_memory_target_gb > 0.0) {
+    if gpu_memory_target_gb.is_nan() || gpu_memory_target_gb <= 0.0 {
         return Err(Error::Invalid(format!("--gpu-memory-target must be > 0 GB, got {gpu_memory_target_gb}")));
     }
     let target = fullres_target_spacing(fp);

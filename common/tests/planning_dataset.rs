@@ -71,10 +71,19 @@ fn plan_preprocess_resume_and_shard() {
     std::fs::remove_file(dirs.data_dir().join("case5.json")).unwrap();
     let stale = dirs.data_dir().join(".case5.npy.tmp-99999");
     std::fs::write(&stale, b"partial").unwrap();
+    // its writer (pid 99999) is gone and it is old: stale
+    let f = std::fs::File::options().write(true).open(&stale).unwrap();
+    f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600)).unwrap();
+    drop(f);
+    // a fresh temp file of a live writer (this process) is left alone
+    let live = dirs.data_dir().join(format!(".case6.npy.tmp-{}", std::process::id()));
+    std::fs::write(&live, b"in progress").unwrap();
     let before = std::fs::metadata(dirs.data_dir().join("case2.json")).unwrap().modified().unwrap();
     let r = preprocess_dataset(&dirs, 2, None, false).unwrap();
     assert_eq!((r.n_processed, r.n_skipped), (1, 6));
     assert!(!stale.exists());
+    assert!(live.exists());
+    std::fs::remove_file(&live).unwrap();
     assert!(CaseFiles::new(&dirs.data_dir(), "case5").is_complete());
     assert_eq!(std::fs::metadata(dirs.data_dir().join("case2.json")).unwrap().modified().unwrap(), before);
     // an unknown case in a shard is an error naming it

@@ -307,6 +307,9 @@ pub fn transpose_spatial<T: Copy>(data: &[T], shape: [usize; 4], perm: &[usize])
     (out, [shape[0], ns[0], ns[1], ns[2]])
 }
 
+/// (data (C,Z,X,Y) float32, its shape, seg int8 (1,Z,X,Y), properties): what [`preprocess_case`] returns.
+pub type PreprocessedCase = (Vec<f32>, [usize; 4], Vec<i8>, CaseProperties);
+
 /// Preprocesses one case (SPEC §5). `image` and `seg` are as read (C, Z, X, Y), before transpose.
 /// Returns (data (C,Z,X,Y) float32, its shape, seg int8 (1,Z,X,Y), properties). With `seg = None`
 /// (inference) the returned seg is the nonzero mask (0 inside, -1 outside) and no class locations
@@ -317,7 +320,7 @@ pub fn preprocess_case(
     dataset_json: &DatasetJson,
     image: ImageData,
     seg: Option<ImageData>,
-) -> Result<(Vec<f32>, [usize; 4], Vec<i8>, CaseProperties)> {
+) -> Result<PreprocessedCase> {
     if let Some(s) = &seg {
         if s.shape[1..] != image.shape[1..] {
             return Err(Error::Invalid(format!(
@@ -501,18 +504,21 @@ pub struct PreprocessReport {
     pub wall_s: f64,
 }
 
-/// Removes stale temporary files (`.{name}.tmp-{pid}`) left by an interrupted run.
+/// Removes stale temporary files (`.{name}.tmp-{pid}`) left by an interrupted run. Workers may
+/// share the folder (the coordinator shards cases), so a temp file is only stale when its writer's
+/// pid is not alive on this host and it has not been touched for 5 minutes.
 fn remove_stale_temps(dir: &Path) {
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            // Only temp files of processes that are gone: shards of the same dataset may be
-            // preprocessed concurrently into this folder by other workers (shared filesystem).
-            if let Some(pid) = name.strip_prefix('.').and_then(|n| n.rsplit_once(".tmp-")).and_then(|(_, p)| p.parse::<u32>().ok()) {
-                if !Path::new(&format!("/proc/{pid}")).exists() {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some((_, pid)) = name.rsplit_once(".tmp-") else { continue };
+        if !name.starts_with('.') {
+            continue;
+        }
+        let alive = pid.parse::<u32>().map(|p| Path::new(&format!("/proc/{p}")).exists()).unwrap_or(false);
+        let age = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).map(|d| d.as_secs()).unwrap_or(0);
+        if !alive && age >= 300 {
+            let _ = std::fs::remove_file(e.path());
         }
     }
 }

@@ -105,9 +105,9 @@ fn zoom_line(input: &[f64], out: &mut [f64], order: u32) {
         }
         _ => {
             let mut p = Vec::with_capacity(n + 2 * NPAD);
-            p.extend(std::iter::repeat(input[0]).take(NPAD));
+            p.extend(std::iter::repeat_n(input[0], NPAD));
             p.extend_from_slice(input);
-            p.extend(std::iter::repeat(input[n - 1]).take(NPAD));
+            p.extend(std::iter::repeat_n(input[n - 1], NPAD));
             cubic_prefilter(&mut p);
             let pl = p.len() as i64;
             for (i, o) in out.iter_mut().enumerate() {
