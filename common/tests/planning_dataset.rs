@@ -86,6 +86,14 @@ fn plan_preprocess_resume_and_shard() {
     std::fs::remove_file(&live).unwrap();
     assert!(CaseFiles::new(&dirs.data_dir(), "case5").is_complete());
     assert_eq!(std::fs::metadata(dirs.data_dir().join("case2.json")).unwrap().modified().unwrap(), before);
+    // new plans (another GPU memory target changes the batch size) invalidate every case
+    let mut p2 = Plans::load(&dirs.plans_file()).unwrap();
+    let mut c2 = p2.config_2d().unwrap();
+    c2.batch_size += 1;
+    p2.configurations.insert("2d".into(), serde_json::to_value(&c2).unwrap());
+    p2.save(&dirs.plans_file()).unwrap();
+    let r = preprocess_dataset(&dirs, 2, None, false).unwrap();
+    assert_eq!((r.n_processed, r.n_skipped), (7, 0));
     // an unknown case in a shard is an error naming it
     let err = preprocess_dataset(&dirs, 1, Some(&["nope".to_string()]), false).unwrap_err().to_string();
     assert!(err.contains("nope"), "{err}");

@@ -523,6 +523,36 @@ fn remove_stale_temps(dir: &Path) {
     }
 }
 
+/// What the preprocessed arrays depend on: the 2d configuration, the transpose and the
+/// intensity properties (CT normalization). Hashed into `nnUNetPlans_2d/.plans_sha256`.
+fn cfg_fingerprint(plans: &Plans, config: &Configuration2d) -> Result<String> {
+    let v = serde_json::json!({
+        "configuration": config,
+        "transpose_forward": plans.transpose_forward,
+        "intensity": plans.foreground_intensity_properties_per_channel,
+    });
+    let bytes = serde_json::to_vec(&v).map_err(|e| Error::Invalid(format!("cannot hash the plans: {e}")))?;
+    Ok(hash::sha256_bytes(&bytes))
+}
+
+/// Resume must not mix cases preprocessed under different plans: when the plans changed (or the
+/// folder predates the marker) every case file is removed, as nnU-Net removes the folder on each run.
+fn invalidate_if_plans_changed(data_dir: &Path, _plans: &Plans, digest: &str) -> Result<()> {
+    let marker = data_dir.join(".plans_sha256");
+    let old = std::fs::read_to_string(&marker).ok();
+    if old.as_deref().map(str::trim) == Some(digest) {
+        return Ok(());
+    }
+    let rd = std::fs::read_dir(data_dir).map_err(|e| Error::io(data_dir, e))?;
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".npy") || name.ends_with(".json") {
+            std::fs::remove_file(e.path()).map_err(|err| Error::io(e.path(), err))?;
+        }
+    }
+    hash::write_atomic(&marker, digest.as_bytes())
+}
+
 /// Preprocesses one raw case and writes it (data, seg, then properties last).
 pub fn preprocess_and_write_case(plans: &Plans, config: &Configuration2d, dj: &DatasetJson, case: &RawCase, data_dir: &Path) -> Result<()> {
     let img = imageio::read_case_images(&case.images)?;
@@ -576,6 +606,7 @@ pub fn preprocess_dataset(dirs: &DatasetDirs, n_threads: usize, cases: Option<&[
     }
     let data_dir = dirs.data_dir();
     std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
+    invalidate_if_plans_changed(&data_dir, &plans, &cfg_fingerprint(&plans, &config)?)?;
     remove_stale_temps(&data_dir);
     let gt = dirs.gt_dir();
     std::fs::create_dir_all(&gt).map_err(|e| Error::io(&gt, e))?;
