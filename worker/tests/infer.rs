@@ -333,3 +333,55 @@ fn nnunet_channel_files_are_grouped_and_user_files_are_cases() {
     let cases = infer::discover_cases(tmp.path()).unwrap();
     assert_eq!(cases.iter().map(|c| c.case.as_str()).collect::<Vec<_>>(), vec!["IMD002", "img_0001"]);
 }
+
+#[test]
+fn validate_fold_exports_in_raw_geometry_and_evaluates() {
+    use nnunet_common::npy;
+    let tmp = tempfile::tempdir().unwrap();
+    let pre = tmp.path().join("Dataset940_V");
+    let data_dir = pre.join("nnUNetPlans_2d");
+    let gt_dir = pre.join("gt_segmentations");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    std::fs::create_dir_all(&gt_dir).unwrap();
+    let plans_v = plans_json(1, [32, 32]);
+    let mut dj_v = dataset_json(1, ".nii.gz");
+    dj_v.as_object_mut().unwrap().remove("nnunetrs_label_mapping");
+    std::fs::write(pre.join("nnUNetPlans.json"), serde_json::to_vec(&plans_v).unwrap()).unwrap();
+    std::fs::write(pre.join("dataset.json"), serde_json::to_vec(&dj_v).unwrap()).unwrap();
+    let cases = ["c0", "c1", "c2", "c3"];
+    std::fs::write(pre.join("splits_final.json"), serde_json::to_vec(&serde_json::json!([{"train": ["c0", "c1"], "val": ["c2", "c3"]}])).unwrap()).unwrap();
+    let plans: Plans = serde_json::from_value(plans_v).unwrap();
+    let config = plans.config_2d().unwrap();
+    let dj: nnunet_common::dataset_json::DatasetJson = serde_json::from_value(dj_v).unwrap();
+    let affine = [[-1.0, 0.0, 0.0, 3.0], [0.0, -1.0, 0.0, 2.0], [0.0, 0.0, 999.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
+    let geom = Geometry { spacing: [999.0, 1.0, 1.0], affine: Some(affine), format: "nii.gz".into() };
+    let (h, w) = (24usize, 30usize);
+    let mut fg_sizes = vec![];
+    for (i, c) in cases.iter().enumerate() {
+        // nonzero everywhere, so the crop keeps the whole image; a square of label 1
+        let img = imageio::ImageData { shape: [1, 1, h, w], data: (0..h * w).map(|j| 1.0 + ((j * 31 + i) % 17) as f32).collect(), geometry: geom.clone() };
+        let side = 4 + 2 * i;
+        let segv: Vec<f32> = (0..h * w).map(|j| if j / w < side && j % w < side { 1.0 } else { 0.0 }).collect();
+        fg_sizes.push(side * side);
+        let seg = imageio::ImageData { shape: [1, 1, h, w], data: segv.clone(), geometry: geom.clone() };
+        let (data, shape, seg8, props) = nnunet_common::preprocess::preprocess_case(&plans, &config, &dj, img, Some(seg)).unwrap();
+        npy::write_npy(&data_dir.join(format!("{c}.npy")), &shape, &data).unwrap();
+        npy::write_npy(&data_dir.join(format!("{c}_seg.npy")), &[1, shape[1], shape[2], shape[3]], &seg8).unwrap();
+        nnunet_common::error::write_json(&data_dir.join(format!("{c}.json")), &props).unwrap();
+        let labels: Vec<u16> = segv.iter().map(|&v| v as u16).collect();
+        imageio::write_nifti_seg(&gt_dir.join(format!("{c}.nii.gz")), [1, h, w], &labels, &geom).unwrap();
+    }
+    let model = make_model(tmp.path(), 1, [32, 32], &[0], |vs, _| constant_logits(vs, [-5.0, 5.0]));
+    let fold_dir = model.join("fold_0");
+    let summary = infer::validate_fold(&pre, 0, &fold_dir, &PredictOptions::default()).unwrap();
+    // Everything is predicted foreground: Dice = 2|gt| / (|gt| + H·W) per validation case.
+    let n = (h * w) as f64;
+    let want: Vec<f64> = [2, 3].iter().map(|&i| 2.0 * fg_sizes[i] as f64 / (fg_sizes[i] as f64 + n)).collect();
+    assert_eq!(summary.metric_per_case.len(), 2);
+    assert!((summary.mean[&1].dice - (want[0] + want[1]) / 2.0).abs() < 1e-12);
+    assert!(fold_dir.join("validation/summary.json").is_file());
+    let written = imageio::read_nifti(&fold_dir.join("validation/c2.nii.gz")).unwrap();
+    let gt = imageio::read_nifti(&gt_dir.join("c2.nii.gz")).unwrap();
+    assert_eq!(written.shape, gt.shape);
+    assert_eq!(written.geometry.affine, gt.geometry.affine);
+}
