@@ -58,6 +58,21 @@ fn check(gt: &str, pred: &str, ending: &str, reference: &str) {
     let ours = pyjson::load(&summary_file).unwrap();
     let theirs = pyjson::load(&dir.join(reference)).unwrap();
     assert_same(&ours, &theirs, "summary");
+    // Byte-identical to the reference's file once the folder prefixes of the file names are dropped:
+    // same key order, indentation, float formatting and NaN tokens.
+    fn basenames(v: &Value) -> Value {
+        match v {
+            Value::Dict(m) => Value::Dict(m.iter().map(|(k, x)| (k.clone(), basenames(x))).collect()),
+            Value::List(l) => Value::List(l.iter().map(basenames).collect()),
+            Value::Str(s) => Value::Str(Path::new(s).file_name().unwrap().to_string_lossy().into_owned()),
+            other => other.clone(),
+        }
+    }
+    let ours_text = std::fs::read_to_string(&summary_file).unwrap();
+    assert_eq!(pyjson::to_string(&pyjson::parse(&ours_text).unwrap()), ours_text, "our file is in json.dump layout");
+    assert_eq!(pyjson::to_string(&basenames(&ours)), pyjson::to_string(&basenames(&theirs)));
+    let their_text = std::fs::read_to_string(dir.join(reference)).unwrap();
+    assert_eq!(pyjson::to_string(&theirs), their_text, "the reference file re-serializes to itself");
     // The fixture has a label absent from both masks (NaN) and one predicted where the reference is empty.
     assert!(summary.metric_per_case.iter().any(|c| c.metrics[&2].dice.is_nan()));
     assert!(std::fs::read_to_string(&summary_file).unwrap().contains("\"Dice\": NaN"));
