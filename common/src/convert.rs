@@ -700,6 +700,15 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
     if !problems.is_empty() {
         return Err(problems_error("conversion refused", problems));
     }
+    if values.iter().all(|&b| f64::from_bits(b) == 0.0) && opts.label_names.is_none() {
+        return Err(problems_error(
+            "conversion refused",
+            vec![format!(
+                "all {} mask(s) hold only the value 0 (background): there is nothing to segment; check that --masks points at the masks (not at empty placeholders), or pass --labels to declare the classes",
+                train.len()
+            )],
+        ));
+    }
     let mapping = decide_mapping(&values, opts, declared.as_ref()).map_err(|p| problems_error("conversion refused", p))?;
     let mut label_set: Vec<i64> = mapping.values().copied().collect::<BTreeSet<_>>().into_iter().collect();
     // Declared label names may cover labels absent from every mask: keep them.

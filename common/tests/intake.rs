@@ -211,7 +211,7 @@ fn nan_in_float_tiff_image_is_reported() {
     let t = tempfile::tempdir().unwrap();
     let (im, mk) = (t.path().join("i"), t.path().join("m"));
     float_tiff(&im.join("f.tif"), 2, 2, &[0.5, f32::NAN, 1.0, 2.0]);
-    gray_png(&mk.join("f.png"), 2, 2, |_, _| 0);
+    gray_png(&mk.join("f.png"), 2, 2, |x, _| x as u8);
     let e = err_of(&opts(&im, &mk, &t.path().join("raw")));
     assert_has(&e, &["case f", "f_0000.nii.gz", "1 NaN"]);
 }
@@ -236,6 +236,16 @@ fn duplicate_case_ids_are_refused() {
     gray_png(&im.join("c_0.png"), 8, 6, |_, _| 1);
     let e = err_of(&opts(&im, &mk, &t.path().join("raw")));
     assert_has(&e, &["duplicate case id \"c1\"", "c1.bmp", "duplicate case id \"c_0\""]);
+}
+
+#[test]
+fn all_empty_masks_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let (im, mk) = folders(t.path(), 2);
+    for i in 0..2 {
+        gray_png(&mk.join(format!("c{i}.png")), 8, 6, |_, _| 0);
+    }
+    assert_has(&err_of(&opts(&im, &mk, &t.path().join("raw"))), &["all 2 mask(s) hold only the value 0", "nothing to segment"]);
 }
 
 #[test]
