@@ -22,6 +22,14 @@ enum Cmd {
     Train(cli_train::TrainArgs),
     /// Predict images with trained folds.
     Predict(cli_predict::PredictArgs),
+    /// Final sliding-window validation of a trained fold (writes validation/ and summary.json).
+    Validate(cli_predict::ValidateArgs),
+    /// Write a synthetic preprocessed dataset with a real 2D plan (for GPU checks and benchmarks).
+    SynthPreprocessed(cli_train::SynthArgs),
+    /// Time training steps of a plan-shaped network on random data.
+    BenchStep(cli_train::BenchStepArgs),
+    /// Time the augmentation pipeline (patches per second).
+    BenchAug(cli_train::BenchAugArgs),
     /// Lease tasks from a coordinator (same as giving --coordinator without a subcommand).
     Serve(client::ServeArgs),
     /// Run one libtorch forward/backward/SGD step on CPU and report CUDA availability.
@@ -38,6 +46,10 @@ fn main() {
     let res = match cli.cmd {
         Some(Cmd::Train(a)) => cli_train::run_train(a),
         Some(Cmd::Predict(a)) => cli_predict::run_predict(a),
+        Some(Cmd::Validate(a)) => cli_predict::run_validate(a),
+        Some(Cmd::SynthPreprocessed(a)) => cli_train::run_synth(a),
+        Some(Cmd::BenchStep(a)) => cli_train::run_bench_step(a),
+        Some(Cmd::BenchAug(a)) => cli_train::run_bench_aug(a),
         Some(Cmd::Serve(a)) => client::run_serve(a),
         Some(Cmd::Smoke) => nnunet_worker::device::smoke(),
         None if cli.serve.coordinator.is_some() => client::run_serve(cli.serve),
