@@ -158,6 +158,13 @@ pub fn verify_dataset(dir: &Path) -> Result<VerifyReport> {
     };
     let Some(value) = value else { return Ok(rep) };
     let obj = value.as_object().unwrap();
+    if obj.contains_key("dataset") {
+        rep.problems.push(format!(
+            "{}: the optional \"dataset\" key (explicit per-case file lists) is not supported by nnunet-rs; lay the files out as imagesTr/{{case}}_{{XXXX}}{{ending}} + labelsTr/{{case}}{{ending}} and remove the key (nnunet convert --from does this)",
+            dj_path.display()
+        ));
+        return Ok(rep);
+    }
     let missing: Vec<&str> = REQUIRED_KEYS.iter().copied().filter(|k| !obj.contains_key(*k)).collect();
     if !missing.is_empty() {
         let hint = if obj.contains_key("modality") {

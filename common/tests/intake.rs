@@ -162,6 +162,21 @@ fn rgb_images_become_three_channel_files_named_r_g_b() {
 }
 
 #[test]
+fn palette_png_masks_use_their_indices() {
+    let t = tempfile::tempdir().unwrap();
+    let (im, mk) = (t.path().join("i"), t.path().join("m"));
+    gray_png(&im.join("v.png"), 4, 1, |x, _| x as u8);
+    std::fs::create_dir_all(&mk).unwrap();
+    // A VOC-style indexed PNG: indices 0, 1, 2 shown in black, red, green.
+    let mut enc = png::Encoder::new(std::fs::File::create(mk.join("v.png")).unwrap(), 4, 1);
+    enc.set_color(png::ColorType::Indexed);
+    enc.set_palette(vec![0, 0, 0, 128, 0, 0, 0, 128, 0]);
+    enc.write_header().unwrap().write_image_data(&[0, 2, 1, 2]).unwrap();
+    let s = convert(&opts(&im, &mk, &t.path().join("raw"))).unwrap();
+    assert_eq!(imageio::read_nifti(&s.dataset_dir.join("labelsTr/v.nii.gz")).unwrap().data, [0.0, 2.0, 1.0, 2.0]);
+}
+
+#[test]
 fn output_is_deterministic_across_thread_counts() {
     let t = tempfile::tempdir().unwrap();
     let (im, mk) = folders(t.path(), 6);

@@ -27,7 +27,7 @@ pub struct ImageData {
 mod natural;
 mod nifti_io;
 
-pub use natural::{read_natural, write_seg_natural};
+pub use natural::{read_natural, read_png_palette_indices, write_seg_natural};
 pub use nifti_io::{read_nifti, write_nifti_f32, write_nifti_image, write_nifti_seg};
 
 use crate::{Error, Result};
@@ -97,7 +97,15 @@ pub fn read_case_images(files: &[PathBuf]) -> Result<ImageData> {
 }
 
 /// Reads a segmentation; it must have exactly one channel (a gray PNG, one NIfTI volume).
+///
+/// A palette (indexed-color) PNG is read as its indices, which is what a label map saved that
+/// way means (see [`read_png_palette_indices`]).
 pub fn read_seg(path: &Path) -> Result<ImageData> {
+    if detect_format(path) == Some("png") {
+        if let Some(img) = read_png_palette_indices(path)? {
+            return Ok(img);
+        }
+    }
     let img = read_image(path)?;
     if img.shape[0] != 1 {
         return Err(Error::format(

@@ -140,6 +140,41 @@ fn collapse_gray_palette(img: &mut ImageData) {
     }
 }
 
+/// Reads a palette (indexed-color) PNG as its palette INDICES, (1, 1, H, W); `None` for any other
+/// PNG. Label maps are often saved this way (PASCAL VOC and many annotation tools): the index is
+/// the label and the palette only colors it for viewing. Decoders, nnU-Net's skimage included,
+/// expand the palette to RGB, which would turn every label map into a 3-channel color image.
+pub fn read_png_palette_indices(path: &Path) -> Result<Option<ImageData>> {
+    let bad = |msg: String| Error::Image { path: path.into(), msg };
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut dec = png::Decoder::new(std::io::BufReader::new(f));
+    dec.set_transformations(png::Transformations::IDENTITY);
+    let mut reader = dec.read_info().map_err(|e| bad(format!("cannot decode PNG ({e}); the file is corrupt or truncated")))?;
+    let info = reader.info();
+    if info.color_type != png::ColorType::Indexed {
+        return Ok(None);
+    }
+    let (w, h, bits) = (info.width as usize, info.height as usize, info.bit_depth as usize);
+    let mut buf = vec![0u8; reader.output_buffer_size().unwrap_or(0)];
+    let frame = reader.next_frame(&mut buf).map_err(|e| bad(format!("cannot decode PNG pixel data ({e}); the file is corrupt or truncated")))?;
+    let stride = frame.line_size;
+    let mut data = Vec::with_capacity(h * w);
+    for y in 0..h {
+        let row = &buf[y * stride..(y + 1) * stride];
+        for x in 0..w {
+            // Indices narrower than a byte are packed most significant bits first.
+            let v = if bits == 8 {
+                row[x]
+            } else {
+                let per = 8 / bits;
+                (row[x / per] >> (8 - bits * (x % per + 1))) & ((1u8 << bits) - 1)
+            };
+            data.push(v as f32);
+        }
+    }
+    Ok(Some(ImageData { shape: [1, 1, h, w], data, geometry: natural_geometry("png") }))
+}
+
 /// Writes a label map of shape (H, W) as PNG, TIFF or BMP (`format` as [`super::detect_format`]
 /// names them): 8-bit gray when every label is at most 255, else 16-bit (PNG/TIFF only). This
 /// is how predictions go back to a user who gave PNG/TIFF/BMP masks.
@@ -217,6 +252,39 @@ mod tests {
         std::fs::write(d.join("f.tif"), &bytes).unwrap();
         let t = read_natural(&d.join("f.tif")).unwrap();
         assert_eq!((t.shape, t.data.clone()), ([1, 1, 2, 2], vec![0.5, -1.0, 3.25, 1e6]));
+    }
+
+    #[test]
+    fn palette_png_gives_indices() {
+        let dir = tempfile::tempdir().unwrap();
+        // 8-bit: one byte per index. 2-bit, width 3: one byte per row, packed high bits first:
+        // row [0, 1, 2] = 00 01 10 00, row [1, 2, 0] = 01 10 00 00.
+        for (bits, rows) in [(png::BitDepth::Eight, vec![0u8, 1, 2, 1, 0, 2]), (png::BitDepth::Two, vec![0b0001_1000, 0b0110_0000])] {
+            let p = dir.path().join("p.png");
+            let f = std::fs::File::create(&p).unwrap();
+            let mut enc = png::Encoder::new(f, 3, 2);
+            enc.set_color(png::ColorType::Indexed);
+            enc.set_depth(bits);
+            enc.set_palette(vec![0, 0, 0, 128, 0, 0, 0, 128, 0]);
+            let mut w = enc.write_header().unwrap();
+            w.write_image_data(&rows).unwrap();
+            drop(w);
+            let got = read_png_palette_indices(&p).unwrap().unwrap();
+            assert_eq!(got.shape, [1, 1, 2, 3]);
+            if bits == png::BitDepth::Eight {
+                assert_eq!(got.data, [0., 1., 2., 1., 0., 2.]);
+            } else {
+                assert_eq!(got.data, [0., 1., 2., 1., 2., 0.]);
+            }
+            // The generic reader expands the palette to color, as nnU-Net's does.
+            assert_eq!(read_natural(&p).unwrap().shape[0], 3);
+        }
+        gray_png_for_test(&dir.path().join("g.png"));
+        assert!(read_png_palette_indices(&dir.path().join("g.png")).unwrap().is_none());
+    }
+
+    fn gray_png_for_test(p: &Path) {
+        image::GrayImage::from_pixel(2, 2, image::Luma([3])).save(p).unwrap();
     }
 
     #[test]
