@@ -53,7 +53,7 @@ pub fn average_probabilities(files: &[PathBuf]) -> Result<(Vec<usize>, Vec<f32>)
 /// Class index of the maximum over the first axis of (K, ...) values; the first maximum wins, as
 /// `np.argmax` / `torch.argmax` on CPU do.
 pub fn argmax_channels(n_classes: usize, values: &[f32]) -> Vec<u16> {
-    assert!(n_classes > 0 && values.len() % n_classes == 0, "values must be (K, ...) with K > 0");
+    assert!(n_classes > 0 && values.len().is_multiple_of(n_classes), "values must be (K, ...) with K > 0");
     let n = values.len() / n_classes;
     let mut best = vec![0u16; n];
     let mut best_v: Vec<f32> = values[..n].to_vec();

@@ -158,6 +158,8 @@ pub fn predict_with_mirroring(net: &PlainConvUNet, x: &Tensor, mirror_axes: &[us
     let out = forward(&Tensor::cat(&inputs, 0)); // ((1 + n_combos) · B, K, px, py)
     // Same summation order as the reference: f(x), then each flipped-back mirrored prediction.
     let mut pred = out.narrow(0, 0, b);
+    // Not `+=`: for tch that is an in-place add into `out`, which `pred` is a view of.
+    #[allow(clippy::assign_op_pattern)]
     for (i, d) in dims.iter().enumerate() {
         pred = pred + out.narrow(0, (i as i64 + 1) * b, b).flip(d.as_slice());
     }
