@@ -181,7 +181,7 @@ impl Progress {
             b.inc(1);
         } else if self.enabled {
             let step = (self.total / 10).max(1);
-            if n % step == 0 || n == self.total {
+            if n.is_multiple_of(step) || n == self.total {
                 eprintln!("{}: {n}/{} ({:.0}%)", self.label, self.total, 100.0 * n as f64 / self.total.max(1) as f64);
             }
         }

@@ -59,6 +59,7 @@ fn read_bytes(path: &Path) -> Result<Vec<u8>> {
 
 /// The affine nibabel's `get_best_affine` returns: sform if `sform_code > 0`, else qform if
 /// `qform_code > 0`, else the diagonal of pixdim.
+#[allow(clippy::needless_range_loop)] // matrix code reads best with explicit row/column indices
 fn best_affine(c: &Cursor, pixdim: [f64; 4]) -> [[f64; 4]; 4] {
     let sform_code = c.i16(254);
     let qform_code = c.i16(252);
@@ -295,6 +296,7 @@ enum OutType {
     U16,
 }
 
+#[allow(clippy::needless_range_loop)] // matrix code reads best with explicit row/column indices
 fn build_header(shape_zyx: [usize; 3], geom: &Geometry, t: OutType) -> Vec<u8> {
     let mut h = vec![0u8; VOX_OFFSET];
     let put_i16 = |h: &mut Vec<u8>, o: usize, v: i16| h[o..o + 2].copy_from_slice(&v.to_le_bytes());
