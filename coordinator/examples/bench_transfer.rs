@@ -38,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
     coord.apply(|st| ((), st.create_tasks("r1", &["a".into()], 1)))?;
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await?;
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.initial_stream_window_size(Some(8 << 20)).initial_connection_window_size(Some(16 << 20)).connect().await?;
     let auth = |mut r: tonic::Request<()>| {
         r.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
         Ok(r)

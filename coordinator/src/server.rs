@@ -727,7 +727,11 @@ pub async fn serve(
         .context("building the reflection service")?;
     let worker = WorkerApiServer::new(WorkerService(coord.clone())).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
     let monitor = MonitorServer::new(MonitorService(coord.clone())).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
-    let mut builder = tonic::transport::Server::builder().http2_keepalive_interval(Some(Duration::from_secs(20)));
+    // Large HTTP/2 windows: artifact uploads are 1 MiB chunks; the 64 KiB default throttles them.
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20));
     if let Some((cert, key)) = opts.tls {
         let identity = tonic::transport::Identity::from_pem(cert, key);
         builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity)).context("configuring TLS")?;

@@ -222,7 +222,7 @@ pub fn run_serve(args: ServeArgs) -> Result<()> {
 async fn connect(args: &ServeArgs) -> Result<Conn> {
     let addr = args.coordinator.clone().context("--coordinator URL is required")?;
     let mut ep = tonic::transport::Endpoint::from_shared(addr.clone()).with_context(|| format!("bad coordinator address {addr:?}"))?;
-    ep = ep.keep_alive_while_idle(true).http2_keep_alive_interval(Duration::from_secs(20)).connect_timeout(Duration::from_secs(10)).timeout(Duration::from_secs(600));
+    ep = ep.keep_alive_while_idle(true).initial_stream_window_size(Some(8 << 20)).initial_connection_window_size(Some(16 << 20)).http2_keep_alive_interval(Duration::from_secs(20)).connect_timeout(Duration::from_secs(10)).timeout(Duration::from_secs(600));
     if let Some(ca) = &args.tls_ca {
         let pem = std::fs::read(ca).with_context(|| format!("reading CA {}", ca.display()))?;
         ep = ep.tls_config(tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem)))?;
@@ -542,15 +542,101 @@ struct GrpcProgress<'a> {
     ctx: &'a TaskCtx,
     ws: &'a Workspace,
     fold_dir: PathBuf,
-    /// The checkpoint upload in flight, if any.
-    pending: Option<std::thread::JoinHandle<Result<()>>>,
+    uploader: Uploader,
 }
 
-impl GrpcProgress<'_> {
-    /// Waits for the checkpoint upload in flight; its failure (e.g. fenced) fails the task.
-    fn wait_upload(&mut self) -> Result<()> {
-        match self.pending.take() {
-            Some(h) => h.join().map_err(|_| anyhow!("checkpoint upload thread panicked"))?,
+/// Streams checkpoints to the coordinator from a background thread, so training never waits for
+/// the network. One pending slot per checkpoint kind: a newer `latest` (or `best`) replaces one
+/// that has not started uploading yet, so a slow link costs freshness, not training time. The
+/// final checkpoint is always uploaded, and the task completes only after everything is flushed.
+struct Uploader {
+    shared: Arc<(std::sync::Mutex<UploadQueue>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct UploadQueue {
+    /// Pending jobs by priority (0 final, 1 latest, 2 best): the staged folder and its files.
+    pending: std::collections::BTreeMap<u8, (PathBuf, Vec<(PathBuf, String)>)>,
+    closed: bool,
+    error: Option<String>,
+}
+
+impl Uploader {
+    fn new(conn: Conn, task: pb::Task, rt: tokio::runtime::Handle) -> Self {
+        let shared: Arc<(std::sync::Mutex<UploadQueue>, std::sync::Condvar)> = Arc::default();
+        let sh = shared.clone();
+        let thread = std::thread::spawn(move || loop {
+            let job = {
+                let (lock, cv) = &*sh;
+                let mut q = lock.lock().unwrap();
+                while q.pending.is_empty() && !q.closed {
+                    q = cv.wait(q).unwrap();
+                }
+                match q.pending.pop_first() {
+                    Some((_, job)) => job,
+                    None => return,
+                }
+            };
+            let (staged, files) = job;
+            let t = Instant::now();
+            let mut bytes = 0;
+            let mut res = Ok(());
+            for (local, rel) in &files {
+                bytes += std::fs::metadata(local).map(|m| m.len()).unwrap_or(0);
+                res = rt.block_on(conn.upload(&task, local, rel));
+                if res.is_err() {
+                    break;
+                }
+            }
+            let _ = std::fs::remove_dir_all(&staged);
+            match res {
+                Ok(()) => tracing::info!("checkpoint streamed to the coordinator: {:.1} MB in {:.2}s", bytes as f64 / 1e6, t.elapsed().as_secs_f64()),
+                Err(e) => {
+                    let (lock, _) = &*sh;
+                    let mut q = lock.lock().unwrap();
+                    q.error = Some(format!("{e:#}"));
+                    for (_, (dir, _)) in std::mem::take(&mut q.pending) {
+                        let _ = std::fs::remove_dir_all(dir);
+                    }
+                    return;
+                }
+            }
+        });
+        Uploader { shared, thread: Some(thread) }
+    }
+
+    fn submit(&self, priority: u8, staged: PathBuf, files: Vec<(PathBuf, String)>) -> Result<()> {
+        let (lock, cv) = &*self.shared;
+        let mut q = lock.lock().unwrap();
+        if let Some(e) = &q.error {
+            return Err(anyhow!(TaskLost(format!("checkpoint upload failed: {e}"))));
+        }
+        if let Some((old, _)) = q.pending.insert(priority, (staged, files)) {
+            let _ = std::fs::remove_dir_all(old); // superseded before it started
+        }
+        if priority == 0 {
+            // The final checkpoint supersedes any latest one not yet sent.
+            if let Some((old, _)) = q.pending.remove(&1) {
+                let _ = std::fs::remove_dir_all(old);
+            }
+        }
+        cv.notify_all();
+        Ok(())
+    }
+
+    /// Uploads what is pending and stops; the first upload error, if any.
+    fn flush(&mut self) -> Result<()> {
+        {
+            let (lock, cv) = &*self.shared;
+            lock.lock().unwrap().closed = true;
+            cv.notify_all();
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().map_err(|_| anyhow!("checkpoint upload thread panicked"))?;
+        }
+        match self.shared.0.lock().unwrap().error.take() {
+            Some(e) => Err(anyhow!(TaskLost(format!("checkpoint upload failed: {e}")))),
             None => Ok(()),
         }
     }
@@ -577,10 +663,8 @@ impl Progress for GrpcProgress<'_> {
 
     fn on_checkpoint(&mut self, kind: CheckpointKind, files: &[PathBuf]) -> Result<()> {
         // Weights first, then logs and plot, the JSON sidecar last: the coordinator records the
-        // checkpoint when the sidecar lands. The files are hard-linked into an outbox (checkpoint
-        // files are replaced by rename, never rewritten, so the link keeps this version) and
-        // streamed by a background thread while training goes on; the next checkpoint waits for
-        // the previous upload (backpressure), and the task completes only after the last one.
+        // checkpoint when the sidecar lands. Files are hard-linked into a staging folder
+        // (checkpoints are replaced by rename, never rewritten, so the link keeps this version).
         let mut files: Vec<PathBuf> = files.to_vec();
         for extra in ["progress.png", "training_log.jsonl", "training_log.txt"] {
             let p = self.fold_dir.join(extra);
@@ -592,34 +676,23 @@ impl Progress for GrpcProgress<'_> {
             let n = p.file_name().unwrap().to_string_lossy().into_owned();
             (n.starts_with("checkpoint") && n.ends_with(".json"), !n.ends_with(".safetensors"), n)
         });
-        self.wait_upload()?;
-        let outbox = self.fold_dir.join(format!(".outbox-{kind:?}"));
-        let _ = std::fs::remove_dir_all(&outbox);
-        std::fs::create_dir_all(&outbox)?;
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let staged = self.fold_dir.join(format!(".outbox-{kind:?}-{}", SEQ.fetch_add(1, Ordering::Relaxed)));
+        std::fs::create_dir_all(&staged)?;
         let mut jobs = Vec::new();
         for f in &files {
-            let name = f.file_name().unwrap();
-            let staged = outbox.join(name);
-            if std::fs::hard_link(f, &staged).is_err() {
-                std::fs::copy(f, &staged)?;
+            let link = staged.join(f.file_name().unwrap());
+            if std::fs::hard_link(f, &link).is_err() {
+                std::fs::copy(f, &link)?;
             }
-            jobs.push((staged, self.ctx.rel(self.ws, f)));
+            jobs.push((link, self.ctx.rel(self.ws, f)));
         }
-        let conn = self.ctx.conn.clone();
-        let task = self.ctx.task.clone();
-        let rt = self.ctx.rt.clone();
-        self.pending = Some(std::thread::spawn(move || -> Result<()> {
-            let t = Instant::now();
-            let mut bytes = 0;
-            for (local, rel) in &jobs {
-                bytes += std::fs::metadata(local).map(|m| m.len()).unwrap_or(0);
-                rt.block_on(conn.upload(&task, local, rel))?;
-            }
-            let _ = std::fs::remove_dir_all(&outbox);
-            tracing::info!("{kind:?} checkpoint streamed to the coordinator: {:.1} MB in {:.2}s", bytes as f64 / 1e6, t.elapsed().as_secs_f64());
-            Ok(())
-        }));
-        Ok(())
+        let priority = match kind {
+            CheckpointKind::Final => 0,
+            CheckpointKind::Latest => 1,
+            CheckpointKind::Best => 2,
+        };
+        self.uploader.submit(priority, staged, jobs)
     }
 
     fn log(&mut self, line: &str) {
@@ -667,9 +740,10 @@ fn run_train(ctx: &TaskCtx) -> Result<String> {
         ctx.log(format!("training fold {} from scratch on {}", ctx.task.fold, crate::device::device_string(ctx.device)));
     }
     let spec = FoldSpec { preprocessed_dir: ctx.dirs(&ws.root).preprocessed, fold: ctx.task.fold as usize, fold_dir: fd.clone(), device: ctx.device, config, resume: true };
-    let mut progress = GrpcProgress { ctx, ws: &ws, fold_dir: fd.clone(), pending: None };
+    let uploader = Uploader::new(ctx.conn.clone(), ctx.task.clone(), ctx.rt.clone());
+    let mut progress = GrpcProgress { ctx, ws: &ws, fold_dir: fd.clone(), uploader };
     let outcome = train::train_fold(&spec, &mut progress);
-    let flushed = progress.wait_upload();
+    let flushed = progress.uploader.flush();
     let outcome = outcome?;
     flushed?;
     if outcome.stopped_early {
