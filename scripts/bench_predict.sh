@@ -75,6 +75,13 @@ for mode in tta notta; do
   run_timed "ours_$mode" "$BIN" predict -i "$IN" -o "$OUT/ours_$mode" -m "$OURS_MODEL" --folds 0 --device cpu "${flag_ours[@]}"
 done
 
+# Numerical parity on two images: saved probabilities of both, no TTA (the reference accumulates in fp16).
+mkdir -p "$OUT/parity_in"; ls "$IN" | head -2 | while read -r f; do cp "$IN/$f" "$OUT/parity_in/"; done
+"$PEER_VENV/bin/nnUNetv2_predict" -i "$OUT/parity_in" -o "$OUT/parity_ref" -d "$ID" -c 2d -tr "$TR" -f 0 -device cpu \
+    --save_probabilities --disable_tta --disable_progress_bar > "$OUT/parity_ref.log" 2>&1
+"$BIN" predict -i "$OUT/parity_in" -o "$OUT/parity_ours" -m "$OURS_MODEL" --folds 0 --device cpu --disable-tta \
+    --save-probabilities > "$OUT/parity_ours.log" 2>&1
+
 "$PY" - "$OUT" "$LABELS" "$N" "$REPO/bench-results/predict.json" \
   "${WALL[ref_tta]}" "${WALL[ours_tta]}" "${WALL[ref_notta]}" "${WALL[ours_notta]}" "$DSN" <<'EOF'
 import json, os, sys, platform, numpy as np
@@ -101,12 +108,19 @@ for mode in ["tta", "notta"]:
         "test_dice_ref": float(np.nanmean([dice(ref[k], gt[k]) for k in gt])),
         "test_dice_ours": float(np.nanmean([dice(ours[k], gt[k]) for k in gt])),
     }
+pr, po = f"{out}/parity_ref", f"{out}/parity_ours"
+npz = sorted(f for f in os.listdir(pr) if f.endswith(".npz"))
+dp = [np.abs(np.load(f"{pr}/{f}")["probabilities"] - np.load(f"{po}/{f}")["probabilities"]) for f in npz]
+parity = {"images": len(npz), "max_abs_prob_diff": float(max(d.max() for d in dp)),
+          "mean_abs_prob_diff": float(np.mean([d.mean() for d in dp])),
+          "note": "same weights, no TTA; the reference accumulates logits in fp16 (spacing 0.0078 near |logit| 8-16), we in f32"}
 res = {
     "what": "nnunet-worker predict vs nnUNetv2_predict -device cpu, same plan and same weights (reference checkpoint converted), fold 0",
     "dataset": dsn, "n_images": n, "image_size": list(next(iter(gt.values())).shape),
     "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other jobs)",
     "timing": "wall time of the whole command: process start, model load, preprocessing, prediction, export",
     "modes": rows,
+    "probability_parity": parity,
 }
 os.makedirs(os.path.dirname(dst), exist_ok=True)
 json.dump(res, open(dst, "w"), indent=2)
@@ -115,5 +129,6 @@ print(f"{'mode':<7}{'nnUNetv2 s':>11}{'img/s':>8}{'ours s':>9}{'img/s':>8}{'spee
 for m, r in rows.items():
     print(f"{m:<7}{r['ref_wall_s']:>11.1f}{r['ref_images_per_s']:>8.3f}{r['ours_wall_s']:>9.1f}{r['ours_images_per_s']:>8.3f}"
           f"{r['speedup']:>8.2f}x{r['pixel_agreement_ours_vs_ref']:>10.5f}{r['test_dice_ref']:>10.4f}{r['test_dice_ours']:>10.4f}")
+print(f"probabilities vs reference ({parity['images']} images, no TTA): max |dp| {parity['max_abs_prob_diff']:.4g}, mean |dp| {parity['mean_abs_prob_diff']:.3g}")
 print(f"wrote {dst}")
 EOF
