@@ -34,6 +34,8 @@ enum Cmd {
     Ensemble(cli_eval::EnsembleArgs),
     /// Determine or apply the connected-component postprocessing.
     Postprocess(cli_eval::PostprocessArgs),
+    /// Cross-validation summary of a model folder: merge the folds' validation, evaluate, choose postprocessing.
+    CvSummary(cli_eval::CvSummaryArgs),
     /// Predict images with trained folds (runs `nnunet-worker predict`).
     #[command(disable_help_flag = true)]
     Predict {
@@ -175,6 +177,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Evaluate(a) => cli_eval::run_evaluate(a),
         Cmd::Ensemble(a) => cli_eval::run_ensemble(a),
         Cmd::Postprocess(a) => cli_eval::run_postprocess(a),
+        Cmd::CvSummary(a) => cli_eval::run_cv_summary(a),
         Cmd::Predict { args } => {
             let bin = std::env::current_exe()?.with_file_name("nnunet-worker");
             let status = std::process::Command::new(&bin).arg("predict").args(&args).status().with_context(|| format!("running {} (build nnunet-worker)", bin.display()))?;
