@@ -65,6 +65,7 @@ struct ConvNormAct {
 }
 
 impl ConvNormAct {
+    #[allow(clippy::too_many_arguments)]
     fn new(p: &Path, c_in: i64, c_out: i64, kernel: [i64; 2], stride: [i64; 2], bias: bool, eps: f64, names: &mut Vec<String>) -> Self {
         let conv = Conv::new(&(p / "conv"), c_in, c_out, kernel, stride, bias, names);
         let pn = p / "norm";

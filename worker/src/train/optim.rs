@@ -82,7 +82,7 @@ impl Sgd {
                 }
                 let b = buf.as_ref().unwrap();
                 if self.nesterov {
-                    d = d + b * self.momentum;
+                    d += b * self.momentum;
                 } else {
                     d = b.copy();
                 }

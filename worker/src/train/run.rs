@@ -542,6 +542,7 @@ fn save(
 
 /// Used by `nnunet-worker bench-step`: times `n` training steps on random data for the given plan
 /// parameters; returns seconds per step (after `warmup` steps).
+#[allow(clippy::too_many_arguments)]
 pub fn bench_steps(arch: &nnunet_common::plans::ArchKwargs, in_channels: i64, num_classes: i64, batch: usize, patch: [usize; 2], device: Device, warmup: usize, n: usize) -> anyhow::Result<f64> {
     let cuda = device.is_cuda();
     let vs = tch::nn::VarStore::new(device);
