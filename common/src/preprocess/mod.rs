@@ -661,6 +661,11 @@ pub fn plan_dataset(dirs: &DatasetDirs, gpu_memory_target_gb: f64, n_threads: us
     fp.save(&dirs.fingerprint_file())?;
     let plans = crate::planning::plan_2d(&fp, &dj, &dirs.name, gpu_memory_target_gb)?;
     plans.save(&dirs.plans_file())?;
+    // Settle the preprocessed folder for these plans now, while planning is the only writer:
+    // shards preprocessed concurrently afterwards (by several workers) then all find the marker.
+    let data_dir = dirs.data_dir();
+    std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
+    invalidate_if_plans_changed(&data_dir, &plans, &cfg_fingerprint(&plans, &plans.config_2d()?)?)?;
     let ids: Vec<String> = fingerprint::raw_training_cases(&dirs.raw, &dj)?.into_iter().map(|c| c.id).collect();
     crate::splits::load_or_create(&dirs.preprocessed, &dirs.raw, &ids)?;
     copy_if_changed(&dirs.raw.join("dataset.json"), &dirs.preprocessed.join("dataset.json"))?;
