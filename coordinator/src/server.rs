@@ -514,7 +514,7 @@ impl WorkerApi for WorkerService {
         self.0.counters.bytes_downloaded.fetch_add(total, std::sync::atomic::Ordering::Relaxed);
         let start = (r.offset as usize).min(bytes.len());
         let path_s = r.path.clone();
-        let stream = async_stream_chunks(bytes, start, path_s, total, sha);
+        let stream = async_stream_chunks(bytes, start, path_s, sha);
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -531,29 +531,9 @@ impl WorkerApi for WorkerService {
     }
 }
 
-fn async_stream_chunks(bytes: Vec<u8>, start: usize, path: String, total: u64, sha: String) -> impl Stream<Item = Result<pb::ArtifactChunk, Status>> + Send {
-    let mut chunks = Vec::new();
-    let mut off = start;
-    loop {
-        let end = (off + CHUNK).min(bytes.len());
-        let last = end == bytes.len();
-        chunks.push(Ok(pb::ArtifactChunk {
-            run_id: String::new(),
-            task_id: String::new(),
-            fencing_token: 0,
-            path: if off == start { path.clone() } else { String::new() },
-            total_size: total,
-            offset: off as u64,
-            data: bytes[off..end].to_vec(),
-            sha256: if last { sha.clone() } else { String::new() },
-            last,
-        }));
-        if last {
-            break;
-        }
-        off = end;
-    }
-    tokio_stream::iter(chunks)
+fn async_stream_chunks(bytes: Vec<u8>, start: usize, path: String, sha: String) -> impl Stream<Item = Result<pb::ArtifactChunk, Status>> + Send {
+    let header = nnunet_proto::chunks::Header { path, ..Default::default() };
+    tokio_stream::iter(nnunet_proto::chunks::split(&bytes, start, CHUNK, &header, &sha).into_iter().map(Ok))
 }
 
 fn sanitize(s: &str) -> String {

@@ -58,3 +58,58 @@ pub mod convert {
         }
     }
 }
+
+/// Splitting a file into `ArtifactChunk`s: the header (run, task, token, path) rides on the first
+/// chunk, the sha256 of the whole file on the last. Used by both ends of the artifact streams.
+pub mod chunks {
+    use super::v1 as pb;
+
+    /// Header fields of an upload or download stream.
+    #[derive(Debug, Clone, Default)]
+    pub struct Header {
+        pub run_id: String,
+        pub task_id: String,
+        pub fencing_token: u64,
+        pub path: String,
+    }
+
+    /// Chunks of `bytes[start..]`, `chunk_size` each (at least one chunk, even for an empty file).
+    pub fn split(bytes: &[u8], start: usize, chunk_size: usize, header: &Header, sha256: &str) -> Vec<pb::ArtifactChunk> {
+        let mut out = Vec::new();
+        let mut off = start.min(bytes.len());
+        loop {
+            let end = (off + chunk_size).min(bytes.len());
+            let last = end == bytes.len();
+            let first = out.is_empty();
+            out.push(pb::ArtifactChunk {
+                run_id: if first { header.run_id.clone() } else { String::new() },
+                task_id: if first { header.task_id.clone() } else { String::new() },
+                fencing_token: header.fencing_token,
+                path: if first { header.path.clone() } else { String::new() },
+                total_size: bytes.len() as u64,
+                offset: off as u64,
+                data: bytes[off..end].to_vec(),
+                sha256: if last { sha256.to_string() } else { String::new() },
+                last,
+            });
+            if last {
+                return out;
+            }
+            off = end;
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn chunks_cover_the_file_once() {
+            let data: Vec<u8> = (0..10u8).collect();
+            let h = super::Header { path: "p".into(), ..Default::default() };
+            let c = super::split(&data, 0, 4, &h, "abc");
+            assert_eq!(c.len(), 3);
+            assert_eq!(c.iter().flat_map(|c| c.data.clone()).collect::<Vec<_>>(), data);
+            assert!(c[2].last && c[2].sha256 == "abc" && c[0].path == "p" && c[1].path.is_empty());
+            assert_eq!(super::split(&[], 0, 4, &h, "e").len(), 1);
+        }
+    }
+}

@@ -135,34 +135,14 @@ impl Conn {
     async fn upload(&self, task: &pb::Task, local: &Path, rel: &str) -> Result<()> {
         let bytes = tokio::fs::read(local).await.with_context(|| format!("reading {}", local.display()))?;
         let sha = nnunet_common::hash::sha256_bytes(&bytes);
-        let total = bytes.len() as u64;
         let bytes = Arc::new(bytes);
         let (run_id, task_id, token, rel_s) = (task.run_id.clone(), task.task_id.clone(), task.fencing_token, rel.to_string());
         self.call("upload", |mut api| {
             let bytes = bytes.clone();
             let (run_id, task_id, rel_s, sha) = (run_id.clone(), task_id.clone(), rel_s.clone(), sha.clone());
             async move {
-                let mut chunks = Vec::new();
-                let mut off = 0usize;
-                loop {
-                    let end = (off + CHUNK).min(bytes.len());
-                    let last = end == bytes.len();
-                    chunks.push(pb::ArtifactChunk {
-                        run_id: if off == 0 { run_id.clone() } else { String::new() },
-                        task_id: if off == 0 { task_id.clone() } else { String::new() },
-                        fencing_token: token,
-                        path: if off == 0 { rel_s.clone() } else { String::new() },
-                        total_size: total,
-                        offset: off as u64,
-                        data: bytes[off..end].to_vec(),
-                        sha256: if last { sha.clone() } else { String::new() },
-                        last,
-                    });
-                    if last {
-                        break;
-                    }
-                    off = end;
-                }
+                let header = nnunet_proto::chunks::Header { run_id, task_id, fencing_token: token, path: rel_s };
+                let chunks = nnunet_proto::chunks::split(&bytes, 0, CHUNK, &header, &sha);
                 api.upload_artifact(tokio_stream::iter(chunks)).await
             }
         })

@@ -315,22 +315,7 @@ pub(crate) mod tests {
 
     /// The arch_kwargs nnU-Net plans for a 512x512 2D dataset (SPEC §13).
     pub fn arch(n_stages: usize, base: usize) -> ArchKwargs {
-        ArchKwargs {
-            n_stages,
-            features_per_stage: (0..n_stages).map(|i| (base << i).min(512)).collect(),
-            conv_op: "torch.nn.modules.conv.Conv2d".into(),
-            kernel_sizes: vec![vec![3, 3]; n_stages],
-            strides: std::iter::once(vec![1, 1]).chain(std::iter::repeat_n(vec![2, 2], n_stages - 1)).collect(),
-            n_conv_per_stage: vec![2; n_stages],
-            n_conv_per_stage_decoder: vec![2; n_stages - 1],
-            conv_bias: true,
-            norm_op: "torch.nn.modules.instancenorm.InstanceNorm2d".into(),
-            norm_op_kwargs: serde_json::json!({"eps": 1e-5, "affine": true}),
-            dropout_op: None,
-            dropout_op_kwargs: None,
-            nonlin: "torch.nn.LeakyReLU".into(),
-            nonlin_kwargs: serde_json::json!({"inplace": true}),
-        }
+        crate::train::synth::arch_kwargs_with_base(n_stages, base)
     }
 
     #[test]
