@@ -148,23 +148,8 @@ fn vote(labels: &[i16; 4], wts: &[f32; 4]) -> i16 {
     lab[best]
 }
 
-/// Flips image and seg together along `axis` (0 = rows/H, 1 = columns/W).
-pub fn flip(image: &mut Image, seg: &mut Seg, axis: usize) {
-    let (h, w) = (image.h, image.w);
-    let flip_plane = |d: &mut [f32]| {
-        if axis == 0 {
-            for i in 0..h / 2 {
-                let (a, b) = d.split_at_mut((h - 1 - i) * w);
-                a[i * w..(i + 1) * w].swap_with_slice(&mut b[..w]);
-            }
-        } else {
-            d.chunks_exact_mut(w).for_each(|r| r.reverse());
-        }
-    };
-    for c in 0..image.channels {
-        flip_plane(image.channel_mut(c));
-    }
-    let d = &mut seg.data;
+/// Flips one (H, W) plane in place along `axis` (0 = rows/H, 1 = columns/W).
+fn flip_plane<T>(d: &mut [T], h: usize, w: usize, axis: usize) {
     if axis == 0 {
         for i in 0..h / 2 {
             let (a, b) = d.split_at_mut((h - 1 - i) * w);
@@ -173,6 +158,15 @@ pub fn flip(image: &mut Image, seg: &mut Seg, axis: usize) {
     } else {
         d.chunks_exact_mut(w).for_each(|r| r.reverse());
     }
+}
+
+/// Flips image and seg together along `axis` (0 = rows/H, 1 = columns/W).
+pub fn flip(image: &mut Image, seg: &mut Seg, axis: usize) {
+    let (h, w) = (image.h, image.w);
+    for c in 0..image.channels {
+        flip_plane(image.channel_mut(c), h, w, axis);
+    }
+    flip_plane(&mut seg.data, h, w, axis);
 }
 
 #[cfg(test)]
