@@ -6,7 +6,7 @@
 #   3. ours: `nnunet plan-and-preprocess` on a copy of the SAME raw dataset, then `nnunet-worker train` with the same
 #      budget (also ending with the fold-0 sliding-window validation). Both use fold 0 of nnU-Net's
 #      KFold(5, shuffle, 12345) split (the script checks that the two splits_final.json agree).
-# Prints both validation Dice values. Knobs: DOWN (128), EPOCHS (6), ITERS (20), VAL_ITERS (5), WORK (/tmp/parity-train),
+# Prints both validation Dice values. Knobs: SRC (isbi2012_em; any ../shared/datasets folder), NAME (ISBI), ID (932), DOWN (128), EPOCHS (6), ITERS (20), VAL_ITERS (5), WORK (/tmp/parity-train),
 # NNUNET_SHARED, PEER_PY. Needs target/{release,debug}/{nnunet,nnunet-worker}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,10 +15,10 @@ SHARED=${NNUNET_SHARED:-$ROOT/../shared}
 PEER_PY=${PEER_PY:-$HOME/.cache/nnunet-peer-venv/bin/python}
 DOWN=${DOWN:-128}; EPOCHS=${EPOCHS:-6}; ITERS=${ITERS:-20}; VAL_ITERS=${VAL_ITERS:-5}; WORK=${WORK:-/tmp/parity-train}
 BIN_DIR=target/release; [ -x $BIN_DIR/nnunet-worker ] || BIN_DIR=target/debug
-ID=932; DS=Dataset${ID}_ISBI
+SRC=${SRC:-isbi2012_em}; export NAME=${NAME:-ISBI}; ID=${ID:-932}; DS=Dataset${ID}_${NAME}
 mkdir -p "$WORK"
 # 1 + 2: harness: convert + plan (reference), no training through the harness (-e 0), then the budget training.
-"$SHARED/peer/run_nnunetv2.sh" -s "$SHARED/datasets/isbi2012_em" -d $ID -n ISBI -r "$DOWN" -e 0 -w "$WORK/ref" > "$WORK/ref_prepare.log" 2>&1
+"$SHARED/peer/run_nnunetv2.sh" -s "$SHARED/datasets/$SRC" -d $ID -n $NAME -r "$DOWN" -e 0 -w "$WORK/ref" > "$WORK/ref_prepare.log" 2>&1
 VARIANTS=$("$PEER_PY" -c "import nnunetv2,os;print(os.path.join(os.path.dirname(nnunetv2.__file__),'training','nnUNetTrainer','variants'))")
 cp "$SHARED/peer/nnUNetTrainer_Budget.py" "$VARIANTS/"
 env nnUNet_raw="$WORK/ref/raw" nnUNet_preprocessed="$WORK/ref/preprocessed" nnUNet_results="$WORK/ref/results" \
@@ -35,8 +35,8 @@ cmp <("$PEER_PY" -c "import json;print(json.load(open('$WORK/ref/preprocessed/$D
 $BIN_DIR/nnunet-worker train --dataset $DS --fold 0 --epochs $EPOCHS --iters $ITERS --val-iters $VAL_ITERS --device cpu > "$WORK/ours_train.log" 2>&1
 "$PEER_PY" - "$WORK/ref/results/$DS/nnUNetTrainer_Budget__nnUNetPlans__2d/fold_0/validation/summary.json" \
     "$WORK/ours/res/$DS/nnUNetTrainer__nnUNetPlans__2d/fold_0/validation/summary.json" "$DOWN" "$EPOCHS" "$ITERS" "$VAL_ITERS" <<'PY'
-import json, sys
+import json, os, sys
 r, o = (json.load(open(p))["foreground_mean"]["Dice"] for p in sys.argv[1:3])
-print(f"ISBI 2012 (-r {sys.argv[3]}), fold 0 validation Dice, budget {sys.argv[4]} epochs x {sys.argv[5]} it (+{sys.argv[6]} val it):"
+print(f"{os.environ.get('NAME', 'ISBI')} (-r {sys.argv[3]}), fold 0 validation Dice, budget {sys.argv[4]} epochs x {sys.argv[5]} it (+{sys.argv[6]} val it):"
       f" reference {r:.4f}, ours {o:.4f}, |diff| {abs(r - o):.4f} ({'within' if abs(r - o) <= 0.02 else 'OUTSIDE'} 0.02)")
 PY
