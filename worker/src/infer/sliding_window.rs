@@ -142,7 +142,7 @@ impl WindowParams {
 pub fn predict_with_mirroring(net: &PlainConvUNet, x: &Tensor, mirror_axes: &[usize], device: Device) -> Tensor {
     let forward = |inp: &Tensor| -> Tensor {
         if device.is_cuda() {
-            tch::autocast(true, || net.forward(inp)).to_kind(Kind::Float)
+            crate::train::amp::autocast(true, || net.forward(inp)).to_kind(Kind::Float)
         } else {
             net.forward(inp)
         }

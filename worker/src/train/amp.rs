@@ -76,3 +76,34 @@ mod tests {
         assert_eq!(s.state(), (4.0, 0));
     }
 }
+
+extern "C" {
+    fn nnunet_autocast_is_enabled_cuda() -> bool;
+    fn nnunet_autocast_set_enabled_cuda(b: bool);
+    fn nnunet_autocast_increment_nesting() -> i64;
+    fn nnunet_autocast_decrement_nesting() -> i64;
+    fn nnunet_autocast_clear_cache();
+}
+
+/// Runs `f` under CUDA fp16 autocast, like `tch::autocast`, through libtorch's current API
+/// (`src/autocast_shim.cpp`): tch 0.24's calls are deprecated in libtorch 2.11 and log a warning
+/// on every call. A no-op when CUDA is absent.
+pub fn autocast<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
+    if !tch::Cuda::is_available() {
+        return f();
+    }
+    // SAFETY: plain calls into libtorch's thread-local autocast state, balanced below.
+    let prev = unsafe { nnunet_autocast_is_enabled_cuda() };
+    unsafe {
+        nnunet_autocast_set_enabled_cuda(enabled);
+        nnunet_autocast_increment_nesting();
+    }
+    let result = f();
+    unsafe {
+        if nnunet_autocast_decrement_nesting() == 0 {
+            nnunet_autocast_clear_cache();
+        }
+        nnunet_autocast_set_enabled_cuda(prev);
+    }
+    result
+}

@@ -383,7 +383,7 @@ fn run_epochs(
                 None => to_device(&batch, device),
             };
             opt.zero_grad();
-            let l = tch::autocast(cuda, || {
+            let l = crate::train::amp::autocast(cuda, || {
                 let outs = net.forward_ds(&x);
                 loss::deep_supervision_loss(&outs, &targets, &ds_weights, batch_dice)
             });
@@ -422,7 +422,7 @@ fn run_epochs(
                 let batch = vl.next_batch()?;
                 wait += tw.elapsed().as_secs_f64();
                 let (x, targets) = to_device(&batch, device);
-                let (l, out0) = tch::autocast(cuda, || {
+                let (l, out0) = crate::train::amp::autocast(cuda, || {
                     let outs = net.forward_ds(&x);
                     (loss::deep_supervision_loss(&outs, &targets, &ds_weights, batch_dice), outs[0].shallow_clone())
                 });
@@ -569,7 +569,7 @@ pub fn bench_steps(arch: &nnunet_common::plans::ArchKwargs, in_channels: i64, nu
             t0 = Instant::now();
         }
         opt.zero_grad();
-        let l = tch::autocast(cuda, || loss::deep_supervision_loss(&net.forward_ds(&x), &targets, &w, true));
+        let l = crate::train::amp::autocast(cuda, || loss::deep_supervision_loss(&net.forward_ds(&x), &targets, &w, true));
         match scaler.as_mut() {
             Some(sc) => {
                 sc.scale(&l).backward();
