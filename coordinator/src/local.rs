@@ -9,7 +9,6 @@ use anyhow::{bail, Context, Result};
 use nnunet_proto::v1 as pb;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -174,10 +173,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
     } else {
         let n = args.workers.unwrap_or(if args.device == "cpu" { 2.min(ncpu).max(1) } else { 1 });
-        for i in 0..n {
-            let dev = if args.device == "cpu" { "cpu".to_string() } else { args.device.clone() };
-            let _ = i;
-            devices.push((dev, vec![]));
+        for _ in 0..n {
+            devices.push((args.device.clone(), vec![]));
         }
     }
     let threads = (ncpu / devices.len()).max(1);
@@ -303,6 +300,5 @@ pub async fn run(args: RunArgs) -> Result<()> {
     println!("results: {}", state_dir.join("runs").join(&run.id).join("results").display());
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
-    let _: Arc<Coordinator> = coord;
     client::check_run_ok(&info)
 }

@@ -15,7 +15,7 @@
 //! test ensemble) run here, once; everything per case or per fold runs on workers.
 use crate::state::{Kind, Run, Task};
 use anyhow::{bail, Context, Result};
-use nnunet_common::paths::{self, DatasetDirs};
+use nnunet_common::paths::DatasetDirs;
 use std::path::{Path, PathBuf};
 
 pub const RUN_MARKER: &str = ".nnunet-run-id";
@@ -130,8 +130,8 @@ pub fn task_inputs(run: &Run, t: &Task) -> Result<Vec<String>> {
             files.extend(preprocessed_case_files(&dirs, &cases));
             let fold_dir = dirs.fold_dir(t.fold as usize);
             if t.kind == Kind::Validate {
+                let ending = nnunet_common::dataset_json::DatasetJson::load(&dirs.raw.join("dataset.json"))?.file_ending;
                 for c in &val {
-                    let ending = nnunet_common::dataset_json::DatasetJson::load(&dirs.raw.join("dataset.json")).map(|d| d.file_ending).unwrap_or_else(|_| ".nii.gz".into());
                     files.push(dirs.gt_dir().join(format!("{c}{ending}")));
                 }
                 files.push(fold_dir.join("checkpoint_final.safetensors"));
@@ -201,6 +201,5 @@ pub fn finalize(run: &Run) -> Result<String> {
     v["run_id"] = serde_json::json!(run.id);
     v["dataset"] = serde_json::json!(run.dataset_name);
     v["model_dir"] = serde_json::json!(dirs.model_dir());
-    let _ = paths::model_folder_name();
     Ok(serde_json::to_string(&v)?)
 }

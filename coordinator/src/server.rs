@@ -156,11 +156,7 @@ impl Coordinator {
                     st.workers.values().filter(|w| now - w.last_seen_ms < 60_000).count()
                 };
                 let shards = if run.preprocess_shards > 0 { run.preprocess_shards as usize } else { n_workers.max(1) };
-                self.apply(|st| {
-                    let mut fx = Effects::default();
-                    fx = state::merge(fx, st.create_tasks(run_id, &cases, shards));
-                    ((), fx)
-                })
+                self.apply(|st| ((), st.create_tasks(run_id, &cases, shards)))
             }
             Err(e) => self.apply(|st| ((), st.run_failed(run_id, format!("planning failed: {e:#}")))),
         };

@@ -252,15 +252,6 @@ pub struct Effects {
     pub workers: Vec<String>,
 }
 
-impl Effects {
-    fn merge(&mut self, other: Effects) {
-        self.events.extend(other.events);
-        self.runs.extend(other.runs);
-        self.tasks.extend(other.tasks);
-        self.workers.extend(other.workers);
-    }
-}
-
 impl State {
     pub fn new(lease_ttl_ms: i64) -> Self {
         State { lease_ttl_ms, next_lease: 1, ..Default::default() }
@@ -647,12 +638,6 @@ impl Task {
             result_json: None,
         }
     }
-}
-
-/// Merges several effects (used by callers that chain mutations).
-pub fn merge(mut a: Effects, b: Effects) -> Effects {
-    a.merge(b);
-    a
 }
 
 #[cfg(test)]

@@ -762,9 +762,8 @@ fn run_validate(ctx: &TaskCtx) -> Result<String> {
 fn run_predict(ctx: &TaskCtx) -> Result<String> {
     let ws = ctx.workspace()?;
     let model_dir = ctx.dirs(&ws.scratch).model_dir();
-    if ws.shared {
-        // plans.json and dataset.json were copied with the results/ inputs; the images are read in place.
-    }
+    // plans.json, dataset.json and the checkpoint came with the results/ inputs (copied to scratch
+    // on a shared filesystem); the test images are read from `ws.root`.
     let input = ctx.dirs(&ws.root).raw.join("imagesTs");
     let out = model_dir.join("test_predictions").join(format!("fold_{}", ctx.task.fold));
     if out.exists() {
