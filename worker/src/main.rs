@@ -7,6 +7,12 @@
 use clap::{Parser, Subcommand};
 use nnunet_worker::{cli_predict, cli_train, client};
 
+/// mimalloc for the Rust side (augmentation buffers, batches, checkpoints): glibc's malloc hands the
+/// megabyte-sized per-sample buffers back to the kernel and page-faults them in again on every sample,
+/// which cost ~30% of the CPU augmentation time (benches/augment_ops.rs). libtorch keeps its own allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "nnunet-worker", version, about = "nnunet-rs worker: libtorch training, validation and prediction", args_conflicts_with_subcommands = true)]
 struct Cli {

@@ -15,6 +15,7 @@
 //! - [`intensity`]: noise, blur, brightness, contrast, low resolution, gamma.
 //! - [`resize`]: torch-compatible `nearest-exact` and `bilinear` (align_corners=False) resizing.
 
+pub mod fastmath;
 pub mod intensity;
 pub mod resize;
 pub mod spatial;

@@ -1,0 +1,222 @@
+//! Branch-free `f32` kernels for the per-pixel work of the augmentations, written so that the compiler
+//! vectorizes them with the x86-64 baseline (SSE2) and any other target: `ln`/`exp`/`pow` from range
+//! reduction plus short polynomials (an atanh series for `ln`, the classic single-precision Cephes
+//! polynomial for `exp`), and statistics with `f32` lane accumulators flushed into `f64` per block.
+//!
+//! libm's `powf` costs ~8 ns per call here and cannot be vectorized; `pow_unit` over a 512² plane is ~6x
+//! faster. Accuracy (tested below against `f64`): relative error < 2e-6 over the gamma transform's domain.
+
+const LN2_HI: f32 = 0.693_359_4; // 0.693359375: exact in f32, few mantissa bits
+const LN2_LO: f32 = -2.121_944_4e-4; // ln 2 - LN2_HI
+const SQRT_HALF: f32 = std::f32::consts::FRAC_1_SQRT_2;
+
+/// Natural log for positive normal `x` (callers mask zero/subnormal inputs): `x = m 2^e` with `m` in
+/// [sqrt(1/2), sqrt(2)), then `ln m = 2 atanh(t)`, `t = (m-1)/(m+1)` in [-0.172, 0.172], by its series to
+/// t^9 (truncation < 1e-9); one division and a degree-4 polynomial in t².
+#[inline(always)]
+pub fn ln_pos(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let mut e = ((bits >> 23) & 0xff) as i32 - 126; // x = m * 2^e with m in [0.5, 1)
+    let mut m = f32::from_bits((bits & 0x007f_ffff) | 0x3f00_0000);
+    let small = m < SQRT_HALF;
+    e -= small as i32;
+    m = if small { m + m } else { m };
+    let t = (m - 1.0) / (m + 1.0);
+    let t2 = t * t;
+    let p = ((((1.0f32 / 9.0) * t2 + 1.0 / 7.0) * t2 + 1.0 / 5.0) * t2 + 1.0 / 3.0) * t2 + 1.0;
+    let ef = e as f32;
+    (2.0 * t) * p + ef * LN2_LO + ef * LN2_HI
+}
+
+/// `floor` to an integer without libm (saturates far outside `i32`).
+#[inline(always)]
+pub fn floor_i32(v: f32) -> i32 {
+    let t = v as i32;
+    t - ((v < t as f32) as i32)
+}
+
+/// `exp` for `x` in [-87, 88]; below -87 it returns 0 (the true value is < 2^-125).
+#[inline(always)]
+pub fn exp_clamped(x: f32) -> f32 {
+    // Round-to-nearest by the 1.5 * 2^23 trick: n = round(x / ln 2) in float and integer form, no
+    // float->int conversion (Rust's saturating `as` blocks vectorization).
+    const MAGIC: f32 = 12_582_912.0;
+    let under = x < -87.0;
+    let xc = x.clamp(-87.0, 88.0);
+    let big = xc * std::f32::consts::LOG2_E + MAGIC;
+    let nf = big - MAGIC;
+    let n = big.to_bits() as i32 - MAGIC.to_bits() as i32;
+    let r = xc - nf * LN2_HI - nf * LN2_LO;
+    let z = r * r;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let y = p * z + r + 1.0;
+    let scale = f32::from_bits(((n + 127) as u32) << 23);
+    if under {
+        0.0
+    } else {
+        y * scale
+    }
+}
+
+/// `u^g` for `u` in [0, 1] and `g > 0` (the gamma transform's domain): exactly 0 at 0 and 1 at 1.
+#[inline(always)]
+pub fn pow_unit(u: f32, g: f32) -> f32 {
+    let tiny = u < f32::MIN_POSITIVE;
+    let v = exp_clamped(g * ln_pos(if tiny { 1.0 } else { u }));
+    if tiny {
+        0.0
+    } else {
+        v
+    }
+}
+
+/// Mean, unbiased standard deviation (torch `std()`), min and max of `sign * x`.
+pub fn stats(x: &[f32], sign: f32) -> Stats {
+    if x.is_empty() {
+        return Stats { mean: 0.0, std: 0.0, min: f32::INFINITY, max: f32::NEG_INFINITY };
+    }
+    let (lo, hi) = min_max(x);
+    let (min, max) = if sign < 0.0 { (-hi, -lo) } else { (lo, hi) };
+    let shift = sign * x[0];
+    let mut acc = Moments::default();
+    for block in x.chunks(Moments::BLOCK) {
+        acc.add_block(block, |v| sign * v - shift);
+    }
+    let (mean, std) = acc.mean_std(shift);
+    Stats { mean, std, min, max }
+}
+
+/// Minimum and maximum (NaNs ignored, as `f32::min`).
+pub fn min_max(x: &[f32]) -> (f32, f32) {
+    const L: usize = 8;
+    let mut mn = [f32::INFINITY; L];
+    let mut mx = [f32::NEG_INFINITY; L];
+    let lanes = x.chunks_exact(L);
+    let rest = lanes.remainder();
+    for c in lanes {
+        for k in 0..L {
+            mn[k] = mn[k].min(c[k]);
+            mx[k] = mx[k].max(c[k]);
+        }
+    }
+    for &v in rest {
+        mn[0] = mn[0].min(v);
+        mx[0] = mx[0].max(v);
+    }
+    (mn.iter().copied().fold(f32::INFINITY, f32::min), mx.iter().copied().fold(f32::NEG_INFINITY, f32::max))
+}
+
+/// Running sum and sum of squares of (already shifted) values: `f32` lanes within a block of at most
+/// [`Moments::BLOCK`] values, `f64` across blocks.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Moments {
+    n: usize,
+    s: f64,
+    ss: f64,
+}
+
+impl Moments {
+    pub const BLOCK: usize = 4096;
+
+    /// Adds `f(v)` for every `v` of `block` (`block.len() <= BLOCK`).
+    #[inline(always)]
+    pub fn add_block(&mut self, block: &[f32], f: impl Fn(f32) -> f32) {
+        const L: usize = 8;
+        let mut bs = [0.0f32; L];
+        let mut bss = [0.0f32; L];
+        let lanes = block.chunks_exact(L);
+        let rest = lanes.remainder();
+        for c in lanes {
+            for k in 0..L {
+                let d = f(c[k]);
+                bs[k] += d;
+                bss[k] += d * d;
+            }
+        }
+        for &v in rest {
+            let d = f(v);
+            bs[0] += d;
+            bss[0] += d * d;
+        }
+        self.n += block.len();
+        self.s += bs.iter().map(|&v| v as f64).sum::<f64>();
+        self.ss += bss.iter().map(|&v| v as f64).sum::<f64>();
+    }
+
+    /// Mean (of the unshifted values, given the shift) and unbiased standard deviation.
+    pub fn mean_std(&self, shift: f32) -> (f64, f64) {
+        let nf = self.n.max(1) as f64;
+        let m = self.s / nf;
+        let var = ((self.ss - self.s * m) / (nf - 1.0).max(1.0)).max(0.0);
+        (m + shift as f64, var.sqrt())
+    }
+}
+
+/// What [`stats`] returns.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stats {
+    pub mean: f64,
+    pub std: f64,
+    pub min: f32,
+    pub max: f32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ln_exp_pow_match_f64() {
+        let mut worst_ln = 0.0f64;
+        let mut worst_exp = 0.0f64;
+        let mut worst_pow = 0.0f64;
+        for i in 1..200_000u32 {
+            let u = i as f32 / 200_000.0;
+            let l = ln_pos(u) as f64;
+            worst_ln = worst_ln.max((l - (u as f64).ln()).abs() / (u as f64).ln().abs().max(1e-3));
+            let x = -87.0 + 175.0 * u;
+            let e = exp_clamped(x) as f64;
+            worst_exp = worst_exp.max((e - (x as f64).exp()).abs() / (x as f64).exp());
+            for g in [0.7f32, 1.0, 1.37, 1.5] {
+                let want = (u as f64).powf(g as f64);
+                worst_pow = worst_pow.max((pow_unit(u, g) as f64 - want).abs() / want);
+            }
+        }
+        assert!(worst_ln < 1e-6, "ln rel err {worst_ln}");
+        assert!(worst_exp < 1e-6, "exp rel err {worst_exp}");
+        assert!(worst_pow < 2e-6, "pow rel err {worst_pow}");
+        // exact end points and the masked inputs
+        for g in [0.7f32, 1.0, 1.5] {
+            assert_eq!(pow_unit(1.0, g), 1.0);
+            assert_eq!(pow_unit(0.0, g), 0.0);
+            assert_eq!(pow_unit(1e-40, g), 0.0);
+        }
+        assert_eq!(exp_clamped(-200.0), 0.0);
+        assert_eq!(exp_clamped(0.0), 1.0);
+        assert_eq!(floor_i32(-0.5), -1);
+        assert_eq!(floor_i32(-1.0), -1);
+        assert_eq!(floor_i32(2.999), 2);
+    }
+
+    #[test]
+    fn stats_match_f64_two_pass() {
+        let x: Vec<f32> = (0..10_007).map(|i| ((i as f32) * 0.731).sin() * 50.0 + 1000.0).collect();
+        for sign in [1.0f32, -1.0] {
+            let st = stats(&x, sign);
+            let v: Vec<f64> = x.iter().map(|&a| (sign * a) as f64).collect();
+            let m = v.iter().sum::<f64>() / v.len() as f64;
+            let sd = (v.iter().map(|a| (a - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt();
+            assert!((st.mean - m).abs() < 1e-6 * m.abs(), "{} vs {m}", st.mean);
+            assert!((st.std - sd).abs() < 1e-4 * sd, "{} vs {sd}", st.std);
+            let (mn, mx) = v.iter().fold((f64::MAX, f64::MIN), |(a, b), &c| (a.min(c), b.max(c)));
+            assert_eq!((st.min as f64, st.max as f64), (mn, mx));
+        }
+        let one = stats(&[3.0], 1.0);
+        assert_eq!((one.mean, one.std, one.min, one.max), (3.0, 0.0, 3.0, 3.0));
+    }
+}
