@@ -1,5 +1,5 @@
 //! Intensity augmentations of bg2 used by nnU-Net v2 (SPEC §8.1 steps 2-8), per channel, in place.
-use super::fastmath::{ln_pos, pow_unit, stats, Moments};
+use super::fastmath::{ln_pos, multiversion, pow_unit, stats, Moments};
 use super::resize::{bilinear, nearest_exact, round_half_even};
 use super::Image;
 use rand::Rng;
@@ -9,30 +9,38 @@ use rand::Rng;
 /// angle's quadrant from two bits of `u2` with sin/cos of the remaining [0, π/2) by short Taylor
 /// polynomials about π/4 (error < 4e-7). Tails reach 5.8 sigma (u1 >= 2^-24).
 pub fn fill_standard_normal<R: Rng + ?Sized>(out: &mut [f32], rng: &mut R) {
-    const U24: f32 = 1.0 / 16_777_216.0;
-    let n = out.len();
-    let half = n.div_ceil(2);
+    let half = out.len().div_ceil(2);
     let mut bits = vec![0u32; 2 * half];
     rng.fill(&mut bits[..]);
-    let (b1, b2) = bits.split_at(half);
-    let (lo, hi) = out.split_at_mut(half);
     let mut sin_part = vec![0.0f32; half];
-    for (i, o) in lo.iter_mut().enumerate() {
-        let u1 = ((b1[i] >> 8) + 1) as f32 * U24; // (0, 1]
-        let r = (-2.0 * ln_pos(u1)).sqrt();
-        let q = b2[i] >> 30;
-        let x = ((b2[i] & 0x3fff_ffff) >> 6) as f32 * (U24 * std::f32::consts::FRAC_PI_2) - std::f32::consts::FRAC_PI_4;
-        let x2 = x * x;
-        let sx = x * (1.0 + x2 * (-1.0 / 6.0 + x2 * (1.0 / 120.0 - x2 * (1.0 / 5040.0))));
-        let cx = 1.0 + x2 * (-0.5 + x2 * (1.0 / 24.0 + x2 * (-1.0 / 720.0 + x2 * (1.0 / 40320.0))));
-        // angle = π/4 + x in [0, π/2), then the quadrant q adds q·π/2.
-        let (c, s) = ((cx - sx) * std::f32::consts::FRAC_1_SQRT_2, (sx + cx) * std::f32::consts::FRAC_1_SQRT_2);
-        let (c, s) = if q & 1 == 1 { (-s, c) } else { (c, s) };
-        let (c, s) = if q & 2 == 2 { (-c, -s) } else { (c, s) };
-        *o = r * c;
-        sin_part[i] = r * s;
+    box_muller(&bits, out, &mut sin_part);
+}
+
+multiversion! {
+    /// [`fill_standard_normal`]'s transform: `bits` holds 2·ceil(n/2) random words, `sin_part` ceil(n/2) scratch.
+    fn box_muller(bits: &[u32], out: &mut [f32], sin_part: &mut [f32]) {
+        const U24: f32 = 1.0 / 16_777_216.0;
+        let half = sin_part.len();
+        let (b1, b2) = bits.split_at(half);
+        let (lo, hi) = out.split_at_mut(half);
+        for ((o, sp), (&w1, &w2)) in lo.iter_mut().zip(sin_part.iter_mut()).zip(b1.iter().zip(b2)) {
+            let u1 = ((w1 >> 8) + 1) as f32 * U24; // (0, 1]
+            let r = (-2.0 * ln_pos(u1)).sqrt();
+            let q = w2 >> 30;
+            let x = ((w2 & 0x3fff_ffff) >> 6) as f32 * (U24 * std::f32::consts::FRAC_PI_2) - std::f32::consts::FRAC_PI_4;
+            let x2 = x * x;
+            let sx = x * (1.0 + x2 * (-1.0 / 6.0 + x2 * (1.0 / 120.0 - x2 * (1.0 / 5040.0))));
+            let cx = 1.0 + x2 * (-0.5 + x2 * (1.0 / 24.0 + x2 * (-1.0 / 720.0 + x2 * (1.0 / 40320.0))));
+            // angle = π/4 + x in [0, π/2), then the quadrant q adds q·π/2.
+            let (c, s) = ((cx - sx) * std::f32::consts::FRAC_1_SQRT_2, (sx + cx) * std::f32::consts::FRAC_1_SQRT_2);
+            let (c, s) = if q & 1 == 1 { (-s, c) } else { (c, s) };
+            let (c, s) = if q & 2 == 2 { (-c, -s) } else { (c, s) };
+            *o = r * c;
+            *sp = r * s;
+        }
+        let n_hi = hi.len();
+        hi.copy_from_slice(&sin_part[..n_hi]);
     }
-    hi.copy_from_slice(&sin_part[..hi.len()]);
 }
 
 /// `GaussianNoiseTransform`: adds an own N(0, sigma²) field to every channel.
@@ -80,7 +88,11 @@ fn reflect(i: isize, n: usize) -> usize {
 /// Separable Gaussian blur of one channel with per-axis sigmas, reflect padding.
 pub fn gaussian_blur_channel(img: &mut Image, c: usize, sigmas: [f64; 2]) {
     let (h, w) = (img.h, img.w);
-    let plane = img.channel_mut(c);
+    blur_plane(img.channel_mut(c), h, w, sigmas);
+}
+
+multiversion! {
+fn blur_plane(plane: &mut [f32], h: usize, w: usize, sigmas: [f64; 2]) {
     let mut tmp = vec![0.0f32; h * w];
     // Axis 0 (rows): out[i, j] = Σ_k k[t] in[reflect(i + t - r), j]
     let k0 = gaussian_kernel(sigmas[0]);
@@ -98,11 +110,15 @@ pub fn gaussian_blur_channel(img: &mut Image, c: usize, sigmas: [f64; 2]) {
     // Axis 1 (columns), from tmp back into the plane.
     let k1 = gaussian_kernel(sigmas[1]);
     let r1 = (k1.len() / 2) as isize;
-    let mut padded = vec![0.0f32; w + 2 * r1 as usize];
+    let pad = r1 as usize;
+    let mut padded = vec![0.0f32; w + 2 * pad];
+    // Source index of each padded position that falls outside the row (the interior is a plain copy).
+    let border: Vec<(usize, usize)> = (0..pad).chain(w + pad..w + 2 * pad).map(|p| (p, reflect(p as isize - r1, w))).collect();
     for i in 0..h {
         let src = &tmp[i * w..(i + 1) * w];
-        for (p, v) in padded.iter_mut().enumerate() {
-            *v = src[reflect(p as isize - r1, w)];
+        padded[pad..pad + w].copy_from_slice(src);
+        for &(p, q) in &border {
+            padded[p] = src[q];
         }
         let orow = &mut plane[i * w..(i + 1) * w];
         orow.fill(0.0);
@@ -113,6 +129,7 @@ pub fn gaussian_blur_channel(img: &mut Image, c: usize, sigmas: [f64; 2]) {
             }
         }
     }
+}
 }
 
 /// `ContrastTransform(preserve_range=True)`: `x = (x - mean) * f + mean`, clamped to the original range.
@@ -145,15 +162,7 @@ pub fn gamma(x: &mut [f32], g: f32, invert: bool, retain_stats: bool) {
     let (mn, rng) = (before.min, before.max - before.min);
     let inv = 1.0 / rng.max(EPS);
     // The new values lie in [mn, mn + rng]: moments shifted by mn are well conditioned.
-    let mut after = Moments::default();
-    for block in x.chunks_mut(Moments::BLOCK) {
-        for v in block.iter_mut() {
-            *v = pow_unit(((sign * *v - mn) * inv).min(1.0), g) * rng + mn;
-        }
-        if retain_stats {
-            after.add_block(block, |v| v - mn);
-        }
-    }
+    let after = gamma_map(x, GammaMap { sign, mn, inv, rng, g, moments: retain_stats });
     let (shift, f, mean) = if retain_stats {
         let (m2, s2) = after.mean_std(mn);
         (m2 as f32, (before.std / s2.max(EPS as f64)) as f32, before.mean as f32)
@@ -162,6 +171,33 @@ pub fn gamma(x: &mut [f32], g: f32, invert: bool, retain_stats: bool) {
     };
     if retain_stats || invert {
         x.iter_mut().for_each(|v| *v = sign * ((*v - shift) * f + mean));
+    }
+}
+
+/// The per-pixel part of [`gamma`].
+#[derive(Clone, Copy)]
+struct GammaMap {
+    sign: f32,
+    mn: f32,
+    inv: f32,
+    rng: f32,
+    g: f32,
+    moments: bool,
+}
+
+multiversion! {
+    /// `x = ((sign x - mn) inv)^g rng + mn`, and (when asked) the moments of the result shifted by `mn`.
+    fn gamma_map(x: &mut [f32], m: GammaMap) -> Moments {
+        let mut after = Moments::default();
+        for block in x.chunks_mut(Moments::BLOCK) {
+            for v in block.iter_mut() {
+                *v = pow_unit(((m.sign * *v - m.mn) * m.inv).min(1.0), m.g) * m.rng + m.mn;
+            }
+            if m.moments {
+                after.add_block(block, |v| v - m.mn);
+            }
+        }
+        after
     }
 }
 

@@ -102,6 +102,7 @@ impl Walk {
         };
         let [a00, a01, a10, a11] = self.a;
         let [h, w] = self.input;
+        assert!(src.len() == h * w && sd.is_none_or(|sd| sd.len() == h * w), "input planes must hold h*w values");
         let (hi, wi) = (h as isize, w as isize);
         // Inside test: y0 in [0, h-2] and x0 in [0, w-2], one unsigned compare each (negatives wrap).
         let (lim0, lim1) = (h.saturating_sub(1) as u32, w.saturating_sub(1) as u32);
@@ -125,11 +126,17 @@ impl Walk {
                 if (y0 as u32) < lim0 && (x0 as u32) < lim1 {
                     // All four neighbours inside.
                     let p00 = y0 as usize * w + x0 as usize;
-                    let (r0, r1) = (&src[p00..p00 + 2], &src[p00 + w..p00 + w + 2]);
-                    row[j] = wts[0] * r0[0] + wts[1] * r0[1] + wts[2] * r1[0] + wts[3] * r1[1];
+                    // SAFETY: 0 <= y0 <= h-2 and 0 <= x0 <= w-2, so p00 + w + 1 <= (h-1)*w + w-1 < h*w,
+                    // and src/sd hold h*w values (asserted on entry).
+                    let (r00, r01, r10, r11) = unsafe {
+                        (*src.get_unchecked(p00), *src.get_unchecked(p00 + 1), *src.get_unchecked(p00 + w), *src.get_unchecked(p00 + w + 1))
+                    };
+                    row[j] = wts[0] * r00 + wts[1] * r01 + wts[2] * r10 + wts[3] * r11;
                     if let (Some(sd), Some(so)) = (sd, &mut srow) {
-                        let (s0, s1) = (&sd[p00..p00 + 2], &sd[p00 + w..p00 + w + 2]);
-                        let l = [s0[0], s0[1], s1[0], s1[1]];
+                        // SAFETY: as above.
+                        let l = unsafe {
+                            [*sd.get_unchecked(p00), *sd.get_unchecked(p00 + 1), *sd.get_unchecked(p00 + w), *sd.get_unchecked(p00 + w + 1)]
+                        };
                         so[j] = if l[0] == l[1] && l[0] == l[2] && l[0] == l[3] { l[0] } else { vote(&l, &wts) };
                     }
                     continue;
@@ -262,10 +269,8 @@ mod tests {
                     continue;
                 }
                 for ch in 0..image.channels {
-                    let v: f32 = (0..4)
-                        .filter(|&k| inside(pts[k]))
-                        .map(|k| wts[k] * image.channel(ch)[(pts[k].0 * w + pts[k].1) as usize])
-                        .sum();
+                    let v: f32 =
+                        (0..4).filter(|&k| inside(pts[k])).map(|k| wts[k] * image.channel(ch)[(pts[k].0 * w + pts[k].1) as usize]).sum();
                     out.channel_mut(ch)[i * patch[1] + j] = v;
                 }
                 let l = [0, 1, 2, 3].map(|k| if inside(pts[k]) { seg.data[(pts[k].0 * w + pts[k].1) as usize] } else { -1 });
