@@ -86,7 +86,7 @@ pub fn exp_clamped(x: f32) -> f32 {
     let r = xc - nf * LN2_HI - nf * LN2_LO;
     let z = r * r;
     // Cephes' expf polynomial, evaluated in Estrin form.
-    let q0 = 5.000_000_1e-1 + 1.666_666_5e-1 * r;
+    let q0 = 0.5 + 1.666_666_5e-1 * r;
     let q1 = 4.166_579_6e-2 + 8.333_452e-3 * r;
     let q2 = 1.398_199_9e-3 + 1.987_569_1e-4 * r;
     let p = q0 + z * (q1 + z * q2);

@@ -205,7 +205,7 @@ fn finish(mut img: Image, mut sg: Seg, cfg: &AugConfig) -> Augmented {
             *s = 0
         }
     });
-    let targets = resize::deep_supervision_targets(&sg, &cfg.ds_scales);
+    let targets = resize::deep_supervision_targets(sg, &cfg.ds_scales);
     Augmented { image: img, targets }
 }
 

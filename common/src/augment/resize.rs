@@ -1,6 +1,7 @@
 //! torch-compatible 2D resizing used by the augmentations: `interpolate(mode='nearest-exact')`
 //! (low-resolution simulation, deep-supervision targets) and `interpolate(mode='bilinear',
 //! align_corners=False)` (low-resolution upsampling).
+use super::fastmath::multiversion;
 use super::Seg;
 
 /// Python's `round` (half to even), used by bg2 for output sizes.
@@ -27,7 +28,8 @@ pub fn nearest_exact<T: Copy>(src: &[T], h: usize, w: usize, oh: usize, ow: usiz
     out
 }
 
-/// Bilinear resize (align_corners=False, torch's source-index rule with clamping at 0).
+/// Bilinear resize (align_corners=False, torch's source-index rule with clamping at 0). Separable:
+/// each output row first blends its two source rows (vectorized), then two taps per output pixel.
 pub fn bilinear(src: &[f32], h: usize, w: usize, oh: usize, ow: usize) -> Vec<f32> {
     let lin = |n_in: usize, n_out: usize| -> Vec<(usize, usize, f32)> {
         let scale = n_in as f64 / n_out as f64;
@@ -43,36 +45,53 @@ pub fn bilinear(src: &[f32], h: usize, w: usize, oh: usize, ow: usize) -> Vec<f3
     let ry = lin(h, oh);
     let rx = lin(w, ow);
     let mut out = vec![0.0f32; oh * ow];
-    for (i, &(y0, y1, fy)) in ry.iter().enumerate() {
-        let (r0, r1) = (&src[y0 * w..(y0 + 1) * w], &src[y1 * w..(y1 + 1) * w]);
-        let orow = &mut out[i * ow..(i + 1) * ow];
-        for (o, &(x0, x1, fx)) in orow.iter_mut().zip(&rx) {
-            let top = r0[x0] + (r0[x1] - r0[x0]) * fx;
-            let bot = r1[x0] + (r1[x1] - r1[x0]) * fx;
-            *o = top + (bot - top) * fy;
-        }
-    }
+    bilinear_rows(src, w, &ry, &rx, &mut out);
     out
 }
 
-/// bg2 `DownsampleSegForDSTransform`: a target per scale; scale 1 is the seg itself, others are
-/// `nearest-exact` resized to `round(shape * scale)`.
-pub fn deep_supervision_targets(seg: &Seg, scales: &[Vec<f64>]) -> Vec<Seg> {
-    if scales.is_empty() {
-        return vec![seg.clone()];
+multiversion! {
+    fn bilinear_rows(src: &[f32], w: usize, ry: &[(usize, usize, f32)], rx: &[(usize, usize, f32)], out: &mut [f32]) {
+        let ow = rx.len();
+        let mut row = vec![0.0f32; w];
+        for (i, &(y0, y1, fy)) in ry.iter().enumerate() {
+            let (r0, r1) = (&src[y0 * w..(y0 + 1) * w], &src[y1 * w..(y1 + 1) * w]);
+            for ((v, &a), &b) in row.iter_mut().zip(r0).zip(r1) {
+                *v = a + (b - a) * fy;
+            }
+            let orow = &mut out[i * ow..(i + 1) * ow];
+            for (o, &(x0, x1, fx)) in orow.iter_mut().zip(rx) {
+                *o = row[x0] + (row[x1] - row[x0]) * fx;
+            }
+        }
     }
-    scales
+}
+
+/// bg2 `DownsampleSegForDSTransform`: a target per scale; scale 1 is the seg itself (moved, not
+/// copied), others are `nearest-exact` resized to `round(shape * scale)`.
+pub fn deep_supervision_targets(seg: Seg, scales: &[Vec<f64>]) -> Vec<Seg> {
+    if scales.is_empty() {
+        return vec![seg];
+    }
+    let mut out: Vec<Option<Seg>> = scales
         .iter()
         .map(|s| {
             if s.iter().all(|&x| x == 1.0) {
-                seg.clone()
+                None
             } else {
                 let oh = round_half_even(seg.h as f64 * s[0]);
                 let ow = round_half_even(seg.w as f64 * s[s.len() - 1]);
-                Seg { h: oh, w: ow, data: nearest_exact(&seg.data, seg.h, seg.w, oh, ow) }
+                Some(Seg { h: oh, w: ow, data: nearest_exact(&seg.data, seg.h, seg.w, oh, ow) })
             }
         })
-        .collect()
+        .collect();
+    let identity: Vec<usize> = (0..out.len()).filter(|&k| out[k].is_none()).collect();
+    if let Some((&first, rest)) = identity.split_first() {
+        for &k in rest {
+            out[k] = Some(seg.clone());
+        }
+        out[first] = Some(seg);
+    }
+    out.into_iter().map(|t| t.expect("every scale has a target")).collect()
 }
 
 #[cfg(test)]
@@ -101,7 +120,7 @@ mod tests {
     fn ds_target_shapes() {
         let seg = Seg { h: 512, w: 512, data: vec![1; 512 * 512] };
         let scales: Vec<Vec<f64>> = (0..7).map(|i| vec![1.0 / (1u32 << i) as f64; 2]).collect();
-        let t = deep_supervision_targets(&seg, &scales);
+        let t = deep_supervision_targets(seg, &scales);
         let sizes: Vec<usize> = t.iter().map(|s| s.h).collect();
         assert_eq!(sizes, vec![512, 256, 128, 64, 32, 16, 8]);
         assert!(t.iter().all(|s| s.data.len() == s.h * s.w && s.data.iter().all(|&l| l == 1)));
