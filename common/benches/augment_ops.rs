@@ -1,7 +1,8 @@
 //! Per-transform cost of the CPU training augmentation at nnU-Net's 512² plan (602² crop), one thread.
 //! `cargo bench -p nnunet-common --bench augment_ops` prints a table: milliseconds per call when the
-//! transform fires, its firing probability (SPEC §8.1) and the expected cost per sample. The end-to-end
-//! number (and the comparison with the reference pipeline) is `scripts/bench_train.sh`.
+//! transform fires (over all channels), its firing probability (SPEC §8.1) and the expected cost per
+//! sample. `AUG_CHANNELS=3` for an RGB image (default 1). The end-to-end number (and the comparison
+//! with the reference pipeline) is `scripts/bench_train.sh`.
 use nnunet_common::augment::{augment_train, intensity, resize, spatial, AugConfig, Image, Seg};
 use rand::{Rng, SeedableRng};
 use std::hint::black_box;
@@ -33,8 +34,9 @@ fn main() {
     let ds: Vec<Vec<f64>> = (0..7).map(|i| vec![1.0 / (1u32 << i) as f64; 2]).collect();
     let cfg = AugConfig { patch, rotation, mirror_axes: vec![0, 1], mask_channels: vec![], ds_scales: ds.clone() };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let channels: usize = std::env::var("AUG_CHANNELS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     let n = crop[0] * crop[1];
-    let img = Image { channels: 1, h: crop[0], w: crop[1], data: (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect() };
+    let img = Image { channels, h: crop[0], w: crop[1], data: (0..channels * n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect() };
     let seg = Seg { h: crop[0], w: crop[1], data: (0..n).map(|i| if (i / crop[1]) % 50 < 20 { 1 } else { 0 }).collect() };
     let (small, small_seg) = spatial::center_crop(&img, &seg, patch);
 
@@ -43,19 +45,20 @@ fn main() {
     rows.push(("rotate+scale", time(|| drop(black_box(spatial::rotate_scale(&img, &seg, patch, 0.7, 1.1)))), 1.0 - 0.8 * 0.8));
     let mut work = small.clone();
     rows.push(("gaussian noise", time(|| intensity::gaussian_noise(black_box(&mut work), 0.05, &mut rng)), 0.1));
-    rows.push(("gaussian blur (1 channel)", time(|| intensity::gaussian_blur_channel(black_box(&mut work), 0, [0.8, 0.9])), 0.2 * 0.5));
+    let nc = work.channels;
+    rows.push(("gaussian blur (each channel p 0.5)", time(|| (0..nc).for_each(|c| intensity::gaussian_blur_channel(black_box(&mut work), c, [0.8, 0.9]))), 0.2 * 0.5));
     rows.push(("brightness", time(|| work.data.iter_mut().for_each(|x| *x *= black_box(1.0001))), 0.15));
-    rows.push(("contrast", time(|| intensity::contrast(black_box(&mut work.data), 1.0001)), 0.15));
-    rows.push(("low resolution (1 channel)", time(|| intensity::simulate_low_resolution(black_box(&mut work), 0, 0.7)), 0.25 * 0.5));
-    rows.push(("inverted gamma", time(|| intensity::gamma(black_box(&mut work.data), 1.1, true, true)), 0.1));
-    rows.push(("gamma", time(|| intensity::gamma(black_box(&mut work.data), 0.9, false, true)), 0.3));
+    rows.push(("contrast", time(|| (0..nc).for_each(|c| intensity::contrast(black_box(work.channel_mut(c)), 1.0001))), 0.15));
+    rows.push(("low resolution (each channel p 0.5)", time(|| (0..nc).for_each(|c| intensity::simulate_low_resolution(black_box(&mut work), c, 0.7))), 0.25 * 0.5));
+    rows.push(("inverted gamma", time(|| (0..nc).for_each(|c| intensity::gamma(black_box(work.channel_mut(c)), 1.1, true, true))), 0.1));
+    rows.push(("gamma", time(|| (0..nc).for_each(|c| intensity::gamma(black_box(work.channel_mut(c)), 0.9, false, true))), 0.3));
     let (mut wi, mut ws) = (small.clone(), small_seg.clone());
     rows.push(("mirror axis 0", time(|| spatial::flip(black_box(&mut wi), &mut ws, 0)), 0.5));
     rows.push(("mirror axis 1", time(|| spatial::flip(black_box(&mut wi), &mut ws, 1)), 0.5));
     rows.push(("deep-supervision targets (incl. a seg copy)", time(|| drop(black_box(resize::deep_supervision_targets(small_seg.clone(), &ds)))), 1.0));
     let whole = time(|| drop(black_box(augment_train(&img, &seg, &cfg, &mut rng))));
 
-    println!("| transform (512² from 602², 1 channel) | ms when applied | p | expected ms/sample |");
+    println!("| transform (512² from 602², {channels} channel(s)) | ms when applied | p | expected ms/sample |");
     println!("|---|---|---|---|");
     let mut sum = 0.0;
     for (name, ms, p) in &rows {

@@ -117,13 +117,17 @@ multiversion! {
         if x.is_empty() {
             return Stats { mean: 0.0, std: 0.0, min: f32::INFINITY, max: f32::NEG_INFINITY };
         }
-        let (lo, hi) = min_max(x);
-        let (min, max) = if sign < 0.0 { (-hi, -lo) } else { (lo, hi) };
+        // Block by block (each block is L1-resident for its second look): one pass over memory.
         let shift = sign * x[0];
+        let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
         let mut acc = Moments::default();
         for block in x.chunks(Moments::BLOCK) {
+            let (l, h) = min_max(block);
+            lo = lo.min(l);
+            hi = hi.max(h);
             acc.add_block(block, |v| sign * v - shift);
         }
+        let (min, max) = if sign < 0.0 { (-hi, -lo) } else { (lo, hi) };
         let (mean, std) = acc.mean_std(shift);
         Stats { mean, std, min, max }
     }

@@ -50,7 +50,8 @@ pub fn crop(image: &Image, seg: &Seg, lo: [isize; 2], patch: [usize; 2]) -> (Ima
 /// The sample position of output column `j` is affine in `j`, so each row is a walk along a line in
 /// fixed point: no per-pixel matrix product, trig or float->int conversion, and one unsigned compare
 /// per axis sends the (vast majority of) samples whose four neighbours are all inside down the fast path.
-/// Each channel is one walk (the first one also resamples the labels).
+/// Channels are walked together in groups of up to four (positions and weights computed once per
+/// pixel); the first group also resamples the labels.
 pub fn rotate_scale(image: &Image, seg: &Seg, patch: [usize; 2], angle: f64, scale: f64) -> (Image, Seg) {
     assert_eq!((image.h, image.w), (seg.h, seg.w), "image and seg must have the same shape");
     let (c, s) = (angle.cos(), angle.sin());
@@ -66,19 +67,33 @@ pub fn rotate_scale(image: &Image, seg: &Seg, patch: [usize; 2], angle: f64, sca
     let plane = image.h * image.w;
     let mut out = Image::zeros(image.channels, patch[0], patch[1]);
     let mut sout = Seg { h: patch[0], w: patch[1], data: vec![-1; n_out] };
-    for ch in 0..image.channels {
-        let src = &image.data[ch * plane..(ch + 1) * plane];
-        let dst = &mut out.data[ch * n_out..(ch + 1) * n_out];
-        if ch == 0 {
-            walk.sample(src, dst, Some((&seg.data, &mut sout.data)));
-        } else {
-            walk.sample(src, dst, None);
-        }
+    if image.channels == 0 || plane == 0 || n_out == 0 {
+        let (zero_in, mut zero_out) = (vec![0.0; plane], vec![0.0; n_out]);
+        walk.sample::<1>([&zero_in], [&mut zero_out], Some((&seg.data, &mut sout.data)));
+        return (out, sout);
     }
-    if image.channels == 0 {
-        walk.sample(&vec![0.0; plane], &mut vec![0.0; n_out], Some((&seg.data, &mut sout.data)));
+    let srcs: Vec<&[f32]> = image.data.chunks_exact(plane).collect();
+    let mut dsts: Vec<&mut [f32]> = out.data.chunks_exact_mut(n_out).collect();
+    let mut first = true;
+    let mut k = 0;
+    while k < srcs.len() {
+        let g = (srcs.len() - k).min(4);
+        let sg = if first { Some((&seg.data[..], &mut sout.data[..])) } else { None };
+        let d: Vec<&mut [f32]> = dsts.drain(..g).collect();
+        match g {
+            1 => walk.sample::<1>([srcs[k]], to_array(d), sg),
+            2 => walk.sample::<2>([srcs[k], srcs[k + 1]], to_array(d), sg),
+            3 => walk.sample::<3>([srcs[k], srcs[k + 1], srcs[k + 2]], to_array(d), sg),
+            _ => walk.sample::<4>([srcs[k], srcs[k + 1], srcs[k + 2], srcs[k + 3]], to_array(d), sg),
+        }
+        first = false;
+        k += g;
     }
     (out, sout)
+}
+
+fn to_array<T, const N: usize>(v: Vec<T>) -> [T; N] {
+    v.try_into().unwrap_or_else(|v: Vec<T>| panic!("expected {N} planes, got {}", v.len()))
 }
 
 /// The affine sampling grid of [`rotate_scale`].
@@ -93,20 +108,22 @@ struct Walk {
 }
 
 impl Walk {
-    /// Bilinear resampling of one plane (zeros outside) and, optionally, of the label map (per-label
+    /// Bilinear resampling of `C` planes (zeros outside) and, optionally, of the label map (per-label
     /// bilinear vote, -1 outside). `dst` must be zeroed and the output labels set to -1.
-    fn sample(&self, src: &[f32], dst: &mut [f32], seg: Option<(&[i16], &mut [i16])>) {
+    fn sample<const C: usize>(&self, src: [&[f32]; C], dst: [&mut [f32]; C], seg: Option<(&[i16], &mut [i16])>) {
         let (sd, mut so) = match seg {
             Some((a, b)) => (Some(a), Some(b)),
             None => (None, None),
         };
         let [a00, a01, a10, a11] = self.a;
         let [h, w] = self.input;
-        assert!(src.len() == h * w && sd.is_none_or(|sd| sd.len() == h * w), "input planes must hold h*w values");
+        let p1 = self.patch[1];
+        let n_out = self.patch[0] * p1;
+        assert!(src.iter().all(|s| s.len() == h * w) && sd.is_none_or(|sd| sd.len() == h * w), "input planes must hold h*w values");
+        assert!(dst.iter().all(|d| d.len() == n_out) && so.as_ref().is_none_or(|so| so.len() == n_out), "output planes");
         let (hi, wi) = (h as isize, w as isize);
         // Inside test: y0 in [0, h-2] and x0 in [0, w-2], one unsigned compare each (negatives wrap).
         let (lim0, lim1) = (h.saturating_sub(1) as u32, w.saturating_sub(1) as u32);
-        let p1 = self.patch[1];
         let (dy, dx) = (to_fixed(a10), to_fixed(a11));
         for i in 0..self.patch[0] {
             let g0 = i as f64 - self.cen[0];
@@ -115,9 +132,9 @@ impl Walk {
             // 2^-33 px, so a 512-pixel row drifts by < 1e-7 px.
             let mut yf = to_fixed(g0 * a00 - self.cen[1] * a10 + self.off[0]);
             let mut xf = to_fixed(g0 * a01 - self.cen[1] * a11 + self.off[1]);
-            let row = &mut dst[i * p1..(i + 1) * p1];
             let mut srow = so.as_deref_mut().map(|so| &mut so[i * p1..(i + 1) * p1]);
             for j in 0..p1 {
+                let o = i * p1 + j;
                 let (y0, x0) = ((yf >> 32) as i32, (xf >> 32) as i32);
                 let (fy, fx) = (fixed_frac(yf), fixed_frac(xf));
                 yf = yf.wrapping_add(dy);
@@ -126,12 +143,18 @@ impl Walk {
                 if (y0 as u32) < lim0 && (x0 as u32) < lim1 {
                     // All four neighbours inside.
                     let p00 = y0 as usize * w + x0 as usize;
-                    // SAFETY: 0 <= y0 <= h-2 and 0 <= x0 <= w-2, so p00 + w + 1 <= (h-1)*w + w-1 < h*w,
-                    // and src/sd hold h*w values (asserted on entry).
-                    let (r00, r01, r10, r11) = unsafe {
-                        (*src.get_unchecked(p00), *src.get_unchecked(p00 + 1), *src.get_unchecked(p00 + w), *src.get_unchecked(p00 + w + 1))
-                    };
-                    row[j] = wts[0] * r00 + wts[1] * r01 + wts[2] * r10 + wts[3] * r11;
+                    for c in 0..C {
+                        // SAFETY: 0 <= y0 <= h-2 and 0 <= x0 <= w-2, so p00 + w + 1 <= (h-1)*w + w-1 < h*w;
+                        // every input plane holds h*w values and every output plane n_out > o (asserted).
+                        unsafe {
+                            let s = src[c];
+                            let v = wts[0] * *s.get_unchecked(p00)
+                                + wts[1] * *s.get_unchecked(p00 + 1)
+                                + wts[2] * *s.get_unchecked(p00 + w)
+                                + wts[3] * *s.get_unchecked(p00 + w + 1);
+                            *dst[c].get_unchecked_mut(o) = v;
+                        }
+                    }
                     if let (Some(sd), Some(so)) = (sd, &mut srow) {
                         // SAFETY: as above.
                         let l = unsafe {
@@ -154,13 +177,15 @@ impl Walk {
                     continue; // image 0, seg -1 already
                 }
                 // Image: bilinear, zeros outside.
-                let mut v = 0.0f32;
-                for k in 0..4 {
-                    if idx[k] != usize::MAX {
-                        v += wts[k] * src[idx[k]];
+                for c in 0..C {
+                    let mut v = 0.0f32;
+                    for k in 0..4 {
+                        if idx[k] != usize::MAX {
+                            v += wts[k] * src[c][idx[k]];
+                        }
                     }
+                    dst[c][o] = v;
                 }
-                row[j] = v;
                 // Seg: outside counts as label -1.
                 if let (Some(sd), Some(so)) = (sd, &mut srow) {
                     let l = [0, 1, 2, 3].map(|k| if idx[k] == usize::MAX { -1 } else { sd[idx[k]] });
@@ -283,9 +308,11 @@ mod tests {
     #[test]
     fn fixed_point_walk_matches_the_direct_definition() {
         let (h, w) = (37, 45);
-        let img = Image { channels: 2, h, w, data: (0..2 * h * w).map(|i| ((i * 7919) % 101) as f32 - 50.0).collect() };
         let seg = Seg { h, w, data: (0..h * w).map(|i| (((i / w) / 6 + (i % w) / 9) % 3) as i16).collect() };
-        for (angle, scale) in [(0.3, 1.0), (-2.1, 0.7), (1.0, 1.4), (3.0, 1.13), (0.0, 0.85)] {
+        // 1..=6 channels: every channel-group size (and a second group after four).
+        for (ch, (angle, scale)) in [(0.3, 1.0), (-2.1, 0.7), (1.0, 1.4), (3.0, 1.13), (0.0, 0.85), (-0.8, 1.2)].into_iter().enumerate() {
+            let ch = ch + 1;
+            let img = Image { channels: ch, h, w, data: (0..ch * h * w).map(|i| ((i * 7919) % 101) as f32 - 50.0).collect() };
             let (a, sa) = rotate_scale(&img, &seg, [32, 40], angle, scale);
             let (b, sb) = rotate_scale_direct(&img, &seg, [32, 40], angle, scale);
             for (x, y) in a.data.iter().zip(&b.data) {
