@@ -4,26 +4,38 @@ use super::resize::{bilinear, nearest_exact, round_half_even};
 use super::Image;
 use rand::Rng;
 
-/// Standard normal samples by Box-Muller on 24-bit uniforms drawn from the caller's RNG in one block
-/// (`Rng::fill`), branch-free so the transform vectorizes: `r = sqrt(-2 ln u1)` with [`ln_pos`], and the
-/// angle's quadrant from two bits of `u2` with sin/cos of the remaining [0, π/2) by short Taylor
-/// polynomials about π/4 (error < 4e-7). Tails reach 5.8 sigma (u1 >= 2^-24).
+/// Standard normal samples by Box-Muller, branch-free so that it vectorizes. The uniforms come from a
+/// counter-based generator keyed by two words drawn from the caller's RNG (so a sample is reproducible
+/// from its seed): word `n` is a two-round keyed `lowbias32` hash of the counter `n` (distinct counters
+/// for the radius and the angle of every pair). `r = sqrt(-2 ln u1)` with [`ln_pos`] on 24-bit
+/// `u1` in (0, 1] (tails reach 5.8 sigma); the angle's quadrant comes from two bits of the second word
+/// and sin/cos of the remaining [0, π/2) from short Taylor polynomials about π/4 (error < 4e-7).
 pub fn fill_standard_normal<R: Rng + ?Sized>(out: &mut [f32], rng: &mut R) {
-    let half = out.len().div_ceil(2);
-    let mut bits = vec![0u32; 2 * half];
-    rng.fill(&mut bits[..]);
-    let mut sin_part = vec![0.0f32; half];
-    box_muller(&bits, out, &mut sin_part);
+    let key = [rng.next_u32(), rng.next_u32()];
+    let mut sin_part = vec![0.0f32; out.len().div_ceil(2)];
+    box_muller(key, out, &mut sin_part);
+}
+
+/// Chris Wellons' `lowbias32` integer hash (a bijection with low avalanche bias).
+#[inline(always)]
+fn lowbias32(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^ (x >> 16)
 }
 
 multiversion! {
-    /// [`fill_standard_normal`]'s transform: `bits` holds 2·ceil(n/2) random words, `sin_part` ceil(n/2) scratch.
-    fn box_muller(bits: &[u32], out: &mut [f32], sin_part: &mut [f32]) {
+    /// [`fill_standard_normal`]'s transform; `sin_part` is ceil(n/2) scratch.
+    fn box_muller(key: [u32; 2], out: &mut [f32], sin_part: &mut [f32]) {
         const U24: f32 = 1.0 / 16_777_216.0;
         let half = sin_part.len();
-        let (b1, b2) = bits.split_at(half);
         let (lo, hi) = out.split_at_mut(half);
-        for ((o, sp), (&w1, &w2)) in lo.iter_mut().zip(sin_part.iter_mut()).zip(b1.iter().zip(b2)) {
+        for (i, (o, sp)) in lo.iter_mut().zip(sin_part.iter_mut()).enumerate() {
+            let n = (i as u32).wrapping_mul(2);
+            let w1 = lowbias32(lowbias32(n.wrapping_add(key[0])) ^ key[1]);
+            let w2 = lowbias32(lowbias32(n.wrapping_add(1).wrapping_add(key[0])) ^ key[1]);
             let u1 = ((w1 >> 8) + 1) as f32 * U24; // (0, 1]
             let r = (-2.0 * ln_pos(u1)).sqrt();
             let q = w2 >> 30;
@@ -135,9 +147,14 @@ fn blur_plane(plane: &mut [f32], h: usize, w: usize, sigmas: [f64; 2]) {
 /// `ContrastTransform(preserve_range=True)`: `x = (x - mean) * f + mean`, clamped to the original range.
 pub fn contrast(x: &mut [f32], f: f32) {
     let st = stats(x, 1.0);
-    let (mean, mn, mx) = (st.mean as f32, st.min, st.max);
-    for v in x.iter_mut() {
-        *v = ((*v - mean) * f + mean).clamp(mn, mx);
+    contrast_map(x, st.mean as f32, f, st.min, st.max);
+}
+
+multiversion! {
+    fn contrast_map(x: &mut [f32], mean: f32, f: f32, mn: f32, mx: f32) {
+        for v in x.iter_mut() {
+            *v = ((*v - mean) * f + mean).clamp(mn, mx);
+        }
     }
 }
 
