@@ -87,6 +87,7 @@ if ours_steps:
     res["train_step_cpu"] = {"plan": "ISBI 2012 full size: patch 512x512, batch 2, 8 stages 32..512, C=1, K=2, fp32",
         "ours_seconds": min(ours_steps), "reference_seconds": min(ref_steps), "ours_rounds": ours_steps, "reference_rounds": ref_steps,
         "speedup": min(ref_steps) / min(ours_steps), "threads": os.cpu_count(),
+        "ours_median_seconds": statistics.median(ours_steps), "reference_median_seconds": statistics.median(ref_steps),
         "reference_harness_probe_seconds_median": probe, "reference_harness_probe_source": ref_path or None}
 for ch, r in sorted(aug.items()):
     key = "augmentation_per_core" if ch == 1 else f"augmentation_per_core_{ch}ch"
@@ -103,7 +104,7 @@ print("| metric | ours | reference nnU-Net v2 | ratio |")
 print("|---|---|---|---|")
 if "train_step_cpu" in res:
     t = res["train_step_cpu"]
-    print(f"| CPU s/training step (512², batch 2, 8 stages; best of interleaved rounds) | {t['ours_seconds']:.2f} | {t['reference_seconds']:.2f} | {t['speedup']:.2f}x |")
+    print(f"| CPU s/training step (512², batch 2, 8 stages; best of {len(t['ours_rounds'])} interleaved rounds, median in brackets) | {t['ours_seconds']:.2f} ({statistics.median(t['ours_rounds']):.2f}) | {t['reference_seconds']:.2f} ({statistics.median(t['reference_rounds']):.2f}) | {t['speedup']:.2f}x |")
 for key in sorted(k for k in res if k.startswith("augmentation_per_core")):
     g = res[key]
     print(f"| augmented patches/s per core, {g['channels']} channel(s), 602²->512² (median of {len(g['ours_runs'])} interleaved rounds) | {g['ours_patches_per_second']:.0f} | {g['reference_patches_per_second']:.0f} | {g['ratio']:.2f}x |")
