@@ -7,7 +7,8 @@
 #      budget (also ending with the fold-0 sliding-window validation). Both use fold 0 of nnU-Net's
 #      KFold(5, shuffle, 12345) split (the script checks that the two splits_final.json agree).
 # Prints both validation Dice values. Knobs: SRC (isbi2012_em; any ../shared/datasets folder), NAME (ISBI), ID (932), DOWN (128), EPOCHS (6), ITERS (20), VAL_ITERS (5), WORK (/tmp/parity-train),
-# NNUNET_SHARED, PEER_PY. Needs target/{release,debug}/{nnunet,nnunet-worker}.
+# NNUNET_SHARED, PEER_PY, REUSE_REF=1 (keep an existing reference run in $WORK/ref, retrain only ours).
+# Needs target/{release,debug}/{nnunet,nnunet-worker}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -17,6 +18,10 @@ DOWN=${DOWN:-128}; EPOCHS=${EPOCHS:-6}; ITERS=${ITERS:-20}; VAL_ITERS=${VAL_ITER
 BIN_DIR=target/release; [ -x $BIN_DIR/nnunet-worker ] || BIN_DIR=target/debug
 SRC=${SRC:-isbi2012_em}; export NAME=${NAME:-ISBI}; ID=${ID:-932}; DS=Dataset${ID}_${NAME}
 mkdir -p "$WORK"
+REF_SUMMARY="$WORK/ref/results/$DS/nnUNetTrainer_Budget__nnUNetPlans__2d/fold_0/validation/summary.json"
+if [ "${REUSE_REF:-0}" = 1 ] && [ -f "$REF_SUMMARY" ]; then
+  echo "REUSE_REF=1: keeping the reference run in $WORK/ref (only ours is retrained)"
+else
 # 1 + 2: harness: convert + plan (reference), no training through the harness (-e 0), then the budget training.
 "$SHARED/peer/run_nnunetv2.sh" -s "$SHARED/datasets/$SRC" -d $ID -n $NAME -r "$DOWN" -e 0 -w "$WORK/ref" > "$WORK/ref_prepare.log" 2>&1
 VARIANTS=$("$PEER_PY" -c "import nnunetv2,os;print(os.path.join(os.path.dirname(nnunetv2.__file__),'training','nnUNetTrainer','variants'))")
@@ -25,6 +30,7 @@ env nnUNet_raw="$WORK/ref/raw" nnUNet_preprocessed="$WORK/ref/preprocessed" nnUN
     nnUNet_n_proc_DA=2 nnUNet_compile=f nnUNet_def_n_proc=2 NNUNET_BUDGET_EPOCHS=$EPOCHS NNUNET_BUDGET_ITERS=$ITERS \
     NNUNET_BUDGET_VAL_ITERS=$VAL_ITERS PATH="$(dirname "$PEER_PY"):$PATH" \
     nnUNetv2_train $ID 2d 0 -tr nnUNetTrainer_Budget -device cpu > "$WORK/ref_train.log" 2>&1
+fi
 # 3: ours on a copy of the same raw dataset.
 rm -rf "$WORK/ours" && mkdir -p "$WORK/ours/raw" "$WORK/ours/pre" "$WORK/ours/res"
 cp -r "$WORK/ref/raw/$DS" "$WORK/ours/raw/"
