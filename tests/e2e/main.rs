@@ -295,9 +295,14 @@ fn workers_without_the_token_are_refused() {
     let mut c = Cluster::new(tmp.path());
     c.start_serve();
     let out = Command::new(bin("nnunet-worker")).args(["--coordinator", &c.url(), "--device", "cpu", "--reconnect-timeout-secs", "5"]).env_remove("NNUNET_TOKEN").output().unwrap();
-    assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "a refused worker must exit 3 (not retryable): {err}");
     assert!(err.contains("refused this worker") && err.contains("token"), "{err}");
+    // a bad device is just as final, and is refused before any network call
+    let out = Command::new(bin("nnunet-worker")).args(["--coordinator", &c.url(), "--device", "cuda:x"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("bad device \"cuda:x\""), "{err}");
     let out = Command::new(bin("nnunet")).args(["status", "--coordinator", &c.url()]).env_remove("NNUNET_TOKEN").output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("Unauthenticated") || String::from_utf8_lossy(&out.stderr).contains("refused"));

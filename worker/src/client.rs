@@ -72,6 +72,63 @@ impl std::fmt::Display for ExitCode {
 }
 impl std::error::Error for ExitCode {}
 
+/// An error that retrying cannot fix (a bad device, token, certificate or address): the worker exits 3,
+/// which the Kubernetes pod failure policy (deploy/k8s) turns into a failed index instead of restarts.
+#[derive(Debug)]
+pub struct BadInput(pub String);
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for BadInput {}
+
+/// Marks an error as not retryable (exit 3).
+pub fn bad_input(e: anyhow::Error) -> anyhow::Error {
+    anyhow::Error::new(BadInput(format!("{e:#}")))
+}
+
+/// Cache files whose sha256 this process has already verified, keyed by path, with the size and
+/// modification time they had then: a worker running many tasks of one run hashes each cached input
+/// once instead of once per task. A changed size or mtime (or a new process) means hashing again.
+static VERIFIED: std::sync::Mutex<Option<std::collections::HashMap<PathBuf, Stamp>>> = std::sync::Mutex::new(None);
+
+/// Size, modification time and sha256 of a verified cache file.
+type Stamp = (u64, std::time::SystemTime, String);
+
+fn file_stamp(path: &Path) -> Option<(u64, std::time::SystemTime)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?))
+}
+
+/// Records that `path` (as it is now) has sha256 `sha`.
+fn remember_verified(path: &Path, sha: &str) {
+    if let Some((len, mtime)) = file_stamp(path) {
+        VERIFIED.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(Default::default).insert(path.to_path_buf(), (len, mtime, sha.to_string()));
+    }
+}
+
+/// Whether `path` holds the input with this size and sha256 (hashing it unless verified unchanged before).
+fn cached_input(path: &Path, size: u64, sha: &str) -> bool {
+    let Some((len, mtime)) = file_stamp(path) else { return false };
+    if len != size {
+        return false;
+    }
+    let known = VERIFIED.lock().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(|m| m.get(path).cloned());
+    if let Some((l, t, h)) = known {
+        if l == len && t == mtime {
+            return h == sha;
+        }
+    }
+    match nnunet_common::hash::sha256_file(path) {
+        Ok(h) => {
+            remember_verified(path, &h);
+            h == sha
+        }
+        Err(_) => false,
+    }
+}
+
 #[derive(Clone)]
 struct TokenInterceptor(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
 impl tonic::service::Interceptor for TokenInterceptor {
@@ -236,7 +293,9 @@ async fn register(conn: &Conn, args: &ServeArgs) -> Result<pb::RegisterReply> {
         })
         .await
         .map_err(|s| match s.code() {
-            Code::Unauthenticated => anyhow!("the coordinator refused this worker: {} (pass --token-file or set NNUNET_TOKEN)", s.message()),
+            Code::Unauthenticated | Code::PermissionDenied => {
+                bad_input(anyhow!("the coordinator refused this worker: {} (pass --token-file or set NNUNET_TOKEN)", s.message()))
+            }
             _ => anyhow!("registering with the coordinator: {}", s.message()),
         })?;
     *conn.worker_id.lock().unwrap() = reply.worker_id.clone();
@@ -244,7 +303,7 @@ async fn register(conn: &Conn, args: &ServeArgs) -> Result<pb::RegisterReply> {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
-    let device = crate::device::parse_device(&args.device)?;
+    let device = crate::device::parse_device(&args.device).map_err(bad_input)?;
     if args.threads > 0 {
         tch::set_num_threads(args.threads as i32);
     }
@@ -259,7 +318,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         });
     }
     let cache = args.cache_dir.clone().unwrap_or_else(|| std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp")).join(".cache").join("nnunet-rs"));
-    let conn = connect(&args).await?;
+    let conn = connect(&args).await.map_err(bad_input)?;
     let reg = register(&conn, &args).await?;
     tracing::info!(worker = %reg.worker_id, device = %args.device, "registered with {}", args.coordinator.as_deref().unwrap_or(""));
     let hb_interval = Duration::from_millis(reg.heartbeat_interval_ms.max(200) as u64);
@@ -431,9 +490,9 @@ impl TaskCtx {
                 }
                 continue;
             }
-            let cached = std::fs::metadata(&dest).map(|m| m.len() == a.size).unwrap_or(false) && nnunet_common::hash::sha256_file(&dest).map(|h| h == a.sha256).unwrap_or(false);
-            if !cached {
+            if !cached_input(&dest, a.size, &a.sha256) {
                 self.rt.block_on(self.conn.download(&self.task.run_id, &a.path, &dest, &a.sha256))?;
+                remember_verified(&dest, &a.sha256);
                 fetched += 1;
                 bytes += a.size;
             }
@@ -772,4 +831,34 @@ fn run_predict(ctx: &TaskCtx) -> Result<String> {
     let report = crate::infer::predict_folder(&model_dir, &[ctx.task.fold as usize], &input, &out, &predict_options(ctx, true))?;
     let n = ctx.upload_dir(&ws, &out)?;
     Ok(serde_json::json!({ "files": n, "report": format!("{report:?}") }).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_inputs_are_hashed_once_and_rehashed_when_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("case.npy");
+        std::fs::write(&p, b"abcdef").unwrap();
+        let sha = nnunet_common::hash::sha256_bytes(b"abcdef");
+        assert!(!cached_input(&dir.path().join("missing"), 6, &sha));
+        assert!(!cached_input(&p, 7, &sha), "size mismatch");
+        assert!(cached_input(&p, 6, &sha));
+        assert!(!cached_input(&p, 6, &"0".repeat(64)), "another hash for the same file");
+        // unchanged size and mtime: the memo answers without reading the file (here: a same-size
+        // rewrite with the old mtime restored is not noticed, which is what skipping the hash means)
+        let old_mtime = std::fs::metadata(&p).unwrap().modified().unwrap();
+        std::fs::write(&p, b"ABCDEF").unwrap();
+        std::fs::File::options().write(true).open(&p).unwrap().set_modified(old_mtime).unwrap();
+        assert!(cached_input(&p, 6, &sha), "memo hit");
+        // same size, new content and mtime: hashed again, and refused
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&p, b"abcxyz").unwrap();
+        let f = std::fs::File::options().write(true).open(&p).unwrap();
+        f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5)).unwrap();
+        assert!(!cached_input(&p, 6, &sha));
+        assert!(cached_input(&p, 6, &nnunet_common::hash::sha256_bytes(b"abcxyz")));
+    }
 }

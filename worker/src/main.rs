@@ -66,6 +66,10 @@ fn main() {
             eprintln!("{code}");
             std::process::exit(code.0);
         }
+        if let Some(bad) = e.downcast_ref::<client::BadInput>() {
+            eprintln!("error: {bad}\n(not retryable: exit 3)");
+            std::process::exit(3);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
