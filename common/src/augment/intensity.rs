@@ -144,6 +144,11 @@ fn blur_plane(plane: &mut [f32], h: usize, w: usize, sigmas: [f64; 2]) {
 }
 }
 
+/// `MultiplicativeBrightnessTransform` on one channel: `x *= m`.
+pub fn brightness(x: &mut [f32], m: f32) {
+    x.iter_mut().for_each(|v| *v *= m);
+}
+
 /// `ContrastTransform(preserve_range=True)`: `x = (x - mean) * f + mean`, clamped to the original range.
 pub fn contrast(x: &mut [f32], f: f32) {
     let st = stats(x, 1.0);
@@ -328,6 +333,16 @@ mod tests {
         let mut k = img(vec![3.0; 64], 8, 8);
         simulate_low_resolution(&mut k, 0, 0.6);
         assert!(k.data.iter().all(|&v| (v - 3.0).abs() < 1e-6));
+    }
+
+    #[test]
+    fn brightness_scales_every_value_and_keeps_zero() {
+        let mut x = vec![-2.0f32, 0.0, 0.5, 3.0];
+        brightness(&mut x, 1.25);
+        assert_eq!(x, vec![-2.5, 0.0, 0.625, 3.75]);
+        let (m0, s0) = mean_std(&[-2.0, 0.0, 0.5, 3.0]);
+        let (m1, s1) = mean_std(&x);
+        assert!((m1 - 1.25 * m0).abs() < 1e-6 && (s1 - 1.25 * s0).abs() < 1e-6, "mean and std scale by m");
     }
 
     #[test]

@@ -144,7 +144,7 @@ pub fn augment_train<R: Rng + ?Sized>(image: &Image, seg: &Seg, cfg: &AugConfig,
     if rng.random::<f64>() < 0.15 {
         for c in 0..img.channels {
             let m = bg_contrast(rng, (0.75, 1.25)) as f32;
-            img.channel_mut(c).iter_mut().for_each(|x| *x *= m);
+            intensity::brightness(img.channel_mut(c), m);
         }
     }
     // 5. Contrast p 0.15: every channel, BGContrast(0.75, 1.25), range preserved.
