@@ -205,12 +205,14 @@ fn five_folds_on_three_workers_survive_a_killed_worker() {
     let fold: i32 = line.split("fold ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
     let status = c.status_json(&run);
     let task = status["tasks"].as_array().unwrap().iter().find(|t| t["kind"] == "train" && t["fold"] == fold).unwrap().clone();
+    let killed: Option<usize>;
     if task["state"] == "RUNNING" {
         let worker_id = task["worker"].as_str().unwrap().to_string();
         let idx = c.workers.iter().position(|(_, log)| std::fs::read_to_string(log).unwrap_or_default().contains(&worker_id)).expect("the worker's log names its id");
         let pid = c.workers[idx].0.id();
         println!("killing worker {idx} (pid {pid}, {worker_id}) with SIGKILL while it trains fold {fold}");
         c.workers[idx].0.kill().unwrap(); // SIGKILL
+        killed = Some(idx);
         // The lease expires, another worker resumes the fold from its checkpoint (not epoch 0).
         let resumed = wait_line(&rx, &mut seen, Duration::from_secs(300), "the fold to be resumed", |l| l.contains(&format!("fold {fold} train RUNNING (attempt 2")));
         assert!(resumed.contains("resumes from the checkpoint of epoch"), "the re-leased fold must resume from its checkpoint: {resumed}");
@@ -251,6 +253,16 @@ fn five_folds_on_three_workers_survive_a_killed_worker() {
     let st = c.status_json(&run);
     assert_eq!(st["state"], "DONE");
     assert!(st["summary"]["cv_foreground_dice"].is_number(), "status reports the CV Dice: {}", st["summary"]);
+    // Worker caches: reading the run directory in place leaves no run folder behind; downloading keeps
+    // the inputs for the run's next tasks (pruned later, least recently used first).
+    for (i, in_place) in [(0, true), (1, true), (2, false)] {
+        let worked = std::fs::read_to_string(&c.workers[i].1).unwrap_or_default().contains("leased");
+        if killed == Some(i) || !worked {
+            continue;
+        }
+        let dir = work.join(format!("cache-{i}/runs/{run}"));
+        assert_eq!(dir.exists(), !in_place, "worker {i}: cache folder {} (in place: {in_place})", dir.display());
+    }
 }
 
 #[test]

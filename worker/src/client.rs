@@ -48,6 +48,11 @@ pub struct ServeArgs {
     /// Where downloaded inputs and local outputs are kept (default ~/.cache/nnunet-rs).
     #[arg(long, env = "NNUNET_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// How many run folders to keep in the cache (the current one included) when inputs are
+    /// downloaded; older ones not in use are removed. With a shared filesystem a run's folder goes as
+    /// soon as its last task on this host ends.
+    #[arg(long, env = "NNUNET_CACHE_KEEP_RUNS", default_value_t = 2)]
+    pub cache_keep_runs: usize,
     /// Exit when the coordinator has no active run left.
     #[arg(long)]
     pub exit_when_idle: bool,
@@ -354,6 +359,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
         };
         let kind = pb::TaskKind::try_from(task.kind).unwrap_or(pb::TaskKind::Unspecified);
         tracing::info!(task = %task.task_id, ?kind, fold = task.fold, attempt = task.attempt, "leased");
+        // The run's cache folder: held while the task runs; other runs' folders pruned.
+        let in_place = uses_run_dir_in_place(&task, args.no_shared_fs);
+        let run_cache = crate::cache::RunLease::acquire(&cache, &task.run_id).map_err(|e| tracing::warn!("cache: {e:#}")).ok();
+        for p in crate::cache::prune(&cache, &task.run_id, args.cache_keep_runs.max(1)) {
+            tracing::info!("cache: removed {} (least recently used run folder)", p.display());
+        }
         let lost = Arc::new(AtomicBool::new(false));
         let hb = spawn_heartbeat(conn.clone(), task.clone(), lost.clone(), hb_interval);
         let ctx = TaskCtx { conn: conn.clone(), task: task.clone(), stop: stop.clone(), lost: lost.clone(), device, cache: cache.clone(), threads: args.threads, no_shared_fs: args.no_shared_fs, rt: tokio::runtime::Handle::current() };
@@ -370,6 +381,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
             })?;
         let res = rx.await.unwrap_or_else(|_| Err(anyhow!("task thread vanished")));
         hb.abort();
+        // With the run directory in place, the cache folder only held scratch copies and outputs that
+        // are uploaded by now (the coordinator's checkpoint is what a retry resumes from).
+        if let (true, Some(rc)) = (in_place, run_cache) {
+            rc.release_and_remove();
+        }
         let (wid, tid, lease_id, token) = (conn.id(), task.task_id.clone(), task.lease_id, task.fencing_token);
         match res {
             Ok(result_json) => {
@@ -430,6 +446,12 @@ fn spawn_heartbeat(conn: Conn, task: pb::Task, lost: Arc<AtomicBool>, every: Dur
     })
 }
 
+/// Whether the run directory is visible here (its marker names the task's run): then inputs are read
+/// in place instead of downloaded.
+fn uses_run_dir_in_place(task: &pb::Task, no_shared_fs: bool) -> bool {
+    !no_shared_fs && std::fs::read_to_string(Path::new(&task.run_dir).join(RUN_MARKER)).map(|s| s.trim() == task.run_id).unwrap_or(false)
+}
+
 /// Everything a task needs, usable from its own OS thread.
 struct TaskCtx {
     conn: Conn,
@@ -474,7 +496,7 @@ impl TaskCtx {
     /// scratch, since they are worked on), else downloaded into the cache (kept across tasks).
     fn workspace(&self) -> Result<Workspace> {
         let run_dir = PathBuf::from(&self.task.run_dir);
-        let shared = !self.no_shared_fs && std::fs::read_to_string(run_dir.join(RUN_MARKER)).map(|s| s.trim() == self.task.run_id).unwrap_or(false);
+        let shared = uses_run_dir_in_place(&self.task, self.no_shared_fs);
         let scratch = self.cache.join("runs").join(&self.task.run_id);
         std::fs::create_dir_all(&scratch).with_context(|| format!("creating cache {}", scratch.display()))?;
         let root = if shared { run_dir.clone() } else { scratch.clone() };

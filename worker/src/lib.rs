@@ -6,7 +6,9 @@
 //! - [`infer`]: sliding-window prediction with Gaussian weighting and mirroring TTA, export.
 //! - [`client`]: the gRPC loop that leases tasks from a coordinator and runs them.
 //! - [`device`]: device selection and reporting.
+//! - [`cache`]: the bounded local cache of run folders.
 
+pub mod cache;
 pub mod cli_predict;
 pub mod cli_train;
 pub mod client;
