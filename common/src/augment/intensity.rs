@@ -11,7 +11,11 @@ use rand::Rng;
 /// `u1` in (0, 1] (tails reach 5.8 sigma); the angle's quadrant comes from two bits of the second word
 /// and sin/cos of the remaining [0, π/2) from short Taylor polynomials about π/4 (error < 4e-7).
 pub fn fill_standard_normal<R: Rng + ?Sized>(out: &mut [f32], rng: &mut R) {
-    let key = [rng.next_u32(), rng.next_u32()];
+    fill_standard_normal_keyed(out, [rng.next_u32(), rng.next_u32()]);
+}
+
+/// [`fill_standard_normal`] with the generator's key given.
+pub fn fill_standard_normal_keyed(out: &mut [f32], key: [u32; 2]) {
     let mut sin_part = vec![0.0f32; out.len().div_ceil(2)];
     box_muller(key, out, &mut sin_part);
 }
@@ -57,9 +61,15 @@ multiversion! {
 
 /// `GaussianNoiseTransform`: adds an own N(0, sigma²) field to every channel.
 pub fn gaussian_noise<R: Rng + ?Sized>(img: &mut Image, sigma: f32, rng: &mut R) {
+    let keys: Vec<[u32; 2]> = (0..img.channels).map(|_| [rng.next_u32(), rng.next_u32()]).collect();
+    gaussian_noise_keyed(img, sigma, &keys);
+}
+
+/// [`gaussian_noise`] with each channel's noise-field key given.
+pub fn gaussian_noise_keyed(img: &mut Image, sigma: f32, keys: &[[u32; 2]]) {
     let mut noise = vec![0.0f32; img.h * img.w];
-    for c in 0..img.channels {
-        fill_standard_normal(&mut noise, rng);
+    for (c, &key) in keys.iter().enumerate().take(img.channels) {
+        fill_standard_normal_keyed(&mut noise, key);
         for (x, n) in img.channel_mut(c).iter_mut().zip(&noise) {
             *x += sigma * n;
         }

@@ -113,72 +113,103 @@ pub fn bg_contrast<R: Rng + ?Sized>(rng: &mut R, range: (f64, f64)) -> f64 {
     }
 }
 
-/// The full training pipeline (SPEC §8.1) applied to one sample of the initial (enlarged) patch size.
-pub fn augment_train<R: Rng + ?Sized>(image: &Image, seg: &Seg, cfg: &AugConfig, rng: &mut R) -> Augmented {
-    // 1. Spatial: rotation p 0.2, scaling p 0.2 (one factor for both axes), output = final patch.
-    let do_rot = rng.random::<f64>() < 0.2;
-    let do_scale = rng.random::<f64>() < 0.2;
-    let angle = if do_rot { uniform(rng, cfg.rotation.0, cfg.rotation.1) } else { 0.0 };
-    let scale = if do_scale { uniform(rng, 0.7, 1.4) } else { 1.0 };
-    let (mut img, mut sg) = if do_rot || do_scale {
-        spatial::rotate_scale(image, seg, cfg.patch, angle, scale)
+/// Every random decision of one training sample (SPEC §8.1), drawn by [`plan_sample`] in the
+/// pipeline's order; [`apply_plan`] is then deterministic. `None` = the transform did not fire;
+/// per-channel entries are `None` where the channel's own coin said no.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplePlan {
+    /// Rotation angle (radians), when rotation fired (p 0.2).
+    pub rotation: Option<f64>,
+    /// Isotropic scale factor, when scaling fired (p 0.2).
+    pub scaling: Option<f64>,
+    /// Noise sigma (shared) and each channel's noise-field key (p 0.1).
+    pub noise: Option<(f32, Vec<[u32; 2]>)>,
+    /// Per-channel blur sigmas (p 0.2, then 0.5 per channel).
+    pub blur: Option<Vec<Option<[f64; 2]>>>,
+    /// Per-channel brightness factors (p 0.15).
+    pub brightness: Option<Vec<f32>>,
+    /// Per-channel contrast factors (p 0.15).
+    pub contrast: Option<Vec<f32>>,
+    /// Per-channel low-resolution scales (p 0.25, then 0.5 per channel).
+    pub low_res: Option<Vec<Option<f64>>>,
+    /// Per-channel gammas of the inverted gamma transform (p 0.1).
+    pub inverted_gamma: Option<Vec<f32>>,
+    /// Per-channel gammas (p 0.3).
+    pub gamma: Option<Vec<f32>>,
+    /// The axes mirrored (each allowed axis p 0.5).
+    pub mirror: Vec<usize>,
+}
+
+/// Draws the random decisions of one training sample with `channels` channels.
+pub fn plan_sample<R: Rng + ?Sized>(rng: &mut R, cfg: &AugConfig, channels: usize) -> SamplePlan {
+    let fires = |rng: &mut R, p: f64| rng.random::<f64>() < p;
+    // 1. Spatial: rotation p 0.2, scaling p 0.2 (one factor for both axes).
+    let (do_rot, do_scale) = (fires(rng, 0.2), fires(rng, 0.2));
+    let rotation = do_rot.then(|| uniform(rng, cfg.rotation.0, cfg.rotation.1));
+    let scaling = do_scale.then(|| uniform(rng, 0.7, 1.4));
+    // 2. Gaussian noise p 0.1: one sigma ~ U(0, 0.1) shared by the channels, an own field per channel.
+    let noise = fires(rng, 0.1).then(|| {
+        let sigma = uniform(rng, 0.0, 0.1) as f32;
+        (sigma, (0..channels).map(|_| [rng.next_u32(), rng.next_u32()]).collect())
+    });
+    // 3. Gaussian blur p 0.2: per channel p 0.5, sigma ~ U(0.5, 1) per channel and axis.
+    let blur = fires(rng, 0.2).then(|| (0..channels).map(|_| fires(rng, 0.5).then(|| [uniform(rng, 0.5, 1.0), uniform(rng, 0.5, 1.0)])).collect());
+    // 4. Multiplicative brightness p 0.15, 5. contrast p 0.15: every channel, BGContrast(0.75, 1.25).
+    let brightness = fires(rng, 0.15).then(|| (0..channels).map(|_| bg_contrast(rng, (0.75, 1.25)) as f32).collect());
+    let contrast = fires(rng, 0.15).then(|| (0..channels).map(|_| bg_contrast(rng, (0.75, 1.25)) as f32).collect());
+    // 6. Low resolution p 0.25: per channel p 0.5, s ~ U(0.5, 1) for both axes.
+    let low_res = fires(rng, 0.25).then(|| (0..channels).map(|_| fires(rng, 0.5).then(|| uniform(rng, 0.5, 1.0))).collect());
+    // 7. Inverted gamma p 0.1, 8. gamma p 0.3: every channel, BGContrast(0.7, 1.5).
+    let inverted_gamma = fires(rng, 0.1).then(|| (0..channels).map(|_| bg_contrast(rng, (0.7, 1.5)) as f32).collect());
+    let gamma = fires(rng, 0.3).then(|| (0..channels).map(|_| bg_contrast(rng, (0.7, 1.5)) as f32).collect());
+    // 9. Mirror: each allowed axis with p 0.5.
+    let mirror = cfg.mirror_axes.iter().copied().filter(|_| fires(rng, 0.5)).collect();
+    SamplePlan { rotation, scaling, noise, blur, brightness, contrast, low_res, inverted_gamma, gamma, mirror }
+}
+
+/// Applies a plan to one sample of the initial (enlarged) patch size: the transforms in the
+/// pipeline's order, then masking, seg `-1 -> 0` and the deep-supervision targets.
+pub fn apply_plan(image: &Image, seg: &Seg, cfg: &AugConfig, plan: &SamplePlan) -> Augmented {
+    let (mut img, mut sg) = if plan.rotation.is_some() || plan.scaling.is_some() {
+        spatial::rotate_scale(image, seg, cfg.patch, plan.rotation.unwrap_or(0.0), plan.scaling.unwrap_or(1.0))
     } else {
         spatial::center_crop(image, seg, cfg.patch)
     };
-    // 2. Gaussian noise p 0.1: one sigma ~ U(0, 0.1) shared by the channels, an own field per channel.
-    if rng.random::<f64>() < 0.1 {
-        let sigma = uniform(rng, 0.0, 0.1) as f32;
-        intensity::gaussian_noise(&mut img, sigma, rng);
+    if let Some((sigma, keys)) = &plan.noise {
+        intensity::gaussian_noise_keyed(&mut img, *sigma, keys);
     }
-    // 3. Gaussian blur p 0.2: per channel p 0.5, sigma ~ U(0.5, 1) per channel and axis.
-    if rng.random::<f64>() < 0.2 {
-        for c in 0..img.channels {
-            if rng.random::<f64>() < 0.5 {
-                let s0 = uniform(rng, 0.5, 1.0);
-                let s1 = uniform(rng, 0.5, 1.0);
-                intensity::gaussian_blur_channel(&mut img, c, [s0, s1]);
-            }
+    for (c, s) in plan.blur.iter().flatten().enumerate() {
+        if let Some(s) = s {
+            intensity::gaussian_blur_channel(&mut img, c, *s);
         }
     }
-    // 4. Multiplicative brightness p 0.15: every channel, BGContrast(0.75, 1.25).
-    if rng.random::<f64>() < 0.15 {
-        for c in 0..img.channels {
-            let m = bg_contrast(rng, (0.75, 1.25)) as f32;
-            intensity::brightness(img.channel_mut(c), m);
+    for (c, &m) in plan.brightness.iter().flatten().enumerate() {
+        intensity::brightness(img.channel_mut(c), m);
+    }
+    for (c, &f) in plan.contrast.iter().flatten().enumerate() {
+        intensity::contrast(img.channel_mut(c), f);
+    }
+    for (c, s) in plan.low_res.iter().flatten().enumerate() {
+        if let Some(s) = s {
+            intensity::simulate_low_resolution(&mut img, c, *s);
         }
     }
-    // 5. Contrast p 0.15: every channel, BGContrast(0.75, 1.25), range preserved.
-    if rng.random::<f64>() < 0.15 {
-        for c in 0..img.channels {
-            let f = bg_contrast(rng, (0.75, 1.25)) as f32;
-            intensity::contrast(img.channel_mut(c), f);
+    for (gammas, invert) in [(&plan.inverted_gamma, true), (&plan.gamma, false)] {
+        for (c, &g) in gammas.iter().flatten().enumerate() {
+            intensity::gamma(img.channel_mut(c), g, invert, true);
         }
     }
-    // 6. Low resolution p 0.25: per channel p 0.5, s ~ U(0.5, 1) for both axes.
-    if rng.random::<f64>() < 0.25 {
-        for c in 0..img.channels {
-            if rng.random::<f64>() < 0.5 {
-                let s = uniform(rng, 0.5, 1.0);
-                intensity::simulate_low_resolution(&mut img, c, s);
-            }
-        }
-    }
-    // 7. Inverted gamma p 0.1, 8. gamma p 0.3: every channel, BGContrast(0.7, 1.5), stats retained.
-    for (p, invert) in [(0.1, true), (0.3, false)] {
-        if rng.random::<f64>() < p {
-            for c in 0..img.channels {
-                let g = bg_contrast(rng, (0.7, 1.5)) as f32;
-                intensity::gamma(img.channel_mut(c), g, invert, true);
-            }
-        }
-    }
-    // 9. Mirror: each allowed axis with p 0.5, image and seg together.
-    for &axis in &cfg.mirror_axes {
-        if rng.random::<f64>() < 0.5 {
-            spatial::flip(&mut img, &mut sg, axis);
-        }
+    for &axis in &plan.mirror {
+        spatial::flip(&mut img, &mut sg, axis);
     }
     finish(img, sg, cfg)
+}
+
+/// The full training pipeline (SPEC §8.1) applied to one sample of the initial (enlarged) patch size:
+/// [`plan_sample`] then [`apply_plan`].
+pub fn augment_train<R: Rng + ?Sized>(image: &Image, seg: &Seg, cfg: &AugConfig, rng: &mut R) -> Augmented {
+    let plan = plan_sample(rng, cfg, image.channels);
+    apply_plan(image, seg, cfg, &plan)
 }
 
 /// The validation pipeline: the (final-size) crop as is, seg `-1 -> 0`, deep-supervision targets.
@@ -262,6 +293,75 @@ mod tests {
         }
         let v = augment_val(&img, &seg, &cfg([32, 32]));
         assert_eq!(v.targets[0].data.len(), 32 * 32);
+    }
+
+    #[test]
+    fn plans_fire_with_the_spec_probabilities_and_ranges() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let c = cfg([32, 32]);
+        let n = 40_000usize;
+        let plans: Vec<SamplePlan> = (0..n).map(|_| plan_sample(&mut rng, &c, 2)).collect();
+        let frac = |f: &dyn Fn(&SamplePlan) -> bool| plans.iter().filter(|p| f(p)).count() as f64 / n as f64;
+        let near = |got: f64, want: f64, what: &str| assert!((got - want).abs() < 0.01, "{what}: {got:.4} vs {want}");
+        near(frac(&|p| p.rotation.is_some()), 0.2, "rotation");
+        near(frac(&|p| p.scaling.is_some()), 0.2, "scaling");
+        near(frac(&|p| p.rotation.is_some() && p.scaling.is_some()), 0.04, "rotation and scaling independent");
+        near(frac(&|p| p.noise.is_some()), 0.1, "noise");
+        near(frac(&|p| p.blur.is_some()), 0.2, "blur");
+        near(frac(&|p| p.brightness.is_some()), 0.15, "brightness");
+        near(frac(&|p| p.contrast.is_some()), 0.15, "contrast");
+        near(frac(&|p| p.low_res.is_some()), 0.25, "low resolution");
+        near(frac(&|p| p.inverted_gamma.is_some()), 0.1, "inverted gamma");
+        near(frac(&|p| p.gamma.is_some()), 0.3, "gamma");
+        near(frac(&|p| p.mirror.contains(&0)), 0.5, "mirror axis 0");
+        near(frac(&|p| p.mirror.contains(&1)), 0.5, "mirror axis 1");
+        // per-channel coins of blur and low resolution, given the transform fired
+        let per_channel = |sel: &dyn Fn(&SamplePlan) -> Option<Vec<bool>>| {
+            let v: Vec<bool> = plans.iter().filter_map(sel).flatten().collect();
+            v.iter().filter(|&&b| b).count() as f64 / v.len() as f64
+        };
+        near(per_channel(&|p| p.blur.as_ref().map(|b| b.iter().map(Option::is_some).collect())), 0.5, "blur per channel");
+        near(per_channel(&|p| p.low_res.as_ref().map(|b| b.iter().map(Option::is_some).collect())), 0.5, "low resolution per channel");
+        // parameter ranges
+        for p in &plans {
+            assert!(p.rotation.is_none_or(|a| (c.rotation.0..=c.rotation.1).contains(&a)));
+            assert!(p.scaling.is_none_or(|s| (0.7..1.4).contains(&s)));
+            assert!(p.noise.as_ref().is_none_or(|(s, k)| (0.0..0.1).contains(s) && k.len() == 2));
+            assert!(p.blur.iter().flatten().flatten().all(|s| s.iter().all(|v| (0.5..1.0).contains(v))));
+            for v in [&p.brightness, &p.contrast].into_iter().flatten() {
+                assert!(v.len() == 2 && v.iter().all(|m| (0.75..=1.25).contains(m)));
+            }
+            assert!(p.low_res.iter().flatten().flatten().all(|s| (0.5..1.0).contains(s)));
+            for v in [&p.inverted_gamma, &p.gamma].into_iter().flatten() {
+                assert!(v.len() == 2 && v.iter().all(|g| (0.7..=1.5).contains(g)));
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_plan_is_the_center_crop_and_mirroring_follows_the_plan() {
+        let (h, w) = (12, 10);
+        let img = Image { channels: 1, h, w, data: (0..h * w).map(|i| i as f32).collect() };
+        let seg = Seg { h, w, data: (0..h * w).map(|i| (i % 3) as i16).collect() };
+        let c = AugConfig { ds_scales: vec![vec![1.0, 1.0]], ..cfg([8, 8]) };
+        let none = SamplePlan {
+            rotation: None,
+            scaling: None,
+            noise: None,
+            blur: None,
+            brightness: None,
+            contrast: None,
+            low_res: None,
+            inverted_gamma: None,
+            gamma: None,
+            mirror: vec![],
+        };
+        let a = apply_plan(&img, &seg, &c, &none);
+        let (crop, scrop) = spatial::center_crop(&img, &seg, [8, 8]);
+        assert_eq!(a.image, crop);
+        assert_eq!(a.targets[0], scrop);
+        let b = apply_plan(&img, &seg, &c, &SamplePlan { mirror: vec![1], ..none });
+        assert_eq!(&b.image.data[..8], &crop.data[..8].iter().rev().copied().collect::<Vec<_>>()[..]);
     }
 
     #[test]
