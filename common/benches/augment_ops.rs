@@ -4,7 +4,7 @@
 //! sample. `AUG_CHANNELS=3` for an RGB image (default 1). The end-to-end number (and the comparison
 //! with the reference pipeline) is `scripts/bench_train.sh`.
 use nnunet_common::augment::{augment_train, intensity, resize, spatial, AugConfig, Image, Seg};
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -44,7 +44,8 @@ fn main() {
     rows.push(("center crop", time(|| drop(black_box(spatial::center_crop(&img, &seg, patch)))), 0.8 * 0.8));
     rows.push(("rotate+scale", time(|| drop(black_box(spatial::rotate_scale(&img, &seg, patch, 0.7, 1.1)))), 1.0 - 0.8 * 0.8));
     let mut work = small.clone();
-    rows.push(("gaussian noise", time(|| intensity::gaussian_noise(black_box(&mut work), 0.05, &mut rng)), 0.1));
+    let keys: Vec<[u32; 2]> = (0..work.channels).map(|_| [rng.next_u32(), rng.next_u32()]).collect();
+    rows.push(("gaussian noise", time(|| intensity::gaussian_noise(black_box(&mut work), 0.05, &keys)), 0.1));
     let nc = work.channels;
     rows.push(("gaussian blur (each channel p 0.5)", time(|| (0..nc).for_each(|c| intensity::gaussian_blur_channel(black_box(&mut work), c, [0.8, 0.9]))), 0.2 * 0.5));
     rows.push((

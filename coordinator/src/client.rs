@@ -44,15 +44,7 @@ pub fn read_token(token_file: Option<&Path>) -> Result<Option<String>> {
 }
 
 pub async fn channel(addr: &str, tls_ca: Option<&Path>) -> Result<Channel> {
-    let mut ep = tonic::transport::Endpoint::from_shared(addr.to_string()).with_context(|| format!("bad coordinator address {addr:?}"))?;
-    ep = ep.keep_alive_while_idle(true).initial_stream_window_size(Some(8 << 20)).initial_connection_window_size(Some(16 << 20)).http2_keep_alive_interval(std::time::Duration::from_secs(20)).connect_timeout(std::time::Duration::from_secs(10));
-    if let Some(ca) = tls_ca {
-        let pem = std::fs::read(ca).with_context(|| format!("reading CA {}", ca.display()))?;
-        ep = ep.tls_config(tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem)))?;
-    } else if addr.starts_with("https://") {
-        ep = ep.tls_config(tonic::transport::ClientTlsConfig::new().with_enabled_roots())?;
-    }
-    ep.connect().await.with_context(|| format!("cannot reach the coordinator at {addr}; is `nnunet serve` running there?"))
+    nnunet_proto::endpoint(addr, tls_ca)?.connect().await.with_context(|| format!("cannot reach the coordinator at {addr}; is `nnunet serve` running there?"))
 }
 
 pub async fn monitor(args: &ConnectArgs) -> Result<Monitor> {

@@ -8,7 +8,8 @@
 //! - with a shared filesystem the run folder only holds scratch copies and already uploaded outputs:
 //!   the last task on this host to leave it (an exclusive lock succeeds) removes it;
 //! - without one, the downloaded inputs are worth keeping for the run's next tasks: a new task prunes
-//!   the least recently used *other* run folders beyond `keep_runs`, skipping any still locked.
+//!   the least recently used *other* run folders beyond `keep_runs`, skipping any still locked;
+//! - a cached input is hashed once per process and trusted while its size and mtime are unchanged.
 use anyhow::{Context, Result};
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -102,6 +103,47 @@ pub fn prune(cache: &Path, current: &str, keep_runs: usize) -> Vec<PathBuf> {
     others.into_iter().skip(keep_others).filter(|(_, p)| remove_if_unused(p)).map(|(_, p)| p).collect()
 }
 
+/// Cache files whose sha256 this process has already verified, keyed by path, with the size and
+/// modification time they had then: a worker running many tasks of one run hashes each cached input
+/// once instead of once per task. A changed size or mtime (or a new process) means hashing again.
+static VERIFIED: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<PathBuf, Stamp>>> = std::sync::LazyLock::new(Default::default);
+
+/// Size, modification time and sha256 of a verified cache file.
+type Stamp = (u64, std::time::SystemTime, String);
+
+fn file_stamp(path: &Path) -> Option<(u64, std::time::SystemTime)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?))
+}
+
+/// Records that `path` (as it is now) has sha256 `sha`.
+pub fn remember_verified(path: &Path, sha: &str) {
+    if let Some((len, mtime)) = file_stamp(path) {
+        VERIFIED.lock().unwrap_or_else(|e| e.into_inner()).insert(path.to_path_buf(), (len, mtime, sha.to_string()));
+    }
+}
+
+/// Whether `path` holds the input with this size and sha256 (hashing it unless verified unchanged before).
+pub fn cached_input(path: &Path, size: u64, sha: &str) -> bool {
+    let Some((len, mtime)) = file_stamp(path) else { return false };
+    if len != size {
+        return false;
+    }
+    let known = VERIFIED.lock().unwrap_or_else(|e| e.into_inner()).get(path).cloned();
+    if let Some((l, t, h)) = known {
+        if l == len && t == mtime {
+            return h == sha;
+        }
+    }
+    match nnunet_common::hash::sha256_file(path) {
+        Ok(h) => {
+            remember_verified(path, &h);
+            h == sha
+        }
+        Err(_) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,5 +190,30 @@ mod tests {
         assert!(tmp.path().join("runs/r/scratch.bin").exists());
         assert!(b.release_and_remove());
         assert!(!tmp.path().join("runs/r").exists());
+    }
+
+    #[test]
+    fn cached_inputs_are_hashed_once_and_rehashed_when_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("case.npy");
+        std::fs::write(&p, b"abcdef").unwrap();
+        let sha = nnunet_common::hash::sha256_bytes(b"abcdef");
+        assert!(!cached_input(&dir.path().join("missing"), 6, &sha));
+        assert!(!cached_input(&p, 7, &sha), "size mismatch");
+        assert!(cached_input(&p, 6, &sha));
+        assert!(!cached_input(&p, 6, &"0".repeat(64)), "another hash for the same file");
+        // unchanged size and mtime: the memo answers without reading the file (here: a same-size
+        // rewrite with the old mtime restored is not noticed, which is what skipping the hash means)
+        let old_mtime = std::fs::metadata(&p).unwrap().modified().unwrap();
+        std::fs::write(&p, b"ABCDEF").unwrap();
+        std::fs::File::options().write(true).open(&p).unwrap().set_modified(old_mtime).unwrap();
+        assert!(cached_input(&p, 6, &sha), "memo hit");
+        // same size, new content and mtime: hashed again, and refused
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&p, b"abcxyz").unwrap();
+        let f = std::fs::File::options().write(true).open(&p).unwrap();
+        f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5)).unwrap();
+        assert!(!cached_input(&p, 6, &sha));
+        assert!(cached_input(&p, 6, &nnunet_common::hash::sha256_bytes(b"abcxyz")));
     }
 }

@@ -93,47 +93,6 @@ pub fn bad_input(e: anyhow::Error) -> anyhow::Error {
     anyhow::Error::new(BadInput(format!("{e:#}")))
 }
 
-/// Cache files whose sha256 this process has already verified, keyed by path, with the size and
-/// modification time they had then: a worker running many tasks of one run hashes each cached input
-/// once instead of once per task. A changed size or mtime (or a new process) means hashing again.
-static VERIFIED: std::sync::Mutex<Option<std::collections::HashMap<PathBuf, Stamp>>> = std::sync::Mutex::new(None);
-
-/// Size, modification time and sha256 of a verified cache file.
-type Stamp = (u64, std::time::SystemTime, String);
-
-fn file_stamp(path: &Path) -> Option<(u64, std::time::SystemTime)> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.len(), m.modified().ok()?))
-}
-
-/// Records that `path` (as it is now) has sha256 `sha`.
-fn remember_verified(path: &Path, sha: &str) {
-    if let Some((len, mtime)) = file_stamp(path) {
-        VERIFIED.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(Default::default).insert(path.to_path_buf(), (len, mtime, sha.to_string()));
-    }
-}
-
-/// Whether `path` holds the input with this size and sha256 (hashing it unless verified unchanged before).
-fn cached_input(path: &Path, size: u64, sha: &str) -> bool {
-    let Some((len, mtime)) = file_stamp(path) else { return false };
-    if len != size {
-        return false;
-    }
-    let known = VERIFIED.lock().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(|m| m.get(path).cloned());
-    if let Some((l, t, h)) = known {
-        if l == len && t == mtime {
-            return h == sha;
-        }
-    }
-    match nnunet_common::hash::sha256_file(path) {
-        Ok(h) => {
-            remember_verified(path, &h);
-            h == sha
-        }
-        Err(_) => false,
-    }
-}
-
 #[derive(Clone)]
 struct TokenInterceptor(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
 impl tonic::service::Interceptor for TokenInterceptor {
@@ -263,14 +222,7 @@ pub fn run_serve(args: ServeArgs) -> Result<()> {
 
 async fn connect(args: &ServeArgs) -> Result<Conn> {
     let addr = args.coordinator.clone().context("--coordinator URL is required")?;
-    let mut ep = tonic::transport::Endpoint::from_shared(addr.clone()).with_context(|| format!("bad coordinator address {addr:?}"))?;
-    ep = ep.keep_alive_while_idle(true).initial_stream_window_size(Some(8 << 20)).initial_connection_window_size(Some(16 << 20)).http2_keep_alive_interval(Duration::from_secs(20)).connect_timeout(Duration::from_secs(10)).timeout(Duration::from_secs(600));
-    if let Some(ca) = &args.tls_ca {
-        let pem = std::fs::read(ca).with_context(|| format!("reading CA {}", ca.display()))?;
-        ep = ep.tls_config(tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem)))?;
-    } else if addr.starts_with("https://") {
-        ep = ep.tls_config(tonic::transport::ClientTlsConfig::new().with_enabled_roots())?;
-    }
+    let ep = nnunet_proto::endpoint(&addr, args.tls_ca.as_deref())?.timeout(Duration::from_secs(600));
     let token = match &args.token_file {
         Some(f) => Some(std::fs::read_to_string(f).with_context(|| format!("reading token file {}", f.display()))?.trim().to_string()),
         None => std::env::var("NNUNET_TOKEN").ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()),
@@ -367,7 +319,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
         let lost = Arc::new(AtomicBool::new(false));
         let hb = spawn_heartbeat(conn.clone(), task.clone(), lost.clone(), hb_interval);
-        let ctx = TaskCtx { conn: conn.clone(), task: task.clone(), stop: stop.clone(), lost: lost.clone(), device, cache: cache.clone(), threads: args.threads, no_shared_fs: args.no_shared_fs, rt: tokio::runtime::Handle::current() };
+        let ctx = TaskCtx { conn: conn.clone(), task: task.clone(), stop: stop.clone(), lost: lost.clone(), device, cache: cache.clone(), threads: args.threads, in_place, rt: tokio::runtime::Handle::current() };
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name(format!("task-{}", task.task_id))
@@ -461,7 +413,8 @@ struct TaskCtx {
     device: tch::Device,
     cache: PathBuf,
     threads: usize,
-    no_shared_fs: bool,
+    /// Whether the run directory is read in place ([`uses_run_dir_in_place`], decided once per task).
+    in_place: bool,
     rt: tokio::runtime::Handle,
 }
 
@@ -496,7 +449,7 @@ impl TaskCtx {
     /// scratch, since they are worked on), else downloaded into the cache (kept across tasks).
     fn workspace(&self) -> Result<Workspace> {
         let run_dir = PathBuf::from(&self.task.run_dir);
-        let shared = uses_run_dir_in_place(&self.task, self.no_shared_fs);
+        let shared = self.in_place;
         let scratch = self.cache.join("runs").join(&self.task.run_id);
         std::fs::create_dir_all(&scratch).with_context(|| format!("creating cache {}", scratch.display()))?;
         let root = if shared { run_dir.clone() } else { scratch.clone() };
@@ -512,9 +465,9 @@ impl TaskCtx {
                 }
                 continue;
             }
-            if !cached_input(&dest, a.size, &a.sha256) {
+            if !crate::cache::cached_input(&dest, a.size, &a.sha256) {
                 self.rt.block_on(self.conn.download(&self.task.run_id, &a.path, &dest, &a.sha256))?;
-                remember_verified(&dest, &a.sha256);
+                crate::cache::remember_verified(&dest, &a.sha256);
                 fetched += 1;
                 bytes += a.size;
             }
@@ -853,34 +806,4 @@ fn run_predict(ctx: &TaskCtx) -> Result<String> {
     let report = crate::infer::predict_folder(&model_dir, &[ctx.task.fold as usize], &input, &out, &predict_options(ctx, true))?;
     let n = ctx.upload_dir(&ws, &out)?;
     Ok(serde_json::json!({ "files": n, "report": format!("{report:?}") }).to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cached_inputs_are_hashed_once_and_rehashed_when_changed() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("case.npy");
-        std::fs::write(&p, b"abcdef").unwrap();
-        let sha = nnunet_common::hash::sha256_bytes(b"abcdef");
-        assert!(!cached_input(&dir.path().join("missing"), 6, &sha));
-        assert!(!cached_input(&p, 7, &sha), "size mismatch");
-        assert!(cached_input(&p, 6, &sha));
-        assert!(!cached_input(&p, 6, &"0".repeat(64)), "another hash for the same file");
-        // unchanged size and mtime: the memo answers without reading the file (here: a same-size
-        // rewrite with the old mtime restored is not noticed, which is what skipping the hash means)
-        let old_mtime = std::fs::metadata(&p).unwrap().modified().unwrap();
-        std::fs::write(&p, b"ABCDEF").unwrap();
-        std::fs::File::options().write(true).open(&p).unwrap().set_modified(old_mtime).unwrap();
-        assert!(cached_input(&p, 6, &sha), "memo hit");
-        // same size, new content and mtime: hashed again, and refused
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        std::fs::write(&p, b"abcxyz").unwrap();
-        let f = std::fs::File::options().write(true).open(&p).unwrap();
-        f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5)).unwrap();
-        assert!(!cached_input(&p, 6, &sha));
-        assert!(cached_input(&p, 6, &nnunet_common::hash::sha256_bytes(b"abcxyz")));
-    }
 }

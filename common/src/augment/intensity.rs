@@ -2,20 +2,14 @@
 use super::fastmath::{ln_pos, multiversion, pow_unit, stats, Moments};
 use super::resize::{bilinear, nearest_exact, round_half_even};
 use super::Image;
-use rand::Rng;
 
 /// Standard normal samples by Box-Muller, branch-free so that it vectorizes. The uniforms come from a
-/// counter-based generator keyed by two words drawn from the caller's RNG (so a sample is reproducible
-/// from its seed): word `n` is a two-round keyed `lowbias32` hash of the counter `n` (distinct counters
+/// counter-based generator keyed by `key` (two words the caller draws from its RNG, so a sample is
+/// reproducible from its seed): word `n` is a two-round keyed `lowbias32` hash of the counter `n` (distinct counters
 /// for the radius and the angle of every pair). `r = sqrt(-2 ln u1)` with [`ln_pos`] on 24-bit
 /// `u1` in (0, 1] (tails reach 5.8 sigma); the angle's quadrant comes from two bits of the second word
 /// and sin/cos of the remaining [0, π/2) from short Taylor polynomials about π/4 (error < 4e-7).
-pub fn fill_standard_normal<R: Rng + ?Sized>(out: &mut [f32], rng: &mut R) {
-    fill_standard_normal_keyed(out, [rng.next_u32(), rng.next_u32()]);
-}
-
-/// [`fill_standard_normal`] with the generator's key given.
-pub fn fill_standard_normal_keyed(out: &mut [f32], key: [u32; 2]) {
+pub fn fill_standard_normal(out: &mut [f32], key: [u32; 2]) {
     let mut sin_part = vec![0.0f32; out.len().div_ceil(2)];
     box_muller(key, out, &mut sin_part);
 }
@@ -59,17 +53,12 @@ multiversion! {
     }
 }
 
-/// `GaussianNoiseTransform`: adds an own N(0, sigma²) field to every channel.
-pub fn gaussian_noise<R: Rng + ?Sized>(img: &mut Image, sigma: f32, rng: &mut R) {
-    let keys: Vec<[u32; 2]> = (0..img.channels).map(|_| [rng.next_u32(), rng.next_u32()]).collect();
-    gaussian_noise_keyed(img, sigma, &keys);
-}
-
-/// [`gaussian_noise`] with each channel's noise-field key given.
-pub fn gaussian_noise_keyed(img: &mut Image, sigma: f32, keys: &[[u32; 2]]) {
+/// `GaussianNoiseTransform`: adds an own N(0, sigma²) field to every channel, channel `c` drawn
+/// with `keys[c]` (see [`fill_standard_normal`]).
+pub fn gaussian_noise(img: &mut Image, sigma: f32, keys: &[[u32; 2]]) {
     let mut noise = vec![0.0f32; img.h * img.w];
     for (c, &key) in keys.iter().enumerate().take(img.channels) {
-        fill_standard_normal_keyed(&mut noise, key);
+        fill_standard_normal(&mut noise, key);
         for (x, n) in img.channel_mut(c).iter_mut().zip(&noise) {
             *x += sigma * n;
         }
@@ -236,7 +225,7 @@ multiversion! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
+    use rand::{RngCore, SeedableRng};
 
     fn mean_min_max(x: &[f32]) -> (f32, f32) {
         let st = stats(x, 1.0);
@@ -287,7 +276,7 @@ mod tests {
     fn noise_changes_the_stats_by_sigma() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         let mut im = img(vec![0.0; 256 * 256], 256, 256);
-        gaussian_noise(&mut im, 0.1, &mut rng);
+        gaussian_noise(&mut im, 0.1, &[[rng.next_u32(), rng.next_u32()]]);
         let (m, s) = mean_std(&im.data);
         assert!(m.abs() < 2e-3, "mean {m}");
         assert!((s - 0.1).abs() < 2e-3, "std {s}");
@@ -297,7 +286,7 @@ mod tests {
     fn standard_normal_has_the_gaussian_shape() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
         let mut z = vec![0.0f32; 200_001]; // odd length: the last sample comes from a half-used pair
-        fill_standard_normal(&mut z, &mut rng);
+        fill_standard_normal(&mut z, [rng.next_u32(), rng.next_u32()]);
         let n = z.len() as f64;
         let within = |k: f32| z.iter().filter(|v| v.abs() < k).count() as f64 / n;
         assert!((within(1.0) - 0.6827).abs() < 0.005, "P(|z|<1) = {}", within(1.0));

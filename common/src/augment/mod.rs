@@ -176,7 +176,7 @@ pub fn apply_plan(image: &Image, seg: &Seg, cfg: &AugConfig, plan: &SamplePlan) 
         spatial::center_crop(image, seg, cfg.patch)
     };
     if let Some((sigma, keys)) = &plan.noise {
-        intensity::gaussian_noise_keyed(&mut img, *sigma, keys);
+        intensity::gaussian_noise(&mut img, *sigma, keys);
     }
     for (c, s) in plan.blur.iter().flatten().enumerate() {
         if let Some(s) = s {

@@ -537,7 +537,7 @@ fn cfg_fingerprint(plans: &Plans, config: &Configuration2d) -> Result<String> {
 
 /// Resume must not mix cases preprocessed under different plans: when the plans changed (or the
 /// folder predates the marker) every case file is removed, as nnU-Net removes the folder on each run.
-fn invalidate_if_plans_changed(data_dir: &Path, _plans: &Plans, digest: &str) -> Result<()> {
+fn invalidate_if_plans_changed(data_dir: &Path, digest: &str) -> Result<()> {
     let marker = data_dir.join(".plans_sha256");
     let old = std::fs::read_to_string(&marker).ok();
     if old.as_deref().map(str::trim) == Some(digest) {
@@ -606,7 +606,7 @@ pub fn preprocess_dataset(dirs: &DatasetDirs, n_threads: usize, cases: Option<&[
     }
     let data_dir = dirs.data_dir();
     std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
-    invalidate_if_plans_changed(&data_dir, &plans, &cfg_fingerprint(&plans, &config)?)?;
+    invalidate_if_plans_changed(&data_dir, &cfg_fingerprint(&plans, &config)?)?;
     remove_stale_temps(&data_dir);
     let gt = dirs.gt_dir();
     std::fs::create_dir_all(&gt).map_err(|e| Error::io(&gt, e))?;
@@ -665,7 +665,7 @@ pub fn plan_dataset(dirs: &DatasetDirs, gpu_memory_target_gb: f64, n_threads: us
     // shards preprocessed concurrently afterwards (by several workers) then all find the marker.
     let data_dir = dirs.data_dir();
     std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
-    invalidate_if_plans_changed(&data_dir, &plans, &cfg_fingerprint(&plans, &plans.config_2d()?)?)?;
+    invalidate_if_plans_changed(&data_dir, &cfg_fingerprint(&plans, &plans.config_2d()?)?)?;
     let ids: Vec<String> = fingerprint::raw_training_cases(&dirs.raw, &dj)?.into_iter().map(|c| c.id).collect();
     crate::splits::load_or_create(&dirs.preprocessed, &dirs.raw, &ids)?;
     copy_if_changed(&dirs.raw.join("dataset.json"), &dirs.preprocessed.join("dataset.json"))?;
