@@ -47,7 +47,11 @@ fn main() {
     let keys: Vec<[u32; 2]> = (0..work.channels).map(|_| [rng.next_u32(), rng.next_u32()]).collect();
     rows.push(("gaussian noise", time(|| intensity::gaussian_noise(black_box(&mut work), 0.05, &keys)), 0.1));
     let nc = work.channels;
-    rows.push(("gaussian blur (each channel p 0.5)", time(|| (0..nc).for_each(|c| intensity::gaussian_blur_channel(black_box(&mut work), c, [0.8, 0.9]))), 0.2 * 0.5));
+    rows.push((
+        "gaussian blur (each channel p 0.5)",
+        time(|| (0..nc).for_each(|c| intensity::gaussian_blur_channel(black_box(&mut work), c, [0.8, 0.9]))),
+        0.2 * 0.5,
+    ));
     rows.push((
         "brightness",
         time(|| {
@@ -57,13 +61,21 @@ fn main() {
         0.15,
     ));
     rows.push(("contrast", time(|| (0..nc).for_each(|c| intensity::contrast(black_box(work.channel_mut(c)), 1.0001))), 0.15));
-    rows.push(("low resolution (each channel p 0.5)", time(|| (0..nc).for_each(|c| intensity::simulate_low_resolution(black_box(&mut work), c, 0.7))), 0.25 * 0.5));
+    rows.push((
+        "low resolution (each channel p 0.5)",
+        time(|| (0..nc).for_each(|c| intensity::simulate_low_resolution(black_box(&mut work), c, 0.7))),
+        0.25 * 0.5,
+    ));
     rows.push(("inverted gamma", time(|| (0..nc).for_each(|c| intensity::gamma(black_box(work.channel_mut(c)), 1.1, true, true))), 0.1));
     rows.push(("gamma", time(|| (0..nc).for_each(|c| intensity::gamma(black_box(work.channel_mut(c)), 0.9, false, true))), 0.3));
     let (mut wi, mut ws) = (small.clone(), small_seg.clone());
     rows.push(("mirror axis 0", time(|| spatial::flip(black_box(&mut wi), &mut ws, 0)), 0.5));
     rows.push(("mirror axis 1", time(|| spatial::flip(black_box(&mut wi), &mut ws, 1)), 0.5));
-    rows.push(("deep-supervision targets (incl. a seg copy)", time(|| drop(black_box(resize::deep_supervision_targets(small_seg.clone(), &ds)))), 1.0));
+    rows.push((
+        "deep-supervision targets (incl. a seg copy)",
+        time(|| drop(black_box(resize::deep_supervision_targets(small_seg.clone(), &ds)))),
+        1.0,
+    ));
     let whole = time(|| drop(black_box(augment_train(&img, &seg, &cfg, &mut rng))));
 
     println!("| transform (512² from 602², {channels} channel(s)) | ms when applied | p | expected ms/sample |");

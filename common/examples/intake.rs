@@ -38,12 +38,9 @@ fn main() {
             println!("{} case(s), {} problem(s)", r.n_cases, r.problems.len());
             r.into_result()
         }),
-        Some("synth") => nnunet_common::synthetic::generate(
-            &PathBuf::from(&a[1]),
-            a[2].parse().unwrap(),
-            a[3].parse().unwrap(),
-            a[4].parse().unwrap(),
-        ),
+        Some("synth") => {
+            nnunet_common::synthetic::generate(&PathBuf::from(&a[1]), a[2].parse().unwrap(), a[3].parse().unwrap(), a[4].parse().unwrap())
+        }
         _ => {
             eprintln!("usage: intake convert IMAGES MASKS OUT_ROOT ID NAME [THREADS] | convert-from DIR OUT_ROOT ID NAME [THREADS] | verify DIR | synth OUT CASES SIZE SEED");
             std::process::exit(2);

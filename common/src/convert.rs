@@ -72,7 +72,7 @@ impl ConvertOptions {
             overwrite: false,
             threads: 0,
             progress: false,
-            }
+        }
     }
 }
 
@@ -134,15 +134,7 @@ impl fmt::Display for ConvertSummary {
         let total: u64 = self.label_counts.values().map(|c| c.voxels).sum::<u64>().max(1);
         writeln!(f, "  {:>5}  {:<16} {:>14} {:>7} {:>6}", "label", "name", "voxels", "%", "cases")?;
         for (l, c) in &self.label_counts {
-            writeln!(
-                f,
-                "  {:>5}  {:<16} {:>14} {:>6.2}% {:>6}",
-                l,
-                c.name,
-                c.voxels,
-                100.0 * c.voxels as f64 / total as f64,
-                c.cases
-            )?;
+            writeln!(f, "  {:>5}  {:<16} {:>14} {:>6.2}% {:>6}", l, c.name, c.voxels, 100.0 * c.voxels as f64 / total as f64, c.cases)?;
         }
         for w in &self.warnings {
             writeln!(f, "  warning: {w}")?;
@@ -196,7 +188,11 @@ impl Progress {
 /// Makes a file stem a safe case id: letters, digits, `-` and `_` kept, anything else `_`.
 pub fn sanitize_case_id(stem: &str) -> String {
     let s: String = stem.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
-    if s.is_empty() { "case".into() } else { s }
+    if s.is_empty() {
+        "case".into()
+    } else {
+        s
+    }
 }
 
 /// Suffixes mask files commonly carry that their image files do not (`IMD002_lesion.bmp`).
@@ -251,7 +247,12 @@ fn assign_ids(files: Vec<(String, PathBuf)>, what: &str, problems: &mut Vec<Stri
     out
 }
 
-fn collect_folders(images: &Path, masks: &Path, test_images: Option<&Path>, problems: &mut Vec<String>) -> Result<(Vec<CaseSrc>, Vec<CaseSrc>)> {
+fn collect_folders(
+    images: &Path,
+    masks: &Path,
+    test_images: Option<&Path>,
+    problems: &mut Vec<String>,
+) -> Result<(Vec<CaseSrc>, Vec<CaseSrc>)> {
     let imgs = assign_ids(list_image_folder(images, "images", problems)?, "images", problems);
     let msks = list_image_folder(masks, "masks", problems)?;
     // Match masks to images: exact stem first, then the stem without a common mask suffix.
@@ -340,14 +341,19 @@ fn collect_nnunet(dir: &Path, problems: &mut Vec<String>) -> Result<(Vec<CaseSrc
         if let Some(l) = o.get("labels").and_then(|l| l.as_object()) {
             for (name, val) in l {
                 if name == "ignore" {
-                    problems.push(format!("{}: the ignore label is not supported by nnunet-rs conversion; remove it or convert by hand", dj_path.display()));
+                    problems.push(format!(
+                        "{}: the ignore label is not supported by nnunet-rs conversion; remove it or convert by hand",
+                        dj_path.display()
+                    ));
                     continue;
                 }
                 match val.as_i64() {
                     Some(x) => {
                         declared.labels.insert(x, name.clone());
                     }
-                    None => problems.push(format!("{}: label {name:?} is not an integer (region labels are not supported)", dj_path.display())),
+                    None => {
+                        problems.push(format!("{}: label {name:?} is not an integer (region labels are not supported)", dj_path.display()))
+                    }
                 }
             }
         }
@@ -359,11 +365,8 @@ fn collect_nnunet(dir: &Path, problems: &mut Vec<String>) -> Result<(Vec<CaseSrc
         }
     }
     let n_ch = declared.channel_names.len().max(1);
-    let ending: String = if is_v1 {
-        ".nii.gz".into()
-    } else {
-        o.get("file_ending").and_then(|e| e.as_str()).unwrap_or(".nii.gz").to_string()
-    };
+    let ending: String =
+        if is_v1 { ".nii.gz".into() } else { o.get("file_ending").and_then(|e| e.as_str()).unwrap_or(".nii.gz").to_string() };
     // case -> channel file indices found (a natural image file may hold several channels).
     let list_cases = |sub: &str, problems: &mut Vec<String>| -> Result<BTreeMap<String, BTreeSet<usize>>> {
         let d = dir.join(sub);
@@ -371,7 +374,8 @@ fn collect_nnunet(dir: &Path, problems: &mut Vec<String>) -> Result<(Vec<CaseSrc
         if !d.is_dir() {
             return Ok(ids);
         }
-        let mut names: Vec<String> = std::fs::read_dir(&d).map_err(|e| Error::io(&d, e))?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> =
+            std::fs::read_dir(&d).map_err(|e| Error::io(&d, e))?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
         names.sort();
         for name in names {
             if name.starts_with('.') {
@@ -417,7 +421,10 @@ fn collect_nnunet(dir: &Path, problems: &mut Vec<String>) -> Result<(Vec<CaseSrc
         }
         let unique: BTreeSet<&String> = ids.iter().collect();
         if unique.len() != ids.len() {
-            problems.push(format!("{}: the v1 training list names some cases twice (duplicate case ids); remove the duplicates", dj_path.display()));
+            problems.push(format!(
+                "{}: the v1 training list names some cases twice (duplicate case ids); remove the duplicates",
+                dj_path.display()
+            ));
         }
         let mut ids: Vec<String> = unique.into_iter().cloned().collect();
         ids.sort();
@@ -454,11 +461,19 @@ fn collect_nnunet(dir: &Path, problems: &mut Vec<String>) -> Result<(Vec<CaseSrc
 
 /// A mask value as dataset.json text: integers without a decimal point.
 fn value_key(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e15 { format!("{}", v as i64) } else { format!("{v}") }
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
 }
 
 /// Decides the dataset-wide value -> label mapping from the set of values found in all masks.
-fn decide_mapping(values: &BTreeSet<u64>, opts: &ConvertOptions, declared: Option<&Declared>) -> std::result::Result<BTreeMap<u64, i64>, Vec<String>> {
+fn decide_mapping(
+    values: &BTreeSet<u64>,
+    opts: &ConvertOptions,
+    declared: Option<&Declared>,
+) -> std::result::Result<BTreeMap<u64, i64>, Vec<String>> {
     let vals: Vec<f64> = values.iter().map(|&b| f64::from_bits(b)).collect();
     let mut map: BTreeMap<u64, i64> = BTreeMap::new();
     let mut problems = Vec::new();
@@ -508,7 +523,11 @@ fn decide_mapping(values: &BTreeSet<u64>, opts: &ConvertOptions, declared: Optio
         return Ok(map);
     }
     if declared.is_some() {
-        let bad: Vec<String> = vals.iter().filter(|&&v| v < 0.0 || declared.map(|d| !d.labels.contains_key(&(v as i64))).unwrap_or(true)).map(|v| value_key(*v)).collect();
+        let bad: Vec<String> = vals
+            .iter()
+            .filter(|&&v| v < 0.0 || declared.map(|d| !d.labels.contains_key(&(v as i64))).unwrap_or(true))
+            .map(|v| value_key(*v))
+            .collect();
         problems.push(format!(
             "the label files contain values {bad:?} that dataset.json does not declare as labels; fix the labels or pass --map VALUE:LABEL"
         ));
@@ -576,7 +595,10 @@ fn write_case(src: &CaseSrc, out_dir: &Path, sub: &str, mapping: &BTreeMap<u64, 
         if n != c {
             return Err(Error::format(
                 &src.images[0],
-                format!("case {}: has {c} channel(s) but the dataset has {n}; all cases must have the same channels (all gray, or all RGB)", src.id),
+                format!(
+                    "case {}: has {c} channel(s) but the dataset has {n}; all cases must have the same channels (all gray, or all RGB)",
+                    src.id
+                ),
             ));
         }
     }
@@ -611,7 +633,10 @@ fn write_case(src: &CaseSrc, out_dir: &Path, sub: &str, mapping: &BTreeMap<u64, 
                 Some((cb, cl)) if cb == b => cl,
                 _ => {
                     let key = if v == 0.0 { 0f64.to_bits() } else { (v as f64).to_bits() };
-                    let l = *mapping.get(&key).ok_or_else(|| Error::format(mp, format!("mask value {v} has no label (internal: mapping incomplete)")))? as u16;
+                    let l = *mapping
+                        .get(&key)
+                        .ok_or_else(|| Error::format(mp, format!("mask value {v} has no label (internal: mapping incomplete)")))?
+                        as u16;
                     cache = Some((b, l));
                     l
                 }
@@ -620,7 +645,11 @@ fn write_case(src: &CaseSrc, out_dir: &Path, sub: &str, mapping: &BTreeMap<u64, 
             *counts.entry(l as i64).or_insert(0u64) += 1;
         }
         // The mask keeps its own geometry (for NIfTI input) so verify can compare it with the image.
-        let geom = if m.geometry.affine.is_some() { m.geometry.clone() } else { Geometry { format: m.geometry.format.clone(), ..img.geometry.clone() } };
+        let geom = if m.geometry.affine.is_some() {
+            m.geometry.clone()
+        } else {
+            Geometry { format: m.geometry.format.clone(), ..img.geometry.clone() }
+        };
         imageio::write_nifti_seg(&out_dir.join("labelsTr").join(format!("{}.nii.gz", src.id)), shape, &labels, &geom)?;
     }
     Ok(CaseOut { n_channels: c, shape, counts, volume })
@@ -645,7 +674,10 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
     }
     let final_dir = opts.out_root.join(paths::dataset_name(opts.id, &opts.name));
     if final_dir.exists() && !opts.overwrite {
-        return Err(Error::Invalid(format!("{} already exists; pass --overwrite to replace it, or choose another --id/--name", final_dir.display())));
+        return Err(Error::Invalid(format!(
+            "{} already exists; pass --overwrite to replace it, or choose another --id/--name",
+            final_dir.display()
+        )));
     }
     let mut problems = Vec::new();
     let (train, test, declared) = match &opts.input {
@@ -675,7 +707,10 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
     if !problems.is_empty() {
         return Err(problems_error("conversion refused", problems));
     }
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(opts.threads).build().map_err(|e| Error::Invalid(format!("cannot start threads: {e}")))?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads)
+        .build()
+        .map_err(|e| Error::Invalid(format!("cannot start threads: {e}")))?;
 
     // Pass 1: the set of mask values over the whole dataset, so every case gets the same mapping.
     let pb = Progress::new(train.len(), "scanning masks", opts.progress);
@@ -731,7 +766,13 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
             if n.len() != label_set.len() {
                 return Err(problems_error(
                     "conversion refused",
-                    vec![format!("--labels gives {} name(s) ({}) but the masks have {} label(s) 0..{}; give one name per label, background first", n.len(), n.join(","), label_set.len(), label_set.len() - 1)],
+                    vec![format!(
+                        "--labels gives {} name(s) ({}) but the masks have {} label(s) 0..{}; give one name per label, background first",
+                        n.len(),
+                        n.join(","),
+                        label_set.len(),
+                        label_set.len() - 1
+                    )],
                 ));
             }
             n.clone()
@@ -808,7 +849,10 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
         (Some(n), _) => {
             if n.len() != n_channels {
                 let _ = std::fs::remove_dir_all(&partial);
-                return Err(Error::Invalid(format!("--channel-names gives {} name(s) but the images have {n_channels} channel(s)", n.len())));
+                return Err(Error::Invalid(format!(
+                    "--channel-names gives {} name(s) but the images have {n_channels} channel(s)",
+                    n.len()
+                )));
             }
             n.clone()
         }
@@ -817,11 +861,8 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
     };
 
     // Summary statistics.
-    let mut label_counts: BTreeMap<i64, LabelCount> = label_set
-        .iter()
-        .zip(&label_names)
-        .map(|(&l, n)| (l, LabelCount { name: n.clone(), voxels: 0, cases: 0 }))
-        .collect();
+    let mut label_counts: BTreeMap<i64, LabelCount> =
+        label_set.iter().zip(&label_names).map(|(&l, n)| (l, LabelCount { name: n.clone(), voxels: 0, cases: 0 })).collect();
     let (mut min_shape, mut max_shape) = ([usize::MAX; 3], [0usize; 3]);
     for (_, o) in &ok_outs {
         for k in 0..3 {
@@ -865,7 +906,10 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
         num_training: train.len(),
         file_ending: ".nii.gz".into(),
         name: Some(opts.name.clone()),
-        description: declared.as_ref().and_then(|d| d.description.clone()).or_else(|| Some("converted by nnunet convert (nnunet-rs)".into())),
+        description: declared
+            .as_ref()
+            .and_then(|d| d.description.clone())
+            .or_else(|| Some("converted by nnunet convert (nnunet-rs)".into())),
         overwrite_image_reader_writer: None,
         nnunetrs_label_mapping: Some(LabelMapping { original_to_label: original_to_label.clone(), label_to_original }),
         nnunetrs_source: Some(SourceInfo {
@@ -892,7 +936,8 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
     }
     std::fs::rename(&partial, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
     let mut warnings = report.warnings;
-    let absent: Vec<String> = label_counts.iter().filter(|(l, c)| **l > 0 && c.cases == 0).map(|(l, c)| format!("{l} ({})", c.name)).collect();
+    let absent: Vec<String> =
+        label_counts.iter().filter(|(l, c)| **l > 0 && c.cases == 0).map(|(l, c)| format!("{l} ({})", c.name)).collect();
     if !absent.is_empty() {
         warnings.push(format!("label(s) {} occur in no mask", absent.join(", ")));
     }

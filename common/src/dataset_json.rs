@@ -83,19 +83,13 @@ impl DatasetJson {
     }
     /// Channel names in index order.
     pub fn channel_names_ordered(&self) -> Vec<String> {
-        let mut v: Vec<(usize, &String)> =
-            self.channel_names.iter().filter_map(|(k, n)| k.parse().ok().map(|i| (i, n))).collect();
+        let mut v: Vec<(usize, &String)> = self.channel_names.iter().filter_map(|(k, n)| k.parse().ok().map(|i| (i, n))).collect();
         v.sort();
         v.into_iter().map(|(_, n)| n.clone()).collect()
     }
     /// Integer labels sorted by value (regions and `ignore` excluded).
     pub fn label_values(&self) -> Vec<i64> {
-        let mut v: Vec<i64> = self
-            .labels
-            .iter()
-            .filter(|(k, _)| k.as_str() != "ignore")
-            .filter_map(|(_, v)| v.as_int())
-            .collect();
+        let mut v: Vec<i64> = self.labels.iter().filter(|(k, _)| k.as_str() != "ignore").filter_map(|(_, v)| v.as_int()).collect();
         v.sort();
         v
     }

@@ -37,7 +37,10 @@ pub fn average_probabilities(files: &[PathBuf]) -> Result<(Vec<usize>, Vec<f32>)
     for f in &files[1..] {
         let (s, d) = npy::read_npz_member::<f32>(f, "probabilities")?;
         if s != shape {
-            return Err(Error::format(f, format!("probabilities have shape {s:?} but {} has {shape:?}; the folders do not hold the same cases", first.display())));
+            return Err(Error::format(
+                f,
+                format!("probabilities have shape {s:?} but {} has {shape:?}; the folders do not hold the same cases", first.display()),
+            ));
         }
         for (a, b) in acc.iter_mut().zip(&d) {
             *a += b;
@@ -104,7 +107,8 @@ pub fn ensemble_folders_with(inputs: &[PathBuf], output: &Path, save_probabiliti
     for d in &inputs[1..] {
         let other = list(d)?;
         if other != first {
-            let missing: Vec<&String> = first.iter().filter(|f| !other.contains(f)).chain(other.iter().filter(|f| !first.contains(f))).collect();
+            let missing: Vec<&String> =
+                first.iter().filter(|f| !other.contains(f)).chain(other.iter().filter(|f| !first.contains(f))).collect();
             return Err(Error::Invalid(format!(
                 "not all folders contain the same probability files: {} and {} differ in {} file(s), e.g. {:?}; give only folders predicted on the same images",
                 inputs[0].display(),
@@ -127,7 +131,10 @@ pub fn ensemble_folders_with(inputs: &[PathBuf], output: &Path, save_probabiliti
             }
             if let Some(k) = n_classes {
                 if shape[0] != k {
-                    return Err(Error::format(&files[0], format!("probabilities have {} classes but the model's dataset.json declares {k}", shape[0])));
+                    return Err(Error::format(
+                        &files[0],
+                        format!("probabilities have {} classes but the model's dataset.json declares {k}", shape[0]),
+                    ));
                 }
             }
             let classes = argmax_channels(shape[0], &probs);

@@ -186,10 +186,7 @@ impl Summary {
         let mut mean = BTreeMap::new();
         for &l in labels {
             let per_case: Vec<LabelMetrics> = cases.iter().filter_map(|c| c.metrics.get(&l).copied()).collect();
-            mean.insert(
-                l,
-                MeanMetrics::from_fn(|f| np_nanmean(&per_case.iter().map(f).collect::<Vec<_>>())),
-            );
+            mean.insert(l, MeanMetrics::from_fn(|f| np_nanmean(&per_case.iter().map(f).collect::<Vec<_>>())));
         }
         // nnU-Net iterates the labels in the order given, skipping 0.
         let fg: Vec<MeanMetrics> = labels.iter().filter(|&&l| l != 0).map(|l| mean[l]).collect();
@@ -214,10 +211,7 @@ impl Summary {
             .iter()
             .map(|c| {
                 Value::dict([
-                    (
-                        "metrics".into(),
-                        Value::Dict(c.metrics.iter().map(|(l, m)| (l.to_string(), m.to_value())).collect()),
-                    ),
+                    ("metrics".into(), Value::Dict(c.metrics.iter().map(|(l, m)| (l.to_string(), m.to_value())).collect())),
                     ("prediction_file".into(), Value::Str(c.prediction_file.clone())),
                     ("reference_file".into(), Value::Str(c.reference_file.clone())),
                 ])
@@ -243,7 +237,8 @@ impl Summary {
     }
 
     fn from_value(v: &Value) -> std::result::Result<Summary, String> {
-        let label_key = |k: &str| k.parse::<i64>().map_err(|_| format!("label key {k:?} is not an integer (region-based summaries are not supported)"));
+        let label_key =
+            |k: &str| k.parse::<i64>().map_err(|_| format!("label key {k:?} is not an integer (region-based summaries are not supported)"));
         let foreground_mean = MeanMetrics::from_value(v.get("foreground_mean").ok_or("no 'foreground_mean'")?, "foreground_mean")?;
         let mut mean = BTreeMap::new();
         match v.get("mean") {
@@ -315,7 +310,10 @@ pub fn evaluate_case(reference: &Path, prediction: &Path, labels: &[i64], ignore
     if rs != ps {
         return Err(Error::format(
             prediction,
-            format!("prediction has shape {ps:?} but the reference {} has {rs:?}; predictions must be in the reference's geometry", reference.display()),
+            format!(
+                "prediction has shape {ps:?} but the reference {} has {rs:?}; predictions must be in the reference's geometry",
+                reference.display()
+            ),
         ));
     }
     let labels32: Vec<i32> = labels.iter().map(|&l| l as i32).collect();
@@ -358,10 +356,8 @@ pub fn compute_metrics_on_folder(
             missing.iter().take(10).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
         )));
     }
-    let cases = files
-        .par_iter()
-        .map(|f| evaluate_case(&gt_dir.join(f), &pred_dir.join(f), labels, ignore_label))
-        .collect::<Result<Vec<_>>>()?;
+    let cases =
+        files.par_iter().map(|f| evaluate_case(&gt_dir.join(f), &pred_dir.join(f), labels, ignore_label)).collect::<Result<Vec<_>>>()?;
     let summary = Summary::from_cases(labels, cases);
     if let Some(out) = output {
         summary.save(out)?;

@@ -129,7 +129,15 @@ pub fn intensity_properties(counts: &HashMap<u32, u64>) -> IntensityProperties {
     vals.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
     let total: u64 = vals.iter().map(|v| v.1).sum();
     if total == 0 {
-        return IntensityProperties { max: f64::NAN, mean: f64::NAN, median: f64::NAN, min: f64::NAN, percentile_00_5: f64::NAN, percentile_99_5: f64::NAN, std: f64::NAN };
+        return IntensityProperties {
+            max: f64::NAN,
+            mean: f64::NAN,
+            median: f64::NAN,
+            min: f64::NAN,
+            percentile_00_5: f64::NAN,
+            percentile_99_5: f64::NAN,
+            std: f64::NAN,
+        };
     }
     let mean = vals.iter().map(|&(v, c)| v as f64 * c as f64).sum::<f64>() / total as f64;
     let var = vals.iter().map(|&(v, c)| (v as f64 - mean).powi(2) * c as f64).sum::<f64>() / total as f64;
@@ -235,7 +243,11 @@ mod tests {
 
     #[test]
     fn case_without_foreground_contributes_nothing() {
-        let img = ImageData { shape: [1, 1, 2, 2], data: vec![1.0, 2.0, 3.0, 4.0], geometry: Geometry { spacing: [999.0, 1.0, 1.0], ..Default::default() } };
+        let img = ImageData {
+            shape: [1, 1, 2, 2],
+            data: vec![1.0, 2.0, 3.0, 4.0],
+            geometry: Geometry { spacing: [999.0, 1.0, 1.0], ..Default::default() },
+        };
         let seg = ImageData { shape: [1, 1, 2, 2], data: vec![0.0; 4], geometry: img.geometry.clone() };
         let c = analyze_case(&img, &seg, 100);
         assert!(c.sample_counts[0].is_empty());

@@ -22,10 +22,12 @@ pub mod augment;
 pub mod case;
 pub mod convert;
 pub mod dataset_json;
+pub mod defaults;
 pub mod ensemble;
 pub mod error;
 pub mod evaluate;
 pub mod fingerprint;
+pub mod fold;
 pub mod hash;
 pub mod imageio;
 pub mod metrics;
@@ -41,3 +43,4 @@ pub mod train_log;
 pub mod verify;
 
 pub use error::{Error, Result};
+pub use fold::Fold;

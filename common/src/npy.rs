@@ -9,14 +9,30 @@ use std::path::Path;
 pub trait Element: bytemuck::Pod + Copy + Default + Send + Sync + 'static {
     const DESCR: &'static str;
 }
-impl Element for f32 { const DESCR: &'static str = "<f4"; }
-impl Element for f64 { const DESCR: &'static str = "<f8"; }
-impl Element for i8 { const DESCR: &'static str = "|i1"; }
-impl Element for u8 { const DESCR: &'static str = "|u1"; }
-impl Element for i16 { const DESCR: &'static str = "<i2"; }
-impl Element for u16 { const DESCR: &'static str = "<u2"; }
-impl Element for i32 { const DESCR: &'static str = "<i4"; }
-impl Element for i64 { const DESCR: &'static str = "<i8"; }
+impl Element for f32 {
+    const DESCR: &'static str = "<f4";
+}
+impl Element for f64 {
+    const DESCR: &'static str = "<f8";
+}
+impl Element for i8 {
+    const DESCR: &'static str = "|i1";
+}
+impl Element for u8 {
+    const DESCR: &'static str = "|u1";
+}
+impl Element for i16 {
+    const DESCR: &'static str = "<i2";
+}
+impl Element for u16 {
+    const DESCR: &'static str = "<u2";
+}
+impl Element for i32 {
+    const DESCR: &'static str = "<i4";
+}
+impl Element for i64 {
+    const DESCR: &'static str = "<i8";
+}
 
 fn header_bytes(descr: &str, shape: &[usize]) -> Vec<u8> {
     let shape_str = match shape.len() {
@@ -167,9 +183,8 @@ pub fn write_npz_f32(path: &Path, members: &[(&str, &[usize], &[f32])]) -> Resul
         let mut buf = std::io::Cursor::new(Vec::new());
         {
             let mut zip = zip::ZipWriter::new(&mut buf);
-            let opts = zip::write::SimpleFileOptions::default()
-                .compression_method(zip::CompressionMethod::Deflated)
-                .compression_level(Some(1));
+            let opts =
+                zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated).compression_level(Some(1));
             for (name, shape, data) in members {
                 zip.start_file(format!("{name}.npy"), opts).map_err(std::io::Error::other)?;
                 zip.write_all(&to_npy_bytes(shape, data))?;
@@ -184,9 +199,7 @@ pub fn write_npz_f32(path: &Path, members: &[(&str, &[usize], &[f32])]) -> Resul
 pub fn read_npz_member<T: Element>(path: &Path, key: &str) -> Result<(Vec<usize>, Vec<T>)> {
     let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut zip = zip::ZipArchive::new(f).map_err(|e| Error::format(path, e.to_string()))?;
-    let mut member = zip
-        .by_name(&format!("{key}.npy"))
-        .map_err(|_| Error::format(path, format!("no array '{key}' in the .npz")))?;
+    let mut member = zip.by_name(&format!("{key}.npy")).map_err(|_| Error::format(path, format!("no array '{key}' in the .npz")))?;
     let mut bytes = Vec::new();
     member.read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
     from_npy_bytes(&bytes).map_err(|m| Error::format(path, format!("member {key}: {m}")))

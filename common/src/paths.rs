@@ -62,11 +62,8 @@ pub fn resolve_dataset(root: &Path, spec: &str) -> Result<PathBuf> {
     if let Ok(id) = spec.parse::<u32>() {
         let prefix = format!("Dataset{id:03}_");
         let entries = std::fs::read_dir(root).map_err(|e| Error::io(root, e))?;
-        let mut found: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-            .map(|e| e.path())
-            .collect();
+        let mut found: Vec<PathBuf> =
+            entries.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)).map(|e| e.path()).collect();
         found.sort();
         match found.len() {
             1 => return Ok(found.remove(0)),

@@ -6,7 +6,7 @@
 //! `network_topology.py`, dynamic-network-architectures `compute_conv_feature_map_size`.
 use crate::dataset_json::DatasetJson;
 use crate::fingerprint::Fingerprint;
-use crate::plans::{Architecture, ArchKwargs, Configuration2d, Normalization, Plans, ResamplingKwargs};
+use crate::plans::{ArchKwargs, Architecture, Configuration2d, Normalization, Plans, ResamplingKwargs};
 use crate::{Error, Result};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -99,12 +99,7 @@ pub fn transpose_from_spacing(target_spacing: &[f64]) -> (Vec<usize>, Vec<usize>
 
 /// `compute_new_shape`: `round(old_spacing / new_spacing * old_shape)` (Python's round: half to even).
 pub fn compute_new_shape(old_shape: &[usize], old_spacing: &[f64], new_spacing: &[f64]) -> Vec<usize> {
-    old_shape
-        .iter()
-        .zip(old_spacing)
-        .zip(new_spacing)
-        .map(|((&k, &i), &j)| round_half_even(i / j * k as f64) as usize)
-        .collect()
+    old_shape.iter().zip(old_spacing).zip(new_spacing).map(|((&k, &i), &j)| round_half_even(i / j * k as f64) as usize).collect()
 }
 
 /// Python 3's `round()` (banker's rounding).
@@ -168,7 +163,13 @@ pub fn get_pool_and_conv_props(spacing: &[f64], patch_size: &[usize], min_fm: us
     let must: Vec<usize> = npool.iter().map(|&n| 1usize << n).collect();
     let patch = pad_shape(patch_size, &must);
     convs.push(vec![3; dim]);
-    Topology { num_pool_per_axis: npool, pool_op_kernel_sizes: pools, conv_kernel_sizes: convs, patch_size: patch, must_be_divisible_by: must }
+    Topology {
+        num_pool_per_axis: npool,
+        pool_op_kernel_sizes: pools,
+        conv_kernel_sizes: convs,
+        patch_size: patch,
+        must_be_divisible_by: must,
+    }
 }
 
 /// `pad_shape`: round up to a multiple (unchanged when already divisible).
@@ -183,7 +184,14 @@ pub fn features_per_stage(n_stages: usize) -> Vec<usize> {
 
 /// PlainConvUNet's `compute_conv_feature_map_size(patch)` without deep supervision (SPEC §4.4):
 /// the sum of the output element counts of every conv, transposed conv and the final seg head.
-pub fn conv_feature_map_size(patch: &[usize], strides: &[Vec<usize>], features: &[usize], n_conv_enc: usize, n_conv_dec: usize, num_classes: usize) -> u64 {
+pub fn conv_feature_map_size(
+    patch: &[usize],
+    strides: &[Vec<usize>],
+    features: &[usize],
+    n_conv_enc: usize,
+    n_conv_dec: usize,
+    num_classes: usize,
+) -> u64 {
     let prod = |s: &[usize]| s.iter().map(|&x| x as u64).product::<u64>();
     let mut total = 0u64;
     // encoder: each stage's convs output at the size after that stage's stride
@@ -213,7 +221,13 @@ pub fn conv_feature_map_size(patch: &[usize], strides: &[Vec<usize>], features: 
 }
 
 /// `get_plans_for_configuration` for 2D: returns (patch, topology, batch size, estimate).
-pub fn plan_patch_and_batch(spacing: &[f64], median_shape: &[f64], approx_n_voxels_dataset: f64, num_classes: usize, gpu_memory_target_gb: f64) -> (Topology, usize) {
+pub fn plan_patch_and_batch(
+    spacing: &[f64],
+    median_shape: &[f64],
+    approx_n_voxels_dataset: f64,
+    num_classes: usize,
+    gpu_memory_target_gb: f64,
+) -> (Topology, usize) {
     let tmp: Vec<f64> = spacing.iter().map(|s| 1.0 / s).collect();
     let prod_tmp: f64 = tmp.iter().product();
     let f = (2048.0f64 * 2048.0 / prod_tmp).sqrt();
@@ -346,10 +360,8 @@ pub fn plan_2d(fp: &Fingerprint, dataset_json: &DatasetJson, dataset_name: &str,
     let orig_sp = median_axis0(&fp.spacings);
     let orig_sh = median_axis0(&fp.shapes_after_crop.iter().map(|s| s.iter().map(|&x| x as f64).collect()).collect::<Vec<_>>());
     let mut configurations = BTreeMap::new();
-    configurations.insert(
-        "2d".to_string(),
-        serde_json::to_value(&cfg).map_err(|e| Error::Invalid(format!("cannot serialize the 2d plan: {e}")))?,
-    );
+    configurations
+        .insert("2d".to_string(), serde_json::to_value(&cfg).map_err(|e| Error::Invalid(format!("cannot serialize the 2d plan: {e}")))?);
     Ok(Plans {
         dataset_name: dataset_name.to_string(),
         plans_name: crate::paths::PLANS_NAME.into(),

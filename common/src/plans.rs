@@ -139,11 +139,11 @@ impl Plans {
     }
     /// The typed 2D configuration.
     pub fn config_2d(&self) -> Result<Configuration2d> {
-        let v = self.configurations.get("2d").ok_or_else(|| {
-            crate::Error::Invalid(format!("plans for {} have no '2d' configuration", self.dataset_name))
-        })?;
-        serde_json::from_value(v.clone())
-            .map_err(|e| crate::Error::Invalid(format!("plans '2d' configuration is malformed: {e}")))
+        let v = self
+            .configurations
+            .get("2d")
+            .ok_or_else(|| crate::Error::Invalid(format!("plans for {} have no '2d' configuration", self.dataset_name)))?;
+        serde_json::from_value(v.clone()).map_err(|e| crate::Error::Invalid(format!("plans '2d' configuration is malformed: {e}")))
     }
 }
 

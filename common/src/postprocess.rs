@@ -50,11 +50,7 @@ impl KeepLargest {
         }
     }
     fn kwargs(&self) -> Value {
-        let arg = if self.as_list {
-            Value::List(self.labels.iter().map(|&l| Value::Int(l)).collect())
-        } else {
-            Value::Int(self.labels[0])
-        };
+        let arg = if self.as_list { Value::List(self.labels.iter().map(|&l| Value::Int(l)).collect()) } else { Value::Int(self.labels[0]) };
         Value::dict([("labels_or_regions".to_string(), arg)])
     }
     /// Applies the step in place to a label volume of shape (Z, X, Y).
@@ -320,7 +316,11 @@ pub fn determine_postprocessing(pred_dir: &Path, gt_dir: &Path, dataset_json: &D
             candidate.push(KeepLargest::label(l));
             let pp = evaluate_with_steps(gt_dir, pred_dir, &files, &labels, ignore, &candidate)?;
             if pp.mean[&l].dice > current.mean[&l].dice {
-                tracing::info!("keeping only the largest component of label {l} improves its Dice from {:.5} to {:.5}", current.mean[&l].dice, pp.mean[&l].dice);
+                tracing::info!(
+                    "keeping only the largest component of label {l} improves its Dice from {:.5} to {:.5}",
+                    current.mean[&l].dice,
+                    pp.mean[&l].dice
+                );
                 steps = candidate;
                 current = pp;
             }
@@ -333,7 +333,8 @@ pub fn determine_postprocessing(pred_dir: &Path, gt_dir: &Path, dataset_json: &D
         std::fs::remove_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
     }
     apply_postprocessing_to_folder(pred_dir, &out_dir, &steps, ending)?;
-    let postprocessed = evaluate::compute_metrics_on_folder(gt_dir, &out_dir, Some(&out_dir.join("summary.json")), &labels, ending, ignore)?;
+    let postprocessed =
+        evaluate::compute_metrics_on_folder(gt_dir, &out_dir, Some(&out_dir.join("summary.json")), &labels, ending, ignore)?;
 
     let fg_and_mean = |s: &Summary| {
         let v = s.to_value();

@@ -95,7 +95,13 @@ pub fn plot_progress(path: &std::path::Path, history: &[EpochMetrics]) -> crate:
             let v: Vec<f64> = vals.filter_map(finite).collect();
             let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
             let hi = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            if !lo.is_finite() { (0.0, 1.0) } else if hi - lo < 1e-9 { (lo - 0.5, hi + 0.5) } else { (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)) }
+            if !lo.is_finite() {
+                (0.0, 1.0)
+            } else if hi - lo < 1e-9 {
+                (lo - 0.5, hi + 0.5)
+            } else {
+                (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
+            }
         };
         let xs = |i: usize| i as f64;
 
@@ -112,7 +118,9 @@ pub fn plot_progress(path: &std::path::Path, history: &[EpochMetrics]) -> crate:
             .set_secondary_coord(0f64..x_max, 0f64..1f64);
         c.configure_mesh().x_desc("epoch").y_desc("loss").draw().map_err(|e| err(e.to_string()))?;
         c.configure_secondary_axes().y_desc("pseudo dice").draw().map_err(|e| err(e.to_string()))?;
-        let series = |f: fn(&EpochMetrics) -> f64| history.iter().enumerate().filter_map(move |(i, m)| finite(f(m)).map(|v| (xs(i), v))).collect::<Vec<_>>();
+        let series = |f: fn(&EpochMetrics) -> f64| {
+            history.iter().enumerate().filter_map(move |(i, m)| finite(f(m)).map(|v| (xs(i), v))).collect::<Vec<_>>()
+        };
         c.draw_series(LineSeries::new(series(|m| m.train_loss), BLUE.stroke_width(2)))
             .map_err(|e| err(e.to_string()))?
             .label("loss_tr")
@@ -152,7 +160,12 @@ pub fn plot_progress(path: &std::path::Path, history: &[EpochMetrics]) -> crate:
             .y_label_area_size(80)
             .build_cartesian_2d(0f64..x_max, 0f64..hi.max(1e-12))
             .map_err(|e| err(e.to_string()))?;
-        c.configure_mesh().x_desc("epoch").y_desc("lr").y_label_formatter(&|v| format!("{v:.1e}")).draw().map_err(|e| err(e.to_string()))?;
+        c.configure_mesh()
+            .x_desc("epoch")
+            .y_desc("lr")
+            .y_label_formatter(&|v| format!("{v:.1e}"))
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
         c.draw_series(LineSeries::new(series(|m| m.lr), BLUE.stroke_width(2))).map_err(|e| err(e.to_string()))?;
         root.present().map_err(|e| err(e.to_string()))?;
     }

@@ -134,7 +134,10 @@ pub fn verify_dataset(dir: &Path) -> Result<VerifyReport> {
     let images_ts = dir.join("imagesTs");
     for (d, what) in [(&images_tr, "imagesTr"), (&labels_tr, "labelsTr")] {
         if !d.is_dir() {
-            rep.problems.push(format!("{}: the {what}/ folder is missing; an nnU-Net v2 dataset needs imagesTr/ and labelsTr/ next to dataset.json", d.display()));
+            rep.problems.push(format!(
+                "{}: the {what}/ folder is missing; an nnU-Net v2 dataset needs imagesTr/ and labelsTr/ next to dataset.json",
+                d.display()
+            ));
         }
     }
     // dataset.json: parse as a plain value first so that missing keys are reported by name
@@ -188,14 +191,20 @@ pub fn verify_dataset(dir: &Path) -> Result<VerifyReport> {
     let ending = dj.file_ending.clone();
     let n_channels = dj.num_channels();
     if n_channels == 0 {
-        rep.problems.push(format!("{}: channel_names is empty; list one name per channel, e.g. {{\"0\": \"R\", \"1\": \"G\", \"2\": \"B\"}}", dj_path.display()));
+        rep.problems.push(format!(
+            "{}: channel_names is empty; list one name per channel, e.g. {{\"0\": \"R\", \"1\": \"G\", \"2\": \"B\"}}",
+            dj_path.display()
+        ));
     }
     // SPEC §2 v2 check 5: labels consecutive from 0 (the ignore label included), background 0.
     let mut label_vals: Vec<i64> = Vec::new();
     for (name, v) in &dj.labels {
         match v.as_int() {
             Some(x) => label_vals.push(x),
-            None => rep.warnings.push(format!("{}: label {name:?} is a region (list of labels); region-based training is not supported by nnunet-rs", dj_path.display())),
+            None => rep.warnings.push(format!(
+                "{}: label {name:?} is a region (list of labels); region-based training is not supported by nnunet-rs",
+                dj_path.display()
+            )),
         }
     }
     label_vals.sort();
@@ -233,8 +242,7 @@ pub fn verify_dataset(dir: &Path) -> Result<VerifyReport> {
     // `_0000.png` = 3 channels, SPEC §1.2), so there the number of files per case is the largest
     // found and the channel count is checked on content.
     let one_channel_per_file = ending.ends_with(".nii") || ending.ends_with(".nii.gz");
-    let files_per_case =
-        if one_channel_per_file { n_channels } else { cases.values().map(|c| c.len()).max().unwrap_or(1) };
+    let files_per_case = if one_channel_per_file { n_channels } else { cases.values().map(|c| c.len()).max().unwrap_or(1) };
     for (case, chans) in &cases {
         for c in 0..files_per_case {
             if !chans.contains(&c) {
@@ -281,7 +289,8 @@ pub fn verify_dataset(dir: &Path) -> Result<VerifyReport> {
         check_case_collisions(t.keys(), "imagesTs", &mut rep.problems);
         for (case, chans) in &t {
             for c in (0..files_per_case).filter(|c| !chans.contains(c)) {
-                rep.problems.push(format!("test case {case}: missing channel file imagesTs/{case}_{c:04}{ending}; add it or fix channel_names"));
+                rep.problems
+                    .push(format!("test case {case}: missing channel file imagesTs/{case}_{c:04}{ending}; add it or fix channel_names"));
             }
         }
         t
@@ -290,15 +299,14 @@ pub fn verify_dataset(dir: &Path) -> Result<VerifyReport> {
     };
     rep.n_test_cases = test_cases.len();
     if imageio::detect_format(Path::new(&format!("x{ending}"))).is_none() {
-        rep.problems.push(format!("{}: file_ending {ending:?} is not one nnunet-rs reads (.nii.gz, .nii, .png, .tif, .bmp)", dj_path.display()));
+        rep.problems
+            .push(format!("{}: file_ending {ending:?} is not one nnunet-rs reads (.nii.gz, .nii, .png, .tif, .bmp)", dj_path.display()));
         return Ok(rep);
     }
 
     // Content checks, one case per task (SPEC §2 v2 checks 6 and 7).
-    let complete: Vec<(&String, &BTreeSet<usize>)> = cases
-        .iter()
-        .filter(|(c, ch)| (0..files_per_case).all(|k| ch.contains(&k)) && label_files.contains(*c))
-        .collect();
+    let complete: Vec<(&String, &BTreeSet<usize>)> =
+        cases.iter().filter(|(c, ch)| (0..files_per_case).all(|k| ch.contains(&k)) && label_files.contains(*c)).collect();
     let results: Vec<(Vec<String>, Vec<String>)> = complete
         .par_iter()
         .map(|(case, chans)| {
@@ -349,7 +357,8 @@ fn check_case(
     }
     let total_channels: usize = images.iter().map(|(_, i)| i.shape[0]).sum();
     if images.len() == files.len() && total_channels != n_channels {
-        let per: Vec<String> = images.iter().map(|(f, i)| format!("{} has {}", f.file_name().unwrap().to_string_lossy(), i.shape[0])).collect();
+        let per: Vec<String> =
+            images.iter().map(|(f, i)| format!("{} has {}", f.file_name().unwrap().to_string_lossy(), i.shape[0])).collect();
         problems.push(format!(
             "case {case}: unexpected number of channels: read {total_channels} ({}) but dataset.json declares {n_channels} in channel_names; an RGB PNG holds 3 channels in one file: make channel_names match, or save the images as gray",
             per.join(", ")
@@ -392,7 +401,10 @@ fn check_case(
     }
     let (nan, inf) = nonfinite(&seg);
     if nan + inf > 0 {
-        problems.push(format!("case {case}: {}: the mask contains {nan} NaN and {inf} infinite value(s); masks must hold integer labels only", seg_path.display()));
+        problems.push(format!(
+            "case {case}: {}: the mask contains {nan} NaN and {inf} infinite value(s); masks must hold integer labels only",
+            seg_path.display()
+        ));
     }
     let mut bad: BTreeSet<String> = BTreeSet::new();
     let mut seen_fractional = false;

@@ -346,7 +346,13 @@ fn verify_nan_in_nifti() {
     let mut data = vec![1.0f32; 48];
     data[3] = f32::NAN;
     data[4] = f32::INFINITY;
-    imageio::write_nifti_f32(&d.join("imagesTr/c1_0000.nii.gz"), [1, 6, 8], &data, &Geometry { spacing: [999.0, 1.0, 1.0], ..Default::default() }).unwrap();
+    imageio::write_nifti_f32(
+        &d.join("imagesTr/c1_0000.nii.gz"),
+        [1, 6, 8],
+        &data,
+        &Geometry { spacing: [999.0, 1.0, 1.0], ..Default::default() },
+    )
+    .unwrap();
     one_problem_with(&d, &["case c1", "c1_0000.nii.gz", "1 NaN and 1 infinite"]);
 }
 
@@ -354,7 +360,13 @@ fn verify_nan_in_nifti() {
 fn verify_wrong_size() {
     let t = tempfile::tempdir().unwrap();
     let d = good_dataset(t.path(), 2);
-    imageio::write_nifti_seg(&d.join("labelsTr/c0.nii.gz"), [1, 5, 8], &[0; 40], &Geometry { spacing: [999.0, 1.0, 1.0], ..Default::default() }).unwrap();
+    imageio::write_nifti_seg(
+        &d.join("labelsTr/c0.nii.gz"),
+        [1, 5, 8],
+        &[0; 40],
+        &Geometry { spacing: [999.0, 1.0, 1.0], ..Default::default() },
+    )
+    .unwrap();
     one_problem_with(&d, &["case c0", "image/mask size mismatch", "[1, 6, 8]", "[1, 5, 8]"]);
 }
 
@@ -365,7 +377,13 @@ fn verify_labels_outside_declared() {
     let mut seg = vec![0u16; 48];
     seg[0] = 255;
     seg[1] = 3;
-    imageio::write_nifti_seg(&d.join("labelsTr/c1.nii.gz"), [1, 6, 8], &seg, &Geometry { spacing: [999.0, 1.0, 1.0], ..Default::default() }).unwrap();
+    imageio::write_nifti_seg(
+        &d.join("labelsTr/c1.nii.gz"),
+        [1, 6, 8],
+        &seg,
+        &Geometry { spacing: [999.0, 1.0, 1.0], ..Default::default() },
+    )
+    .unwrap();
     one_problem_with(&d, &["case c1", "unexpected label value(s) {255, 3}", "{0, 1}"]);
 }
 
@@ -397,7 +415,8 @@ fn verify_multichannel_mask_and_wrong_channel_count_in_png_dataset() {
     let ds = t.path().join("Dataset001_P");
     rgb_png(&ds.join("imagesTr/a_0000.png"), 4, 3, |_, _| [1, 2, 3]);
     rgb_png(&ds.join("labelsTr/a.png"), 4, 3, |x, _| [x as u8, 0, 0]);
-    let dj = serde_json::json!({"channel_names": {"0": "gray"}, "labels": {"background": 0, "x": 1}, "numTraining": 1, "file_ending": ".png"});
+    let dj =
+        serde_json::json!({"channel_names": {"0": "gray"}, "labels": {"background": 0, "x": 1}, "numTraining": 1, "file_ending": ".png"});
     std::fs::write(ds.join("dataset.json"), serde_json::to_vec(&dj).unwrap()).unwrap();
     one_problem_with(&ds, &["case a", "the mask has 3 channels"]);
     one_problem_with(&ds, &["case a", "unexpected number of channels: read 3", "declares 1"]);
@@ -465,7 +484,8 @@ fn verify_reports_every_problem_in_one_run() {
 // ---------------------------------------------------------------- real data + an independent reader
 
 fn shared_dir() -> Option<PathBuf> {
-    let p = std::env::var_os("NNUNET_SHARED").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
+    let p =
+        std::env::var_os("NNUNET_SHARED").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
     p.join("datasets").is_dir().then_some(p)
 }
 
@@ -480,9 +500,9 @@ fn python_with_nibabel() -> Option<PathBuf> {
     if let Some(h) = std::env::var_os("HOME") {
         cands.push(Path::new(&h).join(".cache/nnunet-peer-venv/bin/python"));
     }
-    cands.into_iter().find(|p| {
-        std::process::Command::new(p).args(["-c", "import nibabel, numpy"]).output().map(|o| o.status.success()).unwrap_or(false)
-    })
+    cands
+        .into_iter()
+        .find(|p| std::process::Command::new(p).args(["-c", "import nibabel, numpy"]).output().map(|o| o.status.success()).unwrap_or(false))
 }
 
 /// Copies the first `n` (sorted) image/mask pairs of a shared 2D dataset into `dst`.
@@ -490,7 +510,8 @@ fn subset(src: &Path, dst: &Path, n: usize) -> (PathBuf, PathBuf) {
     let (im, mk) = (dst.join("images"), dst.join("masks"));
     std::fs::create_dir_all(&im).unwrap();
     std::fs::create_dir_all(&mk).unwrap();
-    let mut names: Vec<String> = std::fs::read_dir(src.join("images")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(src.join("images")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     for n in names.iter().take(n) {
         std::fs::copy(src.join("images").join(n), im.join(n)).unwrap();
@@ -628,6 +649,9 @@ for c in ["hippocampus_001", "hippocampus_003", "hippocampus_004"]:
     assert np.array_equal(la.get_fdata(), lb.get_fdata()) and lb.get_data_dtype() == np.uint8
 print("ok")
 "#;
-    let o = std::process::Command::new(&py).args(["-c", script, &t.path().display().to_string(), &s.dataset_dir.display().to_string()]).output().unwrap();
+    let o = std::process::Command::new(&py)
+        .args(["-c", script, &t.path().display().to_string(), &s.dataset_dir.display().to_string()])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "nibabel check failed: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
 }

@@ -111,9 +111,8 @@ fn planning_stops_on_verification_problems() {
 }
 
 fn shared() -> Option<PathBuf> {
-    let p = std::env::var_os("NNUNET_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
+    let p =
+        std::env::var_os("NNUNET_SHARED").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
     p.join("datasets").is_dir().then_some(p)
 }
 
@@ -146,8 +145,15 @@ fn hippocampus_fingerprint_equals_reference() {
     assert_eq!(ours.spacings, want.spacings);
     assert_eq!(ours.median_relative_size_after_cropping, want.median_relative_size_after_cropping);
     let (a, b) = (&ours.foreground_intensity_properties_per_channel["0"], &want.foreground_intensity_properties_per_channel["0"]);
-    for (x, y, what) in [(a.mean, b.mean, "mean"), (a.median, b.median, "median"), (a.std, b.std, "std"), (a.min, b.min, "min"),
-        (a.max, b.max, "max"), (a.percentile_00_5, b.percentile_00_5, "p0.5"), (a.percentile_99_5, b.percentile_99_5, "p99.5")] {
+    for (x, y, what) in [
+        (a.mean, b.mean, "mean"),
+        (a.median, b.median, "median"),
+        (a.std, b.std, "std"),
+        (a.min, b.min, "min"),
+        (a.max, b.max, "max"),
+        (a.percentile_00_5, b.percentile_00_5, "p0.5"),
+        (a.percentile_99_5, b.percentile_99_5, "p99.5"),
+    ] {
         assert!((x - y).abs() <= 1e-6 * y.abs().max(1.0), "{what}: ours {x} vs reference {y}");
     }
 }

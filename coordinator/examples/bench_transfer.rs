@@ -20,7 +20,12 @@ async fn main() -> anyhow::Result<()> {
     let coord = Coordinator::open(cfg)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(server::serve(coord.clone(), listener, ServeOptions { listen: addr, token: Some(TOKEN.into()), tls: None }, std::future::pending()));
+    tokio::spawn(server::serve(
+        coord.clone(),
+        listener,
+        ServeOptions { listen: addr, token: Some(TOKEN.into()), tls: None },
+        std::future::pending(),
+    ));
     // A run with one task whose inputs exist, so a worker can lease it.
     let ds = "Dataset001_Bench";
     let raw = dir.path().join("raw").join(ds);
@@ -33,12 +38,31 @@ async fn main() -> anyhow::Result<()> {
     for f in ["nnUNetPlans.json", "dataset.json", "splits_final.json"] {
         std::fs::write(pre.join(f), "{}")?;
     }
-    let run = Run { id: "r1".into(), name: "bench".into(), dataset_name: ds.into(), raw_dir: raw.to_string_lossy().into(), run_dir: run_dir.to_string_lossy().into(), state: RunState::Planning, budget: Budget::default(), folds: vec![0], predict_test: false, preprocess_shards: 1, created_ms: state::now_ms(), summary_json: None, error: None, next_seq: 0 };
+    let run = Run {
+        id: "r1".into(),
+        name: "bench".into(),
+        dataset_name: ds.into(),
+        raw_dir: raw.to_string_lossy().into(),
+        run_dir: run_dir.to_string_lossy().into(),
+        state: RunState::Planning,
+        budget: Budget::default(),
+        folds: vec![0],
+        predict_test: false,
+        preprocess_shards: 1,
+        created_ms: state::now_ms(),
+        summary_json: None,
+        error: None,
+        next_seq: 0,
+    };
     coord.apply(|st| ((), st.add_run(run)))?;
     coord.apply(|st| ((), st.create_tasks("r1", &["a".into()], 1)))?;
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.initial_stream_window_size(Some(8 << 20)).initial_connection_window_size(Some(16 << 20)).connect().await?;
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20))
+        .connect()
+        .await?;
     let auth = |mut r: tonic::Request<()>| {
         r.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
         Ok(r)
@@ -85,7 +109,14 @@ async fn main() -> anyhow::Result<()> {
     let n_metrics = 500;
     let t = Instant::now();
     for e in 0..n_metrics {
-        api.report_metrics(pb::MetricsReport { worker_id: wid.clone(), task_id: task.task_id.clone(), lease_id: task.lease_id, fencing_token: task.fencing_token, metrics: Some(pb::EpochMetrics { epoch: e, epochs: 1000, ..Default::default() }) }).await?;
+        api.report_metrics(pb::MetricsReport {
+            worker_id: wid.clone(),
+            task_id: task.task_id.clone(),
+            lease_id: task.lease_id,
+            fencing_token: task.fencing_token,
+            metrics: Some(pb::EpochMetrics { epoch: e, epochs: 1000, ..Default::default() }),
+        })
+        .await?;
     }
     let metrics_ms = t.elapsed().as_secs_f64() * 1000.0 / n_metrics as f64;
     let med = |v: &mut Vec<f64>| {

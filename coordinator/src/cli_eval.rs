@@ -134,7 +134,11 @@ pub fn run_postprocess(args: PostprocessArgs) -> Result<()> {
                 "mean foreground Dice {:.4} -> {:.4} with {}",
                 c.baseline.foreground_mean.dice,
                 c.postprocessed.foreground_mean.dice,
-                if c.steps.is_empty() { "no postprocessing".to_string() } else { c.steps.iter().map(|s| s.describe()).collect::<Vec<_>>().join("; ") }
+                if c.steps.is_empty() {
+                    "no postprocessing".to_string()
+                } else {
+                    c.steps.iter().map(|s| s.describe()).collect::<Vec<_>>().join("; ")
+                }
             );
             println!("wrote {}", input.join("postprocessing.json").display());
         }
@@ -166,7 +170,8 @@ pub fn cv_summary(model_dir: &Path, folds: &[usize], gt_dir: &Path, dataset_json
 }
 
 pub fn run_cv_summary(args: CvSummaryArgs) -> Result<()> {
-    let dj = DatasetJson::load(&args.model.join("dataset.json")).with_context(|| format!("{} is not a model folder", args.model.display()))?;
+    let dj =
+        DatasetJson::load(&args.model.join("dataset.json")).with_context(|| format!("{} is not a model folder", args.model.display()))?;
     let v = cv_summary(&args.model, &args.folds, &args.reference, &dj)?;
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())

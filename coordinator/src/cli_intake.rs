@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 /// `nnunet convert`: build an nnU-Net v2 dataset (`DatasetNNN_Name/`, pseudo-3D `.nii.gz`).
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Examples:\n  nnunet convert --images imgs/ --masks masks/ --id 501 --name Lesions --labels background,lesion\n  nnunet convert --from nnUNet_raw_data/Task004_Hippocampus --id 504\n\nMasks: 0/255 become 0/1 automatically; other value sets map in sorted order across the whole dataset; --map and --binarize override. JPEG masks are refused.")]
+#[command(
+    after_help = "Examples:\n  nnunet convert --images imgs/ --masks masks/ --id 501 --name Lesions --labels background,lesion\n  nnunet convert --from nnUNet_raw_data/Task004_Hippocampus --id 504\n\nMasks: 0/255 become 0/1 automatically; other value sets map in sorted order across the whole dataset; --map and --binarize override. JPEG masks are refused."
+)]
 pub struct ConvertArgs {
     /// Folder of images (PNG 8/16-bit, TIFF, BMP, JPEG, NIfTI; gray, RGB or RGBA), one file per case.
     #[arg(long, conflicts_with = "from")]
@@ -148,11 +150,8 @@ pub fn run_convert(a: ConvertArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_verify(a: VerifyArgs) -> anyhow::Result<()> {
-    let dir = if Path::new(&a.dataset).is_dir() {
-        PathBuf::from(&a.dataset)
-    } else {
-        paths::resolve_dataset(&paths::raw_root()?, &a.dataset)?
-    };
+    let dir =
+        if Path::new(&a.dataset).is_dir() { PathBuf::from(&a.dataset) } else { paths::resolve_dataset(&paths::raw_root()?, &a.dataset)? };
     let rep = verify::verify_dataset(&dir)?;
     if a.json {
         let j = serde_json::json!({
@@ -195,7 +194,8 @@ pub fn convert_images_masks(
     name: &str,
     binarize: bool,
 ) -> anyhow::Result<PathBuf> {
-    let input = ConvertInput::Folders { images: images.to_path_buf(), masks: masks.to_path_buf(), test_images: test.map(Path::to_path_buf) };
+    let input =
+        ConvertInput::Folders { images: images.to_path_buf(), masks: masks.to_path_buf(), test_images: test.map(Path::to_path_buf) };
     let mut opts = ConvertOptions::new(input, raw_root.to_path_buf(), id, name);
     opts.binarize = binarize;
     // The built-in synthetic dataset names its classes (see `nnunet synth`).

@@ -63,7 +63,9 @@ impl DatasetSel {
 
 /// `nnunet plan DATASET`: verify, fingerprint, plan the 2d configuration, write the splits.
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Example:\n  nnunet plan 501 --gpu-memory-target 8\nWrites dataset_fingerprint.json, nnUNetPlans.json, splits_final.json and dataset.json under $nnUNet_preprocessed/DatasetXXX_Name/.")]
+#[command(
+    after_help = "Example:\n  nnunet plan 501 --gpu-memory-target 8\nWrites dataset_fingerprint.json, nnUNetPlans.json, splits_final.json and dataset.json under $nnUNet_preprocessed/DatasetXXX_Name/."
+)]
 pub struct PlanArgs {
     #[command(flatten)]
     pub sel: DatasetSel,
@@ -96,9 +98,18 @@ pub struct PlanAndPreprocessArgs {
 fn print_plan(dirs: &DatasetDirs, plans: &nnunet_common::plans::Plans) -> Result<()> {
     let c = plans.config_2d()?;
     let a = &c.architecture.arch_kwargs;
-    println!("plan {}: 2d patch {:?}, batch {}, {} stages {:?}, spacing {:?}, median {:?}, normalization {:?}, mask {:?}",
-        dirs.name, c.patch_size, c.batch_size, a.n_stages, a.features_per_stage, c.spacing, c.median_image_size_in_voxels,
-        c.normalization_schemes, c.use_mask_for_norm);
+    println!(
+        "plan {}: 2d patch {:?}, batch {}, {} stages {:?}, spacing {:?}, median {:?}, normalization {:?}, mask {:?}",
+        dirs.name,
+        c.patch_size,
+        c.batch_size,
+        a.n_stages,
+        a.features_per_stage,
+        c.spacing,
+        c.median_image_size_in_voxels,
+        c.normalization_schemes,
+        c.use_mask_for_norm
+    );
     println!("wrote {} (+ dataset_fingerprint.json, splits_final.json)", dirs.plans_file().display());
     Ok(())
 }
@@ -106,8 +117,8 @@ fn print_plan(dirs: &DatasetDirs, plans: &nnunet_common::plans::Plans) -> Result
 fn plan(sel: &DatasetSel, gpu: f64) -> Result<DatasetDirs> {
     let dirs = sel.dirs()?;
     let t = Instant::now();
-    let plans = preprocess::plan_dataset(&dirs, gpu, sel.threads(), !sel.quiet)
-        .with_context(|| format!("planning {}", dirs.raw.display()))?;
+    let plans =
+        preprocess::plan_dataset(&dirs, gpu, sel.threads(), !sel.quiet).with_context(|| format!("planning {}", dirs.raw.display()))?;
     print_plan(&dirs, &plans)?;
     eprintln!("planned in {:.1} s", t.elapsed().as_secs_f64());
     Ok(dirs)
@@ -118,7 +129,11 @@ fn preprocess_dirs(dirs: &DatasetDirs, sel: &DatasetSel, cases: Option<&[String]
         .with_context(|| format!("preprocessing {}", dirs.raw.display()))?;
     println!(
         "preprocessed {} case(s), skipped {} already complete, of {} in {:.1} s -> {}",
-        r.n_processed, r.n_skipped, r.n_cases, r.wall_s, dirs.data_dir().display()
+        r.n_processed,
+        r.n_skipped,
+        r.n_cases,
+        r.wall_s,
+        dirs.data_dir().display()
     );
     Ok(())
 }

@@ -44,20 +44,27 @@ pub fn read_token(token_file: Option<&Path>) -> Result<Option<String>> {
 }
 
 pub async fn channel(addr: &str, tls_ca: Option<&Path>) -> Result<Channel> {
-    nnunet_proto::endpoint(addr, tls_ca)?.connect().await.with_context(|| format!("cannot reach the coordinator at {addr}; is `nnunet serve` running there?"))
+    nnunet_proto::endpoint(addr, tls_ca)?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the coordinator at {addr}; is `nnunet serve` running there?"))
 }
 
 pub async fn monitor(args: &ConnectArgs) -> Result<Monitor> {
     let ch = channel(&args.coordinator, args.tls_ca.as_deref()).await?;
     let token = read_token(args.token_file.as_deref())?;
     let meta = token.map(|t| format!("Bearer {t}").parse()).transpose().context("token has characters not allowed in a header")?;
-    Ok(MonitorClient::with_interceptor(ch, TokenInterceptor(meta)).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE))
+    Ok(MonitorClient::with_interceptor(ch, TokenInterceptor(meta))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE))
 }
 
 /// Turns gRPC errors into actionable messages.
 pub fn explain(s: tonic::Status) -> anyhow::Error {
     match s.code() {
-        tonic::Code::Unauthenticated => anyhow::anyhow!("the coordinator refused the call: {} (pass --token-file or NNUNET_TOKEN)", s.message()),
+        tonic::Code::Unauthenticated => {
+            anyhow::anyhow!("the coordinator refused the call: {} (pass --token-file or NNUNET_TOKEN)", s.message())
+        }
         tonic::Code::Unavailable => anyhow::anyhow!("coordinator unavailable: {}", s.message()),
         _ => anyhow::anyhow!("{}: {}", s.code(), s.message()),
     }
@@ -90,7 +97,10 @@ fn fmt_secs(s: f64) -> String {
 /// The per-fold table shown by `status` and `watch`.
 pub fn fold_table(info: &pb::RunInfo) -> String {
     let mut out = format!("run {} ({}) dataset {} state {}\n", info.run_id, info.name, info.dataset_name, info.state);
-    out.push_str(&format!("{:<5} {:<9} {:<8} {:>9} {:>9} {:>8} {:>9} {:>9} {:>8} {:>9} {:>9}  {}\n", "fold", "task", "state", "epoch", "loss", "EMA Dice", "LR", "s/epoch", "ETA", "dev mem", "attempt", "worker"));
+    out.push_str(&format!(
+        "{:<5} {:<9} {:<8} {:>9} {:>9} {:>8} {:>9} {:>9} {:>8} {:>9} {:>9}  {}\n",
+        "fold", "task", "state", "epoch", "loss", "EMA Dice", "LR", "s/epoch", "ETA", "dev mem", "attempt", "worker"
+    ));
     for t in &info.tasks {
         let m = t.last_metrics.clone().unwrap_or_default();
         let (ep, loss, ema, lr, spe, eta, mem) = if t.last_metrics.is_some() {
@@ -110,7 +120,18 @@ pub fn fold_table(info: &pb::RunInfo) -> String {
         let fold = if t.fold < 0 { "-".to_string() } else { t.fold.to_string() };
         out.push_str(&format!(
             "{:<5} {:<9} {:<8} {:>9} {:>9} {:>8} {:>9} {:>9} {:>8} {:>9} {:>9}  {}\n",
-            fold, kind_name(t.kind), t.state, ep, loss, ema, lr, spe, eta, mem, t.attempt, t.worker_id
+            fold,
+            kind_name(t.kind),
+            t.state,
+            ep,
+            loss,
+            ema,
+            lr,
+            spe,
+            eta,
+            mem,
+            t.attempt,
+            t.worker_id
         ));
     }
     if !info.summary_json.is_empty() {
@@ -143,8 +164,16 @@ pub fn summary_lines(summary_json: &str) -> String {
         out.push_str(&format!("cross-validation Dice (folds merged, foreground mean): {}\n", f4(d)));
     }
     if let Some(d) = v.get("cv_foreground_dice_postprocessed") {
-        let pp: Vec<String> = v.get("postprocessing").and_then(|p| p.as_array()).map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default();
-        out.push_str(&format!("with postprocessing: {} ({})\n", f4(d), if pp.is_empty() { "none selected".to_string() } else { pp.join("; ") }));
+        let pp: Vec<String> = v
+            .get("postprocessing")
+            .and_then(|p| p.as_array())
+            .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "with postprocessing: {} ({})\n",
+            f4(d),
+            if pp.is_empty() { "none selected".to_string() } else { pp.join("; ") }
+        ));
     }
     if let Some(f) = v.get("summary_file").and_then(|f| f.as_str()) {
         out.push_str(&format!("summary: {f}\n"));
@@ -253,14 +282,27 @@ pub async fn watch(args: &ConnectArgs, run_id: &str, follow: bool, table: Option
 }
 
 pub fn budget_from(epochs: u32, iters: u32, val_iters: u32, save_every: u32, seed: u64, threads: u32) -> pb::Budget {
-    pb::Budget { epochs, iterations_per_epoch: iters, val_iterations_per_epoch: val_iters, save_every, seed, disable_tta: false, num_threads: threads }
+    pb::Budget {
+        epochs,
+        iterations_per_epoch: iters,
+        val_iterations_per_epoch: val_iters,
+        save_every,
+        seed,
+        disable_tta: false,
+        num_threads: threads,
+    }
 }
 
 pub fn check_run_ok(info: &pb::RunInfo) -> Result<()> {
     match info.state.as_str() {
         "DONE" => Ok(()),
         s => {
-            let failed: Vec<String> = info.tasks.iter().filter(|t| !t.error.is_empty()).map(|t| format!("{} fold {}: {}", kind_name(t.kind), t.fold, t.error)).collect();
+            let failed: Vec<String> = info
+                .tasks
+                .iter()
+                .filter(|t| !t.error.is_empty())
+                .map(|t| format!("{} fold {}: {}", kind_name(t.kind), t.fold, t.error))
+                .collect();
             bail!("run {} ended {s}{}{}", info.run_id, if failed.is_empty() { String::new() } else { format!("\n  ") }, failed.join("\n  "))
         }
     }

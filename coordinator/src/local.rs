@@ -79,7 +79,10 @@ fn worker_binary() -> Result<PathBuf> {
     if p.exists() {
         Ok(p)
     } else {
-        bail!("nnunet-worker not found next to {} (build it with `cargo build --release -p nnunet-worker`, or set NNUNET_WORKER_BIN)", me.display())
+        bail!(
+            "nnunet-worker not found next to {} (build it with `cargo build --release -p nnunet-worker`, or set NNUNET_WORKER_BIN)",
+            me.display()
+        )
     }
 }
 
@@ -93,7 +96,10 @@ fn default_dataset(state_dir: &Path) -> Result<PathBuf> {
     if ds.join("dataset.json").is_file() && raw_root.join("Dataset998_SyntheticTest").join("dataset.json").is_file() {
         return Ok(ds);
     }
-    eprintln!("generating the built-in synthetic dataset (50 cases of 128x128: 40 for training, 10 held out; 2 shape classes) in {}", src.display());
+    eprintln!(
+        "generating the built-in synthetic dataset (50 cases of 128x128: 40 for training, 10 held out; 2 shape classes) in {}",
+        src.display()
+    );
     nnunet_common::synthetic::generate(&src, 50, 128, 0)?;
     for d in ["test_images", "test_masks"] {
         std::fs::create_dir_all(src.join(d))?;
@@ -104,8 +110,24 @@ fn default_dataset(state_dir: &Path) -> Result<PathBuf> {
             std::fs::rename(src.join(from).join(&name), src.join(to).join(&name)).with_context(|| format!("moving {name} to {to}"))?;
         }
     }
-    crate::cli_intake::convert_images_masks(&src.join("test_images"), &src.join("test_masks"), None, &raw_root, 998, "SyntheticTest", false)?;
-    crate::cli_intake::convert_images_masks(&src.join("images"), &src.join("masks"), Some(&src.join("test_images")), &raw_root, 999, "Synthetic", false)
+    crate::cli_intake::convert_images_masks(
+        &src.join("test_images"),
+        &src.join("test_masks"),
+        None,
+        &raw_root,
+        998,
+        "SyntheticTest",
+        false,
+    )?;
+    crate::cli_intake::convert_images_masks(
+        &src.join("images"),
+        &src.join("masks"),
+        Some(&src.join("test_images")),
+        &raw_root,
+        999,
+        "Synthetic",
+        false,
+    )
 }
 
 /// Scores the fold ensemble of the built-in dataset on its held-out test cases.
@@ -127,7 +149,15 @@ fn score_builtin_test(state_dir: &Path, run_dir: &Path) -> Result<String> {
 fn resolve_dataset(args: &RunArgs) -> Result<(PathBuf, bool)> {
     if let (Some(images), Some(masks)) = (&args.images, &args.masks) {
         let raw_root = nnunet_common::paths::raw_root().unwrap_or_else(|_| args.state_dir.join("nnUNet_raw"));
-        let ds = crate::cli_intake::convert_images_masks(images, masks, args.test_images.as_deref(), &raw_root, args.id, &args.name, args.binarize)?;
+        let ds = crate::cli_intake::convert_images_masks(
+            images,
+            masks,
+            args.test_images.as_deref(),
+            &raw_root,
+            args.id,
+            &args.name,
+            args.binarize,
+        )?;
         return Ok((ds, false));
     }
     match &args.dataset {
@@ -146,7 +176,15 @@ struct WorkerProc {
     restarts: u32,
 }
 
-fn spawn_worker(bin: &Path, addr: &str, token: &str, device: &str, threads: usize, env: &[(String, String)], log: &Path) -> Result<tokio::process::Child> {
+fn spawn_worker(
+    bin: &Path,
+    addr: &str,
+    token: &str,
+    device: &str,
+    threads: usize,
+    env: &[(String, String)],
+    log: &Path,
+) -> Result<tokio::process::Child> {
     let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).with_context(|| format!("opening {}", log.display()))?;
     let mut cmd = tokio::process::Command::new(bin);
     cmd.arg("--coordinator").arg(addr).arg("--device").arg(device).arg("--threads").arg(threads.to_string()).arg("--exit-when-idle");
@@ -198,9 +236,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let (token, token_src) = server::resolve_token(None, &state_dir)?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serve_coord = coord.clone();
-    let server = tokio::spawn(server::serve(serve_coord, listener, ServeOptions { listen: addr, token: Some(token.clone()), tls: None }, async move {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(server::serve(
+        serve_coord,
+        listener,
+        ServeOptions { listen: addr, token: Some(token.clone()), tls: None },
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
     let url = format!("http://{addr}");
     eprintln!("coordinator on {url} (state {}, token in {token_src}); watch from another shell with: nnunet watch --coordinator {url} --token-file {}/token RUN", state_dir.display(), state_dir.display());
 
@@ -209,7 +252,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let canonical = dataset_dir.canonicalize()?.to_string_lossy().into_owned();
     let previous = {
         let st = coord.state.lock().unwrap();
-        let mut runs: Vec<_> = st.runs.values().filter(|r| !r.state.is_terminal() && r.raw_dir == canonical && r.folds == args.folds).cloned().collect();
+        let mut runs: Vec<_> =
+            st.runs.values().filter(|r| !r.state.is_terminal() && r.raw_dir == canonical && r.folds == args.folds).cloned().collect();
         runs.sort_by_key(|r| r.created_ms);
         runs.pop()
     };
@@ -219,13 +263,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
         prev
     } else {
         coord.submit(pb::SubmitRunRequest {
-        dataset_dir: dataset_dir.to_string_lossy().into_owned(),
-        budget: Some(client::budget_from(epochs, iters, val_iters, args.save_every, args.seed, threads as u32)),
-        folds: args.folds.clone(),
-        name: String::new(),
-        preprocess_shards: devices.len() as u32,
-        predict_test: dataset_dir.join("imagesTs").is_dir(),
-    })?
+            dataset_dir: dataset_dir.to_string_lossy().into_owned(),
+            budget: Some(client::budget_from(epochs, iters, val_iters, args.save_every, args.seed, threads as u32)),
+            folds: args.folds.clone(),
+            name: String::new(),
+            preprocess_shards: devices.len() as u32,
+            predict_test: dataset_dir.join("imagesTs").is_dir(),
+        })?
     };
     eprintln!(
         "run {} on {}: {} fold(s), {} epochs x {} iterations ({} validation), {} worker(s) [{}], {} torch thread(s) each",
@@ -236,7 +280,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
         run.budget.iterations_per_epoch,
         run.budget.val_iterations_per_epoch,
         devices.len(),
-        devices.iter().map(|d| d.0.clone() + &d.1.iter().map(|(k, v)| format!(" {k}={v}")).collect::<String>()).collect::<Vec<_>>().join(", "),
+        devices
+            .iter()
+            .map(|d| d.0.clone() + &d.1.iter().map(|(k, v)| format!(" {k}={v}")).collect::<String>())
+            .collect::<Vec<_>>()
+            .join(", "),
         threads
     );
 

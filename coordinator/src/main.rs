@@ -1,14 +1,18 @@
 //! `nnunet`: the user's command line and the coordinator. Needs no CUDA and no libtorch; commands
 //! that run a network (`predict`) delegate to the `nnunet-worker` binary next to it.
 use anyhow::{bail, Context, Result};
-use nnunet_coordinator::{cli_eval, cli_intake, cli_plan, client, local, metrics_http, server};
 use clap::{Parser, Subcommand};
+use nnunet_coordinator::{cli_eval, cli_intake, cli_plan, client, local, metrics_http, server};
 use nnunet_proto::v1 as pb;
 use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
-#[command(name = "nnunet", version, about = "nnU-Net-grade 2D segmentation: convert, plan, train all five folds across GPUs and hosts, predict, evaluate.")]
+#[command(
+    name = "nnunet",
+    version,
+    about = "nnU-Net-grade 2D segmentation: convert, plan, train all five folds across GPUs and hosts, predict, evaluate."
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -153,8 +157,11 @@ struct SubmitArgs {
 }
 
 fn main() {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_env("NNUNET_LOG").unwrap_or_else(|_| "warn".into())).with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("NNUNET_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let cli = Cli::parse();
     if let Err(e) = dispatch(cli) {
         eprintln!("error: {e:#}");
@@ -180,7 +187,11 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::CvSummary(a) => cli_eval::run_cv_summary(a),
         Cmd::Predict { args } => {
             let bin = std::env::current_exe()?.with_file_name("nnunet-worker");
-            let status = std::process::Command::new(&bin).arg("predict").args(&args).status().with_context(|| format!("running {} (build nnunet-worker)", bin.display()))?;
+            let status = std::process::Command::new(&bin)
+                .arg("predict")
+                .args(&args)
+                .status()
+                .with_context(|| format!("running {} (build nnunet-worker)", bin.display()))?;
             std::process::exit(status.code().unwrap_or(1));
         }
         Cmd::Run(a) => rt()?.block_on(local::run(a)),
@@ -259,7 +270,10 @@ async fn serve(a: ServeArgs) -> Result<()> {
     let state_dir = a.state_dir.canonicalize()?;
     let token = if a.no_auth {
         if !a.listen.ip().is_loopback() {
-            bail!("refusing to listen on {} without authentication: remove --no-auth (a token is generated) or listen on 127.0.0.1", a.listen);
+            bail!(
+                "refusing to listen on {} without authentication: remove --no-auth (a token is generated) or listen on 127.0.0.1",
+                a.listen
+            );
         }
         None
     } else {
@@ -268,7 +282,10 @@ async fn serve(a: ServeArgs) -> Result<()> {
         Some(t)
     };
     let tls = match (&a.tls_cert, &a.tls_key) {
-        (Some(c), Some(k)) => Some((std::fs::read(c).with_context(|| format!("reading {}", c.display()))?, std::fs::read(k).with_context(|| format!("reading {}", k.display()))?)),
+        (Some(c), Some(k)) => Some((
+            std::fs::read(c).with_context(|| format!("reading {}", c.display()))?,
+            std::fs::read(k).with_context(|| format!("reading {}", k.display()))?,
+        )),
         _ => None,
     };
     let mut cfg = server::CoordinatorConfig::new(state_dir.clone());

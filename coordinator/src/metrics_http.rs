@@ -17,9 +17,18 @@ pub fn render(c: &Coordinator) -> String {
     let _ = writeln!(o, "# HELP nnunet_workers_registered Workers known to the coordinator.\n# TYPE nnunet_workers_registered gauge");
     let _ = writeln!(o, "nnunet_workers_registered {}", st.workers.len());
     let now = crate::state::now_ms();
-    let _ = writeln!(o, "# HELP nnunet_worker_last_seen_seconds Seconds since the worker's last call.\n# TYPE nnunet_worker_last_seen_seconds gauge");
+    let _ = writeln!(
+        o,
+        "# HELP nnunet_worker_last_seen_seconds Seconds since the worker's last call.\n# TYPE nnunet_worker_last_seen_seconds gauge"
+    );
     for w in st.workers.values() {
-        let _ = writeln!(o, "nnunet_worker_last_seen_seconds{{worker=\"{}\",device=\"{}\"}} {:.1}", esc(&w.id), esc(&w.device), (now - w.last_seen_ms) as f64 / 1000.0);
+        let _ = writeln!(
+            o,
+            "nnunet_worker_last_seen_seconds{{worker=\"{}\",device=\"{}\"}} {:.1}",
+            esc(&w.id),
+            esc(&w.device),
+            (now - w.last_seen_ms) as f64 / 1000.0
+        );
     }
     let _ = writeln!(o, "# HELP nnunet_run_state Run state (1 for the current state).\n# TYPE nnunet_run_state gauge");
     for r in st.runs.values() {
@@ -53,14 +62,24 @@ pub fn render(c: &Coordinator) -> String {
     }
     let _ = writeln!(o, "# HELP nnunet_task_attempts Attempts per task.\n# TYPE nnunet_task_attempts gauge");
     for t in st.tasks.values().filter(|t| t.state != TaskState::Pending || t.attempt > 0) {
-        let _ = writeln!(o, "nnunet_task_attempts{{run=\"{}\",fold=\"{}\",kind=\"{}\"}} {}", esc(&t.run_id), t.fold, t.kind.name(), t.attempt);
+        let _ =
+            writeln!(o, "nnunet_task_attempts{{run=\"{}\",fold=\"{}\",kind=\"{}\"}} {}", esc(&t.run_id), t.fold, t.kind.name(), t.attempt);
     }
     drop(st);
-    let _ = writeln!(o, "# HELP nnunet_artifact_bytes_uploaded_total Bytes received from workers.\n# TYPE nnunet_artifact_bytes_uploaded_total counter");
+    let _ = writeln!(
+        o,
+        "# HELP nnunet_artifact_bytes_uploaded_total Bytes received from workers.\n# TYPE nnunet_artifact_bytes_uploaded_total counter"
+    );
     let _ = writeln!(o, "nnunet_artifact_bytes_uploaded_total {}", c.counters.bytes_uploaded.load(Ordering::Relaxed));
-    let _ = writeln!(o, "# HELP nnunet_artifact_bytes_downloaded_total Bytes sent to workers.\n# TYPE nnunet_artifact_bytes_downloaded_total counter");
+    let _ = writeln!(
+        o,
+        "# HELP nnunet_artifact_bytes_downloaded_total Bytes sent to workers.\n# TYPE nnunet_artifact_bytes_downloaded_total counter"
+    );
     let _ = writeln!(o, "nnunet_artifact_bytes_downloaded_total {}", c.counters.bytes_downloaded.load(Ordering::Relaxed));
-    let _ = writeln!(o, "# HELP nnunet_fenced_writes_total Writes refused for a stale fencing token.\n# TYPE nnunet_fenced_writes_total counter");
+    let _ = writeln!(
+        o,
+        "# HELP nnunet_fenced_writes_total Writes refused for a stale fencing token.\n# TYPE nnunet_fenced_writes_total counter"
+    );
     let _ = writeln!(o, "nnunet_fenced_writes_total {}", c.counters.refused_writes.load(Ordering::Relaxed));
     o
 }

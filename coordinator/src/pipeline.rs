@@ -79,7 +79,13 @@ fn raw_case_files(dirs: &DatasetDirs, sub: &str, cases: &[String]) -> Result<Vec
             continue;
         }
         let stem_ok = cases.iter().any(|c| {
-            n.strip_prefix(c.as_str()).is_some_and(|rest| rest.starts_with('.') || (rest.len() > 5 && rest.starts_with('_') && rest[1..5].bytes().all(|b| b.is_ascii_digit()) && rest[5..].starts_with('.')))
+            n.strip_prefix(c.as_str()).is_some_and(|rest| {
+                rest.starts_with('.')
+                    || (rest.len() > 5
+                        && rest.starts_with('_')
+                        && rest[1..5].bytes().all(|b| b.is_ascii_digit())
+                        && rest[5..].starts_with('.'))
+            })
         });
         if stem_ok || cases.is_empty() {
             out.push(dir.join(n));

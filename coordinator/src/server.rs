@@ -72,7 +72,14 @@ impl Coordinator {
             }
         }
         let (events, _) = broadcast::channel(4096);
-        Ok(Arc::new(Coordinator { cfg, state: Mutex::new(st), store: Mutex::new(store), events, counters: Counters::default(), hash_cache: Mutex::new(HashMap::new()) }))
+        Ok(Arc::new(Coordinator {
+            cfg,
+            state: Mutex::new(st),
+            store: Mutex::new(store),
+            events,
+            counters: Counters::default(),
+            hash_cache: Mutex::new(HashMap::new()),
+        }))
     }
 
     /// Applies a state mutation, persists its effects, publishes its events.
@@ -109,7 +116,9 @@ impl Coordinator {
     /// Creates a run for a raw nnU-Net dataset folder and plans it in the background.
     pub fn submit(self: &Arc<Self>, req: pb::SubmitRunRequest) -> Result<Run> {
         let raw = PathBuf::from(&req.dataset_dir);
-        let raw = raw.canonicalize().with_context(|| format!("dataset folder {} does not exist (it must be readable by the coordinator)", raw.display()))?;
+        let raw = raw
+            .canonicalize()
+            .with_context(|| format!("dataset folder {} does not exist (it must be readable by the coordinator)", raw.display()))?;
         if !raw.join("dataset.json").is_file() {
             bail!("{} has no dataset.json: give an nnU-Net v2 raw dataset folder (DatasetXXX_Name), or convert images and masks first with `nnunet convert`", raw.display());
         }
@@ -189,7 +198,8 @@ impl Coordinator {
             }
         });
         // Runs that were planning when a previous coordinator died are planned again.
-        let planning: Vec<String> = self.state.lock().unwrap().runs.values().filter(|r| r.state == RunState::Planning).map(|r| r.id.clone()).collect();
+        let planning: Vec<String> =
+            self.state.lock().unwrap().runs.values().filter(|r| r.state == RunState::Planning).map(|r| r.id.clone()).collect();
         for id in planning {
             let has_tasks = self.state.lock().unwrap().tasks.values().any(|t| t.run_id == id);
             if !has_tasks {
@@ -269,7 +279,11 @@ impl Coordinator {
                     result_json: t.result_json.clone().unwrap_or_default(),
                 })
                 .collect(),
-            summary_json: run.summary_json.clone().or_else(|| run.error.clone().map(|e| serde_json::json!({ "error": e }).to_string())).unwrap_or_default(),
+            summary_json: run
+                .summary_json
+                .clone()
+                .or_else(|| run.error.clone().map(|e| serde_json::json!({ "error": e }).to_string()))
+                .unwrap_or_default(),
             created_ms: run.created_ms,
             budget: Some(run.budget.to_proto()),
         })
@@ -359,7 +373,14 @@ impl WorkerApi for WorkerService {
             rand::rng().random::<u32>() & 0xffffff
         });
         let now = state::now_ms();
-        let w = state::Worker { id: id.clone(), host: r.host, device: r.device, device_name: r.device_name, registered_ms: now, last_seen_ms: now };
+        let w = state::Worker {
+            id: id.clone(),
+            host: r.host,
+            device: r.device,
+            device_name: r.device_name,
+            registered_ms: now,
+            last_seen_ms: now,
+        };
         self.0.apply(|st| ((), st.register_worker(w))).map_err(internal)?;
         tracing::info!(worker = %id, "worker registered");
         Ok(Response::new(pb::RegisterReply {
@@ -380,11 +401,14 @@ impl WorkerApi for WorkerService {
             return Err(Status::not_found(format!("unknown worker {worker_id}: register again")));
         }
         let now = state::now_ms();
-        let (task, shutdown) = self.0.apply(|st| {
-            let (t, fx) = st.lease(&worker_id, now);
-            let shutdown = t.is_none() && !st.has_active_runs();
-            ((t, shutdown), fx)
-        }).map_err(internal)?;
+        let (task, shutdown) = self
+            .0
+            .apply(|st| {
+                let (t, fx) = st.lease(&worker_id, now);
+                let shutdown = t.is_none() && !st.has_active_runs();
+                ((t, shutdown), fx)
+            })
+            .map_err(internal)?;
         let Some(task) = task else {
             return Ok(Response::new(pb::LeaseReply { task: None, retry_after_ms: 500, shutdown }));
         };
@@ -406,7 +430,11 @@ impl WorkerApi for WorkerService {
         let mut st = self.0.state.lock().unwrap();
         st.touch_worker(&r.worker_id);
         match st.heartbeat(&r.task_id, r.fencing_token, now) {
-            Ok(cancel) => Ok(Response::new(pb::HeartbeatReply { ok: !cancel, reason: if cancel { "the run was cancelled or has ended".into() } else { String::new() }, cancel })),
+            Ok(cancel) => Ok(Response::new(pb::HeartbeatReply {
+                ok: !cancel,
+                reason: if cancel { "the run was cancelled or has ended".into() } else { String::new() },
+                cancel,
+            })),
             Err(e) => Ok(Response::new(pb::HeartbeatReply { ok: false, reason: e.to_string(), cancel: false })),
         }
     }
@@ -476,7 +504,10 @@ impl WorkerApi for WorkerService {
         let digest = hex::encode(hasher.finalize());
         if !saw_last || (!claimed.is_empty() && claimed != digest) {
             let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(Status::data_loss(format!("upload of {} incomplete or corrupted (sha256 {digest}, claimed {claimed:?})", rel.display())));
+            return Err(Status::data_loss(format!(
+                "upload of {} incomplete or corrupted (sha256 {digest}, claimed {claimed:?})",
+                rel.display()
+            )));
         }
         // Check the fence again at commit time: the lease may have been lost during the transfer.
         let fence = { self.0.state.lock().unwrap().check_fence(&task_id, token).map(|_| ()) };
@@ -527,7 +558,12 @@ impl WorkerApi for WorkerService {
     }
 }
 
-fn async_stream_chunks(bytes: Vec<u8>, start: usize, path: String, sha: String) -> impl Stream<Item = Result<pb::ArtifactChunk, Status>> + Send {
+fn async_stream_chunks(
+    bytes: Vec<u8>,
+    start: usize,
+    path: String,
+    sha: String,
+) -> impl Stream<Item = Result<pb::ArtifactChunk, Status>> + Send {
     let header = nnunet_proto::chunks::Header { path, ..Default::default() };
     tokio_stream::iter(nnunet_proto::chunks::split(&bytes, start, CHUNK, &header, &sha).into_iter().map(Ok))
 }
@@ -671,7 +707,9 @@ impl tonic::service::Interceptor for AuthInterceptor {
         if ok {
             Ok(req)
         } else if got.is_empty() {
-            Err(Status::unauthenticated("missing token: pass --token-file FILE or set NNUNET_TOKEN (the coordinator printed where its token is stored at start)"))
+            Err(Status::unauthenticated(
+                "missing token: pass --token-file FILE or set NNUNET_TOKEN (the coordinator printed where its token is stored at start)",
+            ))
         } else {
             Err(Status::unauthenticated("wrong token"))
         }
@@ -701,8 +739,10 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building the reflection service")?;
-    let worker = WorkerApiServer::new(WorkerService(coord.clone())).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
-    let monitor = MonitorServer::new(MonitorService(coord.clone())).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
+    let worker =
+        WorkerApiServer::new(WorkerService(coord.clone())).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
+    let monitor =
+        MonitorServer::new(MonitorService(coord.clone())).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
     // Large HTTP/2 windows: artifact uploads are 1 MiB chunks; the 64 KiB default throttles them.
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))

@@ -114,7 +114,11 @@ impl Budget {
             Some(b) => Budget {
                 epochs: if b.epochs == 0 { d.epochs } else { b.epochs },
                 iterations_per_epoch: if b.iterations_per_epoch == 0 { d.iterations_per_epoch } else { b.iterations_per_epoch },
-                val_iterations_per_epoch: if b.val_iterations_per_epoch == 0 { d.val_iterations_per_epoch } else { b.val_iterations_per_epoch },
+                val_iterations_per_epoch: if b.val_iterations_per_epoch == 0 {
+                    d.val_iterations_per_epoch
+                } else {
+                    b.val_iterations_per_epoch
+                },
                 save_every: if b.save_every == 0 { d.save_every } else { b.save_every },
                 seed: b.seed,
                 disable_tta: b.disable_tta,
@@ -139,7 +143,15 @@ impl Default for Budget {
     /// nnU-Net's schedule (SPEC §7.1), except `save_every`: a distributed run checkpoints every
     /// epoch so a lost worker costs at most one epoch (ECOSYSTEM §2.9).
     fn default() -> Self {
-        Budget { epochs: 1000, iterations_per_epoch: 250, val_iterations_per_epoch: 50, save_every: 1, seed: 0, disable_tta: false, num_threads: 0 }
+        Budget {
+            epochs: 1000,
+            iterations_per_epoch: 250,
+            val_iterations_per_epoch: 50,
+            save_every: 1,
+            seed: 0,
+            disable_tta: false,
+            num_threads: 0,
+        }
     }
 }
 
@@ -377,9 +389,16 @@ impl State {
         };
         let leased = t.clone();
         fx.tasks.push(task_id.clone());
-        self.emit(&mut fx, &run_id, fold, &task_id, EventBody::TaskState { state: "RUNNING".into(), worker_id: worker_id.into(), detail, kind, attempt });
+        self.emit(
+            &mut fx,
+            &run_id,
+            fold,
+            &task_id,
+            EventBody::TaskState { state: "RUNNING".into(), worker_id: worker_id.into(), detail, kind, attempt },
+        );
         if kind == Kind::Train {
-            let all_pre_done = self.tasks.values().filter(|t| t.run_id == run_id && t.kind == Kind::Preprocess).all(|t| t.state == TaskState::Done);
+            let all_pre_done =
+                self.tasks.values().filter(|t| t.run_id == run_id && t.kind == Kind::Preprocess).all(|t| t.state == TaskState::Done);
             if all_pre_done {
                 self.set_run_state(&run_id, RunState::Training, &mut fx);
             }
@@ -458,7 +477,13 @@ impl State {
         t.error = None;
         let (run_id, fold, kind, attempt, worker) = (t.run_id.clone(), t.fold, t.kind, t.attempt, t.worker_id.clone().unwrap_or_default());
         fx.tasks.push(task_id.into());
-        self.emit(&mut fx, &run_id, fold, task_id, EventBody::TaskState { state: "DONE".into(), worker_id: worker, detail: result_json, kind, attempt });
+        self.emit(
+            &mut fx,
+            &run_id,
+            fold,
+            task_id,
+            EventBody::TaskState { state: "DONE".into(), worker_id: worker, detail: result_json, kind, attempt },
+        );
         self.advance_run(&run_id, &mut fx);
         Ok(fx)
     }
@@ -478,7 +503,13 @@ impl State {
         let (run_id, fold, kind, attempt, worker) = (t.run_id.clone(), t.fold, t.kind, t.attempt, t.worker_id.clone().unwrap_or_default());
         let st = if give_up { "FAILED" } else { "RETRYING" };
         fx.tasks.push(task_id.into());
-        self.emit(fx, &run_id, fold, task_id, EventBody::TaskState { state: st.into(), worker_id: worker, detail: error.into(), kind, attempt });
+        self.emit(
+            fx,
+            &run_id,
+            fold,
+            task_id,
+            EventBody::TaskState { state: st.into(), worker_id: worker, detail: error.into(), kind, attempt },
+        );
         if give_up {
             if let Some(r) = self.runs.get_mut(&run_id) {
                 r.error = Some(format!("{} fold {fold} failed after {attempt} attempt(s): {error}", kind.name()));
@@ -490,12 +521,8 @@ impl State {
     /// Returns leases whose deadline passed to the pending pool.
     pub fn expire_leases(&mut self, now: i64) -> Effects {
         let mut fx = Effects::default();
-        let expired: Vec<String> = self
-            .tasks
-            .values()
-            .filter(|t| t.state == TaskState::Running && t.lease_expires_ms < now)
-            .map(|t| t.id.clone())
-            .collect();
+        let expired: Vec<String> =
+            self.tasks.values().filter(|t| t.state == TaskState::Running && t.lease_expires_ms < now).map(|t| t.id.clone()).collect();
         for id in expired {
             let worker = self.tasks[&id].worker_id.clone().unwrap_or_default();
             let msg = format!("lease expired: worker {worker} stopped heartbeating; the task goes back to the queue");
@@ -508,7 +535,8 @@ impl State {
     /// e.g. `nnunet run` restarted after an interruption). Training resumes from checkpoints.
     pub fn release_leases(&mut self, run_id: &str, why: &str) -> Effects {
         let mut fx = Effects::default();
-        let ids: Vec<String> = self.tasks.values().filter(|t| t.run_id == run_id && t.state == TaskState::Running).map(|t| t.id.clone()).collect();
+        let ids: Vec<String> =
+            self.tasks.values().filter(|t| t.run_id == run_id && t.state == TaskState::Running).map(|t| t.id.clone()).collect();
         for id in ids {
             self.fail_task(&id, why, true, &mut fx);
         }
@@ -566,7 +594,12 @@ impl State {
             return Err(Refusal::UnknownRun(run_id.into()));
         }
         let mut fx = Effects::default();
-        let ids: Vec<String> = self.tasks.values().filter(|t| t.run_id == run_id && matches!(t.state, TaskState::Pending | TaskState::Running)).map(|t| t.id.clone()).collect();
+        let ids: Vec<String> = self
+            .tasks
+            .values()
+            .filter(|t| t.run_id == run_id && matches!(t.state, TaskState::Pending | TaskState::Running))
+            .map(|t| t.id.clone())
+            .collect();
         for id in ids {
             let t = self.tasks.get_mut(&id).unwrap();
             t.state = TaskState::Cancelled;
@@ -599,7 +632,8 @@ impl State {
         }
         let pre_failed = self.tasks.values().any(|t| t.run_id == run_id && t.state == TaskState::Failed);
         if !pre_failed {
-            let all_pre = self.tasks.values().filter(|t| t.run_id == run_id && t.kind == Kind::Preprocess).all(|t| t.state == TaskState::Done);
+            let all_pre =
+                self.tasks.values().filter(|t| t.run_id == run_id && t.kind == Kind::Preprocess).all(|t| t.state == TaskState::Done);
             self.set_run_state(run_id, if all_pre { RunState::Training } else { RunState::Preprocessing }, &mut fx);
         }
         Ok(fx)
@@ -762,7 +796,9 @@ mod tests {
         for _ in 0..3 {
             let (t, fx) = s.lease("w", 0);
             seqs.extend(fx.events.iter().map(|e| e.seq));
-            let fx = s.complete(&t.unwrap().id, s.tasks.values().find(|t| t.state == TaskState::Running).unwrap().fencing_token, "{}".into()).unwrap();
+            let fx = s
+                .complete(&t.unwrap().id, s.tasks.values().find(|t| t.state == TaskState::Running).unwrap().fencing_token, "{}".into())
+                .unwrap();
             seqs.extend(fx.events.iter().map(|e| e.seq));
         }
         let mut sorted = seqs.clone();

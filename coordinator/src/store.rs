@@ -65,7 +65,10 @@ impl Store {
         for id in &fx.tasks {
             if seen.insert(("t", id.as_str())) {
                 if let Some(t) = st.tasks.get(id) {
-                    tx.execute("INSERT OR REPLACE INTO tasks (id, run_id, json) VALUES (?1, ?2, ?3)", params![id, t.run_id, serde_json::to_string(t)?])?;
+                    tx.execute(
+                        "INSERT OR REPLACE INTO tasks (id, run_id, json) VALUES (?1, ?2, ?3)",
+                        params![id, t.run_id, serde_json::to_string(t)?],
+                    )?;
                 }
             }
         }
@@ -77,7 +80,10 @@ impl Store {
             }
         }
         for e in &fx.events {
-            tx.execute("INSERT OR REPLACE INTO events (run_id, seq, json) VALUES (?1, ?2, ?3)", params![e.run_id, e.seq as i64, serde_json::to_string(e)?])?;
+            tx.execute(
+                "INSERT OR REPLACE INTO events (run_id, seq, json) VALUES (?1, ?2, ?3)",
+                params![e.run_id, e.seq as i64, serde_json::to_string(e)?],
+            )?;
         }
         tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('next_lease', ?1)", params![st.next_lease.to_string()])?;
         tx.commit()?;

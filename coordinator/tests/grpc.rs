@@ -10,7 +10,11 @@ use tonic::Code;
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
-async fn start(dir: &std::path::Path, ttl: Duration, tls: Option<(Vec<u8>, Vec<u8>)>) -> (Arc<Coordinator>, String, tokio::sync::oneshot::Sender<()>) {
+async fn start(
+    dir: &std::path::Path,
+    ttl: Duration,
+    tls: Option<(Vec<u8>, Vec<u8>)>,
+) -> (Arc<Coordinator>, String, tokio::sync::oneshot::Sender<()>) {
     let mut cfg = CoordinatorConfig::new(dir.to_path_buf());
     cfg.lease_ttl = ttl;
     cfg.heartbeat_interval = Duration::from_millis(200);
@@ -41,12 +45,18 @@ async fn calls_without_the_token_are_unauthenticated() {
     let err = MonitorClient::new(ch.clone()).list_runs(pb::ListRunsRequest {}).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     assert!(err.message().contains("token"));
-    let err = WorkerApiClient::with_interceptor(ch.clone(), with_token("wrong-token-wrong-token-wrong-tok")).register(pb::RegisterRequest::default()).await.unwrap_err();
+    let err = WorkerApiClient::with_interceptor(ch.clone(), with_token("wrong-token-wrong-token-wrong-tok"))
+        .register(pb::RegisterRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     let ok = MonitorClient::with_interceptor(ch.clone(), with_token(TOKEN)).list_runs(pb::ListRunsRequest {}).await.unwrap();
     assert!(ok.into_inner().runs.is_empty());
     // Health checking stays open for probes.
-    let health = tonic_health::pb::health_client::HealthClient::new(ch).check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+    let health = tonic_health::pb::health_client::HealthClient::new(ch)
+        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap();
     assert_eq!(health.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
 }
 
@@ -63,7 +73,8 @@ async fn with_tls_a_plaintext_client_is_refused() {
     }
     .await;
     assert!(res.is_err(), "a plaintext client must not get an answer from a TLS coordinator");
-    let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(cert)).domain_name("localhost");
+    let tls =
+        tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(cert)).domain_name("localhost");
     let ch = tonic::transport::Endpoint::from_shared(url).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
     MonitorClient::with_interceptor(ch, with_token(TOKEN)).list_runs(pb::ListRunsRequest {}).await.unwrap();
 }
@@ -131,7 +142,16 @@ async fn a_worker_whose_lease_expired_is_fenced_off() {
     // A keeps its lease alive for a while ...
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let hb = api.heartbeat(pb::HeartbeatRequest { worker_id: a.clone(), task_id: ta.task_id.clone(), fencing_token: ta.fencing_token, ..Default::default() }).await.unwrap().into_inner();
+        let hb = api
+            .heartbeat(pb::HeartbeatRequest {
+                worker_id: a.clone(),
+                task_id: ta.task_id.clone(),
+                fencing_token: ta.fencing_token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
         assert!(hb.ok);
     }
     // ... then goes silent; the lease expires and B gets the task with a new token.
@@ -140,16 +160,37 @@ async fn a_worker_whose_lease_expired_is_fenced_off() {
     assert_eq!(tb.task_id, ta.task_id);
     assert!(tb.fencing_token > ta.fencing_token);
     // Everything A still sends for the task is refused.
-    let hb = api.heartbeat(pb::HeartbeatRequest { worker_id: a.clone(), task_id: ta.task_id.clone(), fencing_token: ta.fencing_token, ..Default::default() }).await.unwrap().into_inner();
+    let hb = api
+        .heartbeat(pb::HeartbeatRequest {
+            worker_id: a.clone(),
+            task_id: ta.task_id.clone(),
+            fencing_token: ta.fencing_token,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!hb.ok && hb.reason.contains("fencing"), "{hb:?}");
-    let m = api.report_metrics(pb::MetricsReport { worker_id: a.clone(), task_id: ta.task_id.clone(), fencing_token: ta.fencing_token, metrics: Some(pb::EpochMetrics::default()), ..Default::default() }).await.unwrap_err();
+    let m = api
+        .report_metrics(pb::MetricsReport {
+            worker_id: a.clone(),
+            task_id: ta.task_id.clone(),
+            fencing_token: ta.fencing_token,
+            metrics: Some(pb::EpochMetrics::default()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(m.code(), Code::FailedPrecondition);
     let path = "results/Dataset001_Fake/nnUNetTrainer__nnUNetPlans__2d/fold_0/checkpoint_latest.safetensors";
     let up = api.upload_artifact(tokio_stream::iter(vec![chunk(&ta, ta.fencing_token, path, b"stale weights")])).await.unwrap_err();
     assert_eq!(up.code(), Code::FailedPrecondition);
     let run_file = dir.path().join("runs").join("r1").join(path);
     assert!(!run_file.exists(), "a fenced upload must leave nothing behind");
-    let c = api.complete(pb::CompleteRequest { worker_id: a, task_id: ta.task_id.clone(), fencing_token: ta.fencing_token, ..Default::default() }).await.unwrap_err();
+    let c = api
+        .complete(pb::CompleteRequest { worker_id: a, task_id: ta.task_id.clone(), fencing_token: ta.fencing_token, ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(c.code(), Code::FailedPrecondition);
     // B, the current holder, can write.
     api.upload_artifact(tokio_stream::iter(vec![chunk(&tb, tb.fencing_token, path, b"fresh weights")])).await.unwrap();

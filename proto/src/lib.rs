@@ -1,6 +1,8 @@
 //! The gRPC contract (`proto/nnunet/v1/nnunet.proto`): the worker API (register, lease, heartbeat,
 //! metrics, artifacts, complete/fail) and the monitor API (list, get, watch, cancel, retry).
 //! Generated types stay at the edges: `coordinator/src/service` and `worker/src/client.rs`.
+pub mod wire;
+
 pub mod v1 {
     tonic::include_proto!("nnunet.v1");
     /// Encoded descriptor set, for gRPC server reflection.
@@ -16,8 +18,8 @@ pub fn endpoint(addr: &str, tls_ca: Option<&std::path::Path>) -> anyhow::Result<
     let mut ep = Endpoint::from_shared(addr.to_string())
         .with_context(|| format!("bad coordinator address {addr:?}"))?
         .keep_alive_while_idle(true)
-        .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(16 << 20))
+        .initial_stream_window_size(Some(wire::STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(wire::CONNECTION_WINDOW_BYTES))
         .http2_keep_alive_interval(std::time::Duration::from_secs(20))
         .connect_timeout(std::time::Duration::from_secs(10));
     if let Some(ca) = tls_ca {
@@ -75,7 +77,8 @@ pub mod convert {
     mod tests {
         #[test]
         fn metrics_round_trip() {
-            let m = super::EpochMetrics { epoch: 3, epochs: 10, pseudo_dice: vec![0.5, 0.25], lr: 0.009, new_best: true, ..Default::default() };
+            let m =
+                super::EpochMetrics { epoch: 3, epochs: 10, pseudo_dice: vec![0.5, 0.25], lr: 0.009, new_best: true, ..Default::default() };
             assert_eq!(super::metrics_from_proto(&super::metrics_to_proto(&m)), m);
         }
     }

@@ -18,7 +18,8 @@ const TOKEN: &str = "e2e-token-0123456789abcdef0123456789";
 
 /// Downscales `n` cases (+ `n_test` test images) of a shared dataset to `size` px into `dst`.
 fn subset(src: &Path, dst: &Path, n: usize, n_test: usize, size: u32) {
-    let mut names: Vec<String> = std::fs::read_dir(src.join("images")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(src.join("images")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     assert!(names.len() >= n + n_test, "{} has only {} images", src.display(), names.len());
     for d in ["images", "masks", "test"] {
@@ -30,7 +31,12 @@ fn subset(src: &Path, dst: &Path, n: usize, n_test: usize, size: u32) {
         let stem = Path::new(name).file_stem().unwrap().to_string_lossy().into_owned();
         if i < n {
             small.save(dst.join("images").join(format!("{stem}.png"))).unwrap();
-            let mask_path = std::fs::read_dir(src.join("masks")).unwrap().flatten().map(|e| e.path()).find(|p| p.file_stem().unwrap().to_string_lossy() == stem).expect("mask for image");
+            let mask_path = std::fs::read_dir(src.join("masks"))
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.file_stem().unwrap().to_string_lossy() == stem)
+                .expect("mask for image");
             let mask = image::open(mask_path).unwrap().resize_exact(size, size, image::imageops::FilterType::Nearest);
             mask.save(dst.join("masks").join(format!("{stem}.png"))).unwrap();
         } else {
@@ -173,7 +179,19 @@ fn drain(rx: &mpsc::Receiver<String>, seen: &mut Vec<String>, timeout: Duration)
 /// Converts the subset into an nnU-Net v2 raw dataset with `nnunet convert`.
 fn convert(work: &Path, data: &Path) -> PathBuf {
     let raw = work.join("raw");
-    run_ok(Command::new(bin("nnunet")).arg("convert").arg("--images").arg(data.join("images")).arg("--masks").arg(data.join("masks")).arg("--test-images").arg(data.join("test")).arg("--out").arg(&raw).args(["--id", "1", "--name", "ISBI"]));
+    run_ok(
+        Command::new(bin("nnunet"))
+            .arg("convert")
+            .arg("--images")
+            .arg(data.join("images"))
+            .arg("--masks")
+            .arg(data.join("masks"))
+            .arg("--test-images")
+            .arg(data.join("test"))
+            .arg("--out")
+            .arg(&raw)
+            .args(["--id", "1", "--name", "ISBI"]),
+    );
     raw.join("Dataset001_ISBI")
 }
 
@@ -195,26 +213,37 @@ fn five_folds_on_three_workers_survive_a_killed_worker() {
     c.start_worker(true);
     c.start_worker(true);
     c.start_worker(false); // downloads its inputs over gRPC instead of reading the run directory
-    let run = run_ok(c.nnunet(&["submit", "--epochs", "6", "--iters", "3", "--val-iters", "2", "--predict-test"]).arg("--dataset").arg(&ds)).trim().to_string();
+    let run =
+        run_ok(c.nnunet(&["submit", "--epochs", "6", "--iters", "3", "--val-iters", "2", "--predict-test"]).arg("--dataset").arg(&ds))
+            .trim()
+            .to_string();
     assert!(run.starts_with("run-"), "submit prints the run id: {run}");
     let (mut watch, rx) = c.watch(&run);
     let mut seen = vec![];
 
     // Once a fold has stored a checkpoint past its first epoch, kill the worker that trains it.
-    let line = wait_line(&rx, &mut seen, Duration::from_secs(600), "a stored checkpoint", |l| l.contains("checkpoint") && l.contains("stored") && !l.contains("(epoch 0)") && l.contains("fold "));
+    let line = wait_line(&rx, &mut seen, Duration::from_secs(600), "a stored checkpoint", |l| {
+        l.contains("checkpoint") && l.contains("stored") && !l.contains("(epoch 0)") && l.contains("fold ")
+    });
     let fold: i32 = line.split("fold ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
     let status = c.status_json(&run);
     let task = status["tasks"].as_array().unwrap().iter().find(|t| t["kind"] == "train" && t["fold"] == fold).unwrap().clone();
     let killed: Option<usize>;
     if task["state"] == "RUNNING" {
         let worker_id = task["worker"].as_str().unwrap().to_string();
-        let idx = c.workers.iter().position(|(_, log)| std::fs::read_to_string(log).unwrap_or_default().contains(&worker_id)).expect("the worker's log names its id");
+        let idx = c
+            .workers
+            .iter()
+            .position(|(_, log)| std::fs::read_to_string(log).unwrap_or_default().contains(&worker_id))
+            .expect("the worker's log names its id");
         let pid = c.workers[idx].0.id();
         println!("killing worker {idx} (pid {pid}, {worker_id}) with SIGKILL while it trains fold {fold}");
         c.workers[idx].0.kill().unwrap(); // SIGKILL
         killed = Some(idx);
         // The lease expires, another worker resumes the fold from its checkpoint (not epoch 0).
-        let resumed = wait_line(&rx, &mut seen, Duration::from_secs(300), "the fold to be resumed", |l| l.contains(&format!("fold {fold} train RUNNING (attempt 2")));
+        let resumed = wait_line(&rx, &mut seen, Duration::from_secs(300), "the fold to be resumed", |l| {
+            l.contains(&format!("fold {fold} train RUNNING (attempt 2"))
+        });
         assert!(resumed.contains("resumes from the checkpoint of epoch"), "the re-leased fold must resume from its checkpoint: {resumed}");
         let epoch: u32 = resumed.split("epoch ").last().unwrap().trim_end_matches(|c: char| !c.is_ascii_digit()).parse().unwrap();
         assert!(epoch >= 1, "resumed from epoch {epoch}");
@@ -277,7 +306,10 @@ fn a_killed_coordinator_restarts_and_no_finished_fold_is_retrained() {
     c.start_serve();
     c.start_worker(true);
     c.start_worker(true);
-    let run = run_ok(c.nnunet(&["submit", "--epochs", "3", "--iters", "2", "--val-iters", "1", "--folds", "0,1,2"]).arg("--dataset").arg(&ds)).trim().to_string();
+    let run =
+        run_ok(c.nnunet(&["submit", "--epochs", "3", "--iters", "2", "--val-iters", "1", "--folds", "0,1,2"]).arg("--dataset").arg(&ds))
+            .trim()
+            .to_string();
     let (mut watch, rx) = c.watch(&run);
     let mut seen = vec![];
     let done = wait_line(&rx, &mut seen, Duration::from_secs(600), "a finished fold", |l| l.contains("train DONE"));
@@ -306,7 +338,11 @@ fn workers_without_the_token_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let mut c = Cluster::new(tmp.path());
     c.start_serve();
-    let out = Command::new(bin("nnunet-worker")).args(["--coordinator", &c.url(), "--device", "cpu", "--reconnect-timeout-secs", "5"]).env_remove("NNUNET_TOKEN").output().unwrap();
+    let out = Command::new(bin("nnunet-worker"))
+        .args(["--coordinator", &c.url(), "--device", "cpu", "--reconnect-timeout-secs", "5"])
+        .env_remove("NNUNET_TOKEN")
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "a refused worker must exit 3 (not retryable): {err}");
     assert!(err.contains("refused this worker") && err.contains("token"), "{err}");
@@ -319,4 +355,3 @@ fn workers_without_the_token_are_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("Unauthenticated") || String::from_utf8_lossy(&out.stderr).contains("refused"));
 }
-

@@ -94,7 +94,10 @@ pub fn prune(cache: &Path, current: &str, keep_runs: usize) -> Vec<PathBuf> {
         .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false) && e.file_name() != current)
         .map(|e| {
             let p = e.path();
-            let used = std::fs::metadata(p.join(".lock")).or_else(|_| std::fs::metadata(&p)).and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
+            let used = std::fs::metadata(p.join(".lock"))
+                .or_else(|_| std::fs::metadata(&p))
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
             (used, p)
         })
         .collect();
@@ -106,7 +109,8 @@ pub fn prune(cache: &Path, current: &str, keep_runs: usize) -> Vec<PathBuf> {
 /// Cache files whose sha256 this process has already verified, keyed by path, with the size and
 /// modification time they had then: a worker running many tasks of one run hashes each cached input
 /// once instead of once per task. A changed size or mtime (or a new process) means hashing again.
-static VERIFIED: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<PathBuf, Stamp>>> = std::sync::LazyLock::new(Default::default);
+static VERIFIED: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<PathBuf, Stamp>>> =
+    std::sync::LazyLock::new(Default::default);
 
 /// Size, modification time and sha256 of a verified cache file.
 type Stamp = (u64, std::time::SystemTime, String);

@@ -84,7 +84,8 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     let pre_root = nnunet_common::paths::preprocessed_root().unwrap_or_else(|_| PathBuf::from("."));
-    let pre = nnunet_common::paths::resolve_dataset(&pre_root, &args.dataset).with_context(|| format!("resolving --dataset {}", args.dataset))?;
+    let pre =
+        nnunet_common::paths::resolve_dataset(&pre_root, &args.dataset).with_context(|| format!("resolving --dataset {}", args.dataset))?;
     let name = pre.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "dataset".into());
     let fold_dir = match &args.out {
         Some(o) => o.clone(),
@@ -96,7 +97,11 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     // The model folder gets the files inference needs (nnU-Net copies them at training start).
     if let Some(model_dir) = fold_dir.parent() {
         std::fs::create_dir_all(model_dir).with_context(|| format!("creating {}", model_dir.display()))?;
-        for (src, dst) in [(format!("{}.json", nnunet_common::paths::PLANS_NAME), "plans.json"), ("dataset.json".into(), "dataset.json"), ("dataset_fingerprint.json".into(), "dataset_fingerprint.json")] {
+        for (src, dst) in [
+            (format!("{}.json", nnunet_common::paths::PLANS_NAME), "plans.json"),
+            ("dataset.json".into(), "dataset.json"),
+            ("dataset_fingerprint.json".into(), "dataset_fingerprint.json"),
+        ] {
             let s = pre.join(&src);
             if s.is_file() {
                 let bytes = std::fs::read(&s).with_context(|| format!("reading {}", s.display()))?;
@@ -149,11 +154,18 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         eprintln!("stopped; continue with --continue (resumes from {})", fold_dir.join("checkpoint_latest.safetensors").display());
         std::process::exit(143);
     }
-    println!("fold {} done: {} epochs run, best EMA pseudo Dice {:.4}, final checkpoint {}", args.fold, out.epochs_run, out.best_ema, out.final_checkpoint.display());
+    println!(
+        "fold {} done: {} epochs run, best EMA pseudo Dice {:.4}, final checkpoint {}",
+        args.fold,
+        out.epochs_run,
+        out.best_ema,
+        out.final_checkpoint.display()
+    );
     // nnU-Net's perform_actual_validation (SPEC §7.4): sliding window over the fold's validation cases.
     if !args.skip_validation {
         let opts = crate::infer::PredictOptions { device, ..Default::default() };
-        let summary = crate::infer::validate_fold(&pre, args.fold, &fold_dir, &opts).with_context(|| format!("final validation of fold {}", args.fold))?;
+        let summary = crate::infer::validate_fold(&pre, args.fold, &fold_dir, &opts)
+            .with_context(|| format!("final validation of fold {}", args.fold))?;
         println!("Mean Validation Dice: {:.4} ({})", summary.foreground_mean.dice, fold_dir.join("validation/summary.json").display());
     }
     Ok(())
@@ -186,7 +198,8 @@ pub struct BenchStepArgs {
 
 pub fn run_bench_step(a: BenchStepArgs) -> anyhow::Result<()> {
     let device = crate::device::parse_device(&a.device)?;
-    let threads = a.threads.unwrap_or_else(|| if device.is_cuda() { 1 } else { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) });
+    let threads =
+        a.threads.unwrap_or_else(|| if device.is_cuda() { 1 } else { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) });
     tch::set_num_threads(threads as i32);
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
@@ -223,7 +236,15 @@ pub struct SynthArgs {
 }
 
 pub fn run_synth(a: SynthArgs) -> anyhow::Result<()> {
-    let spec = train::synth::SynthSpec { cases: a.cases, size: a.size, channels: a.channels, patch: a.size, batch_size: a.batch, arch: train::synth::arch_kwargs(a.stages), seed: 1 };
+    let spec = train::synth::SynthSpec {
+        cases: a.cases,
+        size: a.size,
+        channels: a.channels,
+        patch: a.size,
+        batch_size: a.batch,
+        arch: train::synth::arch_kwargs(a.stages),
+        seed: 1,
+    };
     train::synth::write_preprocessed(&a.out, &spec)?;
     println!("wrote {} synthetic cases to {}", a.cases, a.out.display());
     Ok(())
@@ -250,10 +271,21 @@ pub fn run_bench_aug(a: BenchAugArgs) -> anyhow::Result<()> {
     let patch = [a.patch, a.patch];
     let rotation = AugConfig::rotation_for_patch(patch);
     let crop = AugConfig::initial_patch_size(patch, rotation);
-    let cfg = AugConfig { patch, rotation, mirror_axes: vec![0, 1], mask_channels: vec![], ds_scales: train::synth::arch_kwargs(a.stages).deep_supervision_scales() };
+    let cfg = AugConfig {
+        patch,
+        rotation,
+        mirror_axes: vec![0, 1],
+        mask_channels: vec![],
+        ds_scales: train::synth::arch_kwargs(a.stages).deep_supervision_scales(),
+    };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let n = crop[0] * crop[1];
-    let img = Image { channels: a.channels, h: crop[0], w: crop[1], data: (0..a.channels * n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect() };
+    let img = Image {
+        channels: a.channels,
+        h: crop[0],
+        w: crop[1],
+        data: (0..a.channels * n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect(),
+    };
     let seg = Seg { h: crop[0], w: crop[1], data: (0..n).map(|i| if (i / crop[1]) % 50 < 20 { 1 } else { 0 }).collect() };
     for _ in 0..5 {
         std::hint::black_box(augment_train(&img, &seg, &cfg, &mut rng));
@@ -263,6 +295,9 @@ pub fn run_bench_aug(a: BenchAugArgs) -> anyhow::Result<()> {
         std::hint::black_box(augment_train(&img, &seg, &cfg, &mut rng));
     }
     let s = t.elapsed().as_secs_f64();
-    println!("{}", serde_json::json!({"patch": a.patch, "crop": crop, "channels": a.channels, "samples": a.samples, "threads": 1, "patches_per_second": a.samples as f64 / s}));
+    println!(
+        "{}",
+        serde_json::json!({"patch": a.patch, "crop": crop, "channels": a.channels, "samples": a.samples, "threads": 1, "patches_per_second": a.samples as f64 / s})
+    );
     Ok(())
 }

@@ -138,7 +138,11 @@ impl Conn {
                 }
                 Err(s) if transient(&s) && start.elapsed() < self.reconnect_timeout => {
                     if !warned {
-                        tracing::warn!("{what}: coordinator unavailable ({}); retrying for up to {:?}", s.message(), self.reconnect_timeout);
+                        tracing::warn!(
+                            "{what}: coordinator unavailable ({}); retrying for up to {:?}",
+                            s.message(),
+                            self.reconnect_timeout
+                        );
                         warned = true;
                     }
                     tokio::time::sleep(delay).await;
@@ -228,8 +232,14 @@ async fn connect(args: &ServeArgs) -> Result<Conn> {
         None => std::env::var("NNUNET_TOKEN").ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()),
     };
     let meta = token.map(|t| format!("Bearer {t}").parse()).transpose().context("the token has characters not allowed in a header")?;
-    let api = WorkerApiClient::with_interceptor(ep.connect_lazy(), TokenInterceptor(meta)).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
-    Ok(Conn { api, worker_id: Arc::new(std::sync::Mutex::new(String::new())), reconnect_timeout: Duration::from_secs(args.reconnect_timeout_secs) })
+    let api = WorkerApiClient::with_interceptor(ep.connect_lazy(), TokenInterceptor(meta))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    Ok(Conn {
+        api,
+        worker_id: Arc::new(std::sync::Mutex::new(String::new())),
+        reconnect_timeout: Duration::from_secs(args.reconnect_timeout_secs),
+    })
 }
 
 async fn register(conn: &Conn, args: &ServeArgs) -> Result<pb::RegisterReply> {
@@ -265,7 +275,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tch::set_num_threads(args.threads as i32);
     }
     let stop = Arc::new(AtomicBool::new(false));
-    for kind in [tokio::signal::unix::SignalKind::terminate(), tokio::signal::unix::SignalKind::user_defined1(), tokio::signal::unix::SignalKind::interrupt()] {
+    for kind in [
+        tokio::signal::unix::SignalKind::terminate(),
+        tokio::signal::unix::SignalKind::user_defined1(),
+        tokio::signal::unix::SignalKind::interrupt(),
+    ] {
         let mut sig = tokio::signal::unix::signal(kind)?;
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -274,7 +288,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
             stop.store(true, Ordering::SeqCst);
         });
     }
-    let cache = args.cache_dir.clone().unwrap_or_else(|| std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp")).join(".cache").join("nnunet-rs"));
+    let cache = args.cache_dir.clone().unwrap_or_else(|| {
+        std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp")).join(".cache").join("nnunet-rs")
+    });
     let conn = connect(&args).await.map_err(bad_input)?;
     let reg = register(&conn, &args).await?;
     tracing::info!(worker = %reg.worker_id, device = %args.device, "registered with {}", args.coordinator.as_deref().unwrap_or(""));
@@ -284,10 +300,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
             return Err(ExitCode(143).into());
         }
         let req = pb::LeaseRequest { worker_id: conn.id() };
-        let reply = match conn.call("lease", |mut api| {
-            let req = req.clone();
-            async move { api.lease(req).await }
-        }).await {
+        let reply = match conn
+            .call("lease", |mut api| {
+                let req = req.clone();
+                async move { api.lease(req).await }
+            })
+            .await
+        {
             Ok(r) => r,
             Err(s) if s.code() == Code::NotFound => {
                 // The coordinator lost our registration (fresh state dir): register again.
@@ -319,18 +338,29 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
         let lost = Arc::new(AtomicBool::new(false));
         let hb = spawn_heartbeat(conn.clone(), task.clone(), lost.clone(), hb_interval);
-        let ctx = TaskCtx { conn: conn.clone(), task: task.clone(), stop: stop.clone(), lost: lost.clone(), device, cache: cache.clone(), threads: args.threads, in_place, rt: tokio::runtime::Handle::current() };
+        let ctx = TaskCtx {
+            conn: conn.clone(),
+            task: task.clone(),
+            stop: stop.clone(),
+            lost: lost.clone(),
+            device,
+            cache: cache.clone(),
+            threads: args.threads,
+            in_place,
+            rt: tokio::runtime::Handle::current(),
+        };
         let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name(format!("task-{}", task.task_id))
-            .spawn(move || {
-                let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_task(&ctx)));
-                let res = match res {
-                    Ok(r) => r,
-                    Err(p) => Err(anyhow!("the task panicked: {}", p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default())),
-                };
-                let _ = tx.send(res);
-            })?;
+        std::thread::Builder::new().name(format!("task-{}", task.task_id)).spawn(move || {
+            let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_task(&ctx)));
+            let res = match res {
+                Ok(r) => r,
+                Err(p) => Err(anyhow!(
+                    "the task panicked: {}",
+                    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+                )),
+            };
+            let _ = tx.send(res);
+        })?;
         let res = rx.await.unwrap_or_else(|_| Err(anyhow!("task thread vanished")));
         hb.abort();
         // With the run directory in place, the cache folder only held scratch copies and outputs that
@@ -342,10 +372,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
         match res {
             Ok(result_json) => {
                 let req = pb::CompleteRequest { worker_id: wid, task_id: tid, lease_id, fencing_token: token, result_json };
-                match conn.call("complete", |mut api| {
-                    let req = req.clone();
-                    async move { api.complete(req).await }
-                }).await {
+                match conn
+                    .call("complete", |mut api| {
+                        let req = req.clone();
+                        async move { api.complete(req).await }
+                    })
+                    .await
+                {
                     Ok(_) => tracing::info!(task = %task.task_id, "done"),
                     Err(s) => tracing::warn!(task = %task.task_id, "completion refused: {}", s.message()),
                 }
@@ -358,10 +391,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 let msg = if signalled { "worker stopped by a signal (preemption or eviction)".to_string() } else { format!("{e:#}") };
                 tracing::error!(task = %task.task_id, "failed: {msg}");
                 let req = pb::FailRequest { worker_id: wid, task_id: tid, lease_id, fencing_token: token, error: msg, retryable: true };
-                let _ = conn.call("fail", |mut api| {
-                    let req = req.clone();
-                    async move { api.fail(req).await }
-                }).await;
+                let _ = conn
+                    .call("fail", |mut api| {
+                        let req = req.clone();
+                        async move { api.fail(req).await }
+                    })
+                    .await;
                 if signalled {
                     return Err(ExitCode(143).into());
                 }
@@ -382,10 +417,13 @@ fn spawn_heartbeat(conn: Conn, task: pb::Task, lost: Arc<AtomicBool>, every: Dur
                 rss_bytes: crate::device::rss_bytes(),
                 device_memory_used_bytes: 0,
             };
-            match conn.call("heartbeat", |mut api| {
-                let req = req.clone();
-                async move { api.heartbeat(req).await }
-            }).await {
+            match conn
+                .call("heartbeat", |mut api| {
+                    let req = req.clone();
+                    async move { api.heartbeat(req).await }
+                })
+                .await
+            {
                 Ok(r) if r.ok => {}
                 Ok(r) => {
                     tracing::warn!(task = %task.task_id, "lease gone: {}", r.reason);
@@ -500,7 +538,12 @@ impl TaskCtx {
     }
 
     fn log(&self, line: String) {
-        let req = pb::LogLines { worker_id: self.conn.id(), task_id: self.task.task_id.clone(), fencing_token: self.task.fencing_token, lines: vec![line] };
+        let req = pb::LogLines {
+            worker_id: self.conn.id(),
+            task_id: self.task.task_id.clone(),
+            fencing_token: self.task.fencing_token,
+            lines: vec![line],
+        };
         let _ = self.rt.block_on(self.conn.call("log", |mut api| {
             let req = req.clone();
             async move { api.log(req).await }
@@ -605,7 +648,11 @@ impl Uploader {
             }
             let _ = std::fs::remove_dir_all(&staged);
             match res {
-                Ok(()) => tracing::info!("checkpoint streamed to the coordinator: {:.1} MB in {:.2}s", bytes as f64 / 1e6, t.elapsed().as_secs_f64()),
+                Ok(()) => tracing::info!(
+                    "checkpoint streamed to the coordinator: {:.1} MB in {:.2}s",
+                    bytes as f64 / 1e6,
+                    t.elapsed().as_secs_f64()
+                ),
                 Err(e) => {
                     let (lock, _) = &*sh;
                     let mut q = lock.lock().unwrap();
@@ -746,14 +793,28 @@ fn run_train(ctx: &TaskCtx) -> Result<String> {
     config.torch_threads = threads(ctx);
     let resume_from = if ctx.task.checkpoint.is_empty() { None } else { Some(ctx.task.checkpoint.clone()) };
     if let Some(ck) = &resume_from {
-        let epoch = std::fs::read(scratch.join(ck).with_extension("json")).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()).and_then(|v| v.get("epoch").and_then(|e| e.as_u64()));
-        let line = format!("resuming fold {} from checkpoint at epoch {}", ctx.task.fold, epoch.map(|e| e.to_string()).unwrap_or_else(|| "?".into()));
+        let epoch = std::fs::read(scratch.join(ck).with_extension("json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v.get("epoch").and_then(|e| e.as_u64()));
+        let line = format!(
+            "resuming fold {} from checkpoint at epoch {}",
+            ctx.task.fold,
+            epoch.map(|e| e.to_string()).unwrap_or_else(|| "?".into())
+        );
         tracing::info!("{line}");
         ctx.log(line);
     } else {
         ctx.log(format!("training fold {} from scratch on {}", ctx.task.fold, crate::device::device_string(ctx.device)));
     }
-    let spec = FoldSpec { preprocessed_dir: ctx.dirs(&ws.root).preprocessed, fold: ctx.task.fold as usize, fold_dir: fd.clone(), device: ctx.device, config, resume: true };
+    let spec = FoldSpec {
+        preprocessed_dir: ctx.dirs(&ws.root).preprocessed,
+        fold: ctx.task.fold as usize,
+        fold_dir: fd.clone(),
+        device: ctx.device,
+        config,
+        resume: true,
+    };
     let uploader = Uploader::new(ctx.conn.clone(), ctx.task.clone(), ctx.rt.clone());
     let mut progress = GrpcProgress { ctx, ws: &ws, fold_dir: fd.clone(), uploader };
     let outcome = train::train_fold(&spec, &mut progress);

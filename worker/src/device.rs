@@ -22,7 +22,10 @@ pub fn parse_device(s: &str) -> Result<Device> {
     }
     let n = tch::Cuda::device_count() as usize;
     if idx >= n {
-        bail!("device {s} requested but only {n} CUDA device(s) are visible (CUDA_VISIBLE_DEVICES={:?})", std::env::var("CUDA_VISIBLE_DEVICES").ok());
+        bail!(
+            "device {s} requested but only {n} CUDA device(s) are visible (CUDA_VISIBLE_DEVICES={:?})",
+            std::env::var("CUDA_VISIBLE_DEVICES").ok()
+        );
     }
     Ok(Device::Cuda(idx))
 }
@@ -48,7 +51,12 @@ pub fn rss_bytes() -> u64 {
 /// CUDA when available), printing what libtorch sees.
 pub fn smoke() -> Result<()> {
     use tch::nn::{Module, OptimizerConfig};
-    println!("libtorch: cuda available = {}, devices = {}, cudnn = {}", tch::Cuda::is_available(), tch::Cuda::device_count(), tch::Cuda::cudnn_is_available());
+    println!(
+        "libtorch: cuda available = {}, devices = {}, cudnn = {}",
+        tch::Cuda::is_available(),
+        tch::Cuda::device_count(),
+        tch::Cuda::cudnn_is_available()
+    );
     let mut devices = vec![Device::Cpu];
     if tch::Cuda::is_available() {
         devices.push(Device::Cuda(0));

@@ -114,13 +114,17 @@ fn load_folds(model_dir: &Path, folds: &[usize], opts: &PredictOptions) -> Resul
                 if have.is_empty() { "none".to_string() } else { have.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(" ") }
             );
         }
-        let (vs, net, meta) = checkpoint::load_network(&stem, opts.device).with_context(|| format!("loading fold {f} from {}", stem.display()))?;
+        let (vs, net, meta) =
+            checkpoint::load_network(&stem, opts.device).with_context(|| format!("loading fold {f} from {}", stem.display()))?;
         out.push(Fold { fold: f, _vs: vs, net, meta });
     }
     let first = &out[0].meta.init_args;
     for f in &out[1..] {
         let a = &f.meta.init_args;
-        if a.configuration.patch_size != first.configuration.patch_size || a.num_classes != first.num_classes || a.num_input_channels != first.num_input_channels {
+        if a.configuration.patch_size != first.configuration.patch_size
+            || a.num_classes != first.num_classes
+            || a.num_input_channels != first.num_input_channels
+        {
             bail!(
                 "fold {} does not match fold {} (patch {:?} vs {:?}, classes {} vs {}, channels {} vs {}); all folds must come from the same plans",
                 f.fold,
@@ -161,7 +165,13 @@ pub struct Exported {
 
 /// nnU-Net's `convert_predicted_logits_to_segmentation_with_correct_shape`: logits (K, Z, X, Y) in
 /// the preprocessed geometry -> class map (and probabilities) in the raw image's geometry.
-pub fn export_case(logits: &Tensor, props: &CaseProperties, plans: &Plans, config: &Configuration2d, with_probabilities: bool) -> Result<Exported> {
+pub fn export_case(
+    logits: &Tensor,
+    props: &CaseProperties,
+    plans: &Plans,
+    config: &Configuration2d,
+    with_probabilities: bool,
+) -> Result<Exported> {
     let size: Vec<usize> = logits.size().iter().map(|&s| s as usize).collect();
     let k = size[0];
     let mut shape = [size[0], size[1], size[2], size[3]];
@@ -172,7 +182,15 @@ pub fn export_case(logits: &Tensor, props: &CaseProperties, plans: &Plans, confi
     if target != [shape[1], shape[2], shape[3]] {
         let mut current = vec![props.spacing[0]];
         current.extend_from_slice(&config.spacing);
-        data = preprocess::resample_data_to_shape(&data, shape, target, &current, &props.spacing, config.resampling_fn_probabilities_kwargs.order, false);
+        data = preprocess::resample_data_to_shape(
+            &data,
+            shape,
+            target,
+            &current,
+            &props.spacing,
+            config.resampling_fn_probabilities_kwargs.order,
+            false,
+        );
         shape = [k, target[0], target[1], target[2]];
     }
     let n = shape[1] * shape[2] * shape[3];
@@ -208,11 +226,7 @@ pub fn export_case(logits: &Tensor, props: &CaseProperties, plans: &Plans, confi
         }
         None => None,
     };
-    Ok(Exported {
-        classes: full.iter().map(|&c| c as u16).collect(),
-        shape: [full_shape[1], full_shape[2], full_shape[3]],
-        probabilities,
-    })
+    Ok(Exported { classes: full.iter().map(|&c| c as u16).collect(), shape: [full_shape[1], full_shape[2], full_shape[3]], probabilities })
 }
 
 /// Label value written for each class index: the dataset's label values (consecutive 0..K-1), mapped
@@ -284,7 +298,8 @@ fn write_outputs(
             let k = values.len();
             let shape = [k, exported.shape[0], exported.shape[1], exported.shape[2]];
             npy::write_npz_f32(&npz, &[("probabilities", &shape, p)])?;
-            let sidecar = ProbabilitiesSidecar { geometry: geometry.clone(), mask_ending: ending.to_string(), class_values: values.to_vec() };
+            let sidecar =
+                ProbabilitiesSidecar { geometry: geometry.clone(), mask_ending: ending.to_string(), class_values: values.to_vec() };
             nnunet_common::error::write_json(&ProbabilitiesSidecar::path_for(&npz), &sidecar)?;
         }
     }
@@ -318,7 +333,9 @@ pub fn discover_cases(input: &Path) -> Result<Vec<InputCase>> {
     let mut all_match = true;
     for (name, path) in &files {
         let stem = imageio::strip_image_ending(name).unwrap_or(name);
-        let parsed = stem.rsplit_once('_').and_then(|(c, idx)| (idx.len() == 4 && idx.bytes().all(|b| b.is_ascii_digit())).then(|| (c.to_string(), idx.parse::<usize>().unwrap())));
+        let parsed = stem.rsplit_once('_').and_then(|(c, idx)| {
+            (idx.len() == 4 && idx.bytes().all(|b| b.is_ascii_digit())).then(|| (c.to_string(), idx.parse::<usize>().unwrap()))
+        });
         match parsed {
             Some((c, i)) => groups.entry(c).or_default().push((i, path.clone())),
             None => {
@@ -341,9 +358,11 @@ pub fn discover_cases(input: &Path) -> Result<Vec<InputCase>> {
 
 fn load_model_files(model_dir: &Path) -> Result<(Plans, DatasetJson)> {
     let plans_path = model_dir.join("plans.json");
-    let plans = Plans::load(&plans_path).with_context(|| format!("{} is not a model folder: reading its plans.json", model_dir.display()))?;
+    let plans =
+        Plans::load(&plans_path).with_context(|| format!("{} is not a model folder: reading its plans.json", model_dir.display()))?;
     let dj_path = model_dir.join("dataset.json");
-    let dj = DatasetJson::load(&dj_path).with_context(|| format!("{} is not a model folder: reading its dataset.json", model_dir.display()))?;
+    let dj =
+        DatasetJson::load(&dj_path).with_context(|| format!("{} is not a model folder: reading its dataset.json", model_dir.display()))?;
     Ok((plans, dj))
 }
 
@@ -362,7 +381,14 @@ pub fn predict_folder(model_dir: &Path, folds: &[usize], input: &Path, output: &
 }
 
 /// [`predict_folder`] with postprocessing optional.
-pub fn predict_folder_with(model_dir: &Path, folds: &[usize], input: &Path, output: &Path, opts: &PredictOptions, apply_postprocessing: bool) -> Result<PredictReport> {
+pub fn predict_folder_with(
+    model_dir: &Path,
+    folds: &[usize],
+    input: &Path,
+    output: &Path,
+    opts: &PredictOptions,
+    apply_postprocessing: bool,
+) -> Result<PredictReport> {
     let start = Instant::now();
     let (plans, dj) = load_model_files(model_dir)?;
     let cases = discover_cases(input)?;
@@ -380,7 +406,13 @@ pub fn predict_folder_with(model_dir: &Path, folds: &[usize], input: &Path, outp
     let nets: Vec<&PlainConvUNet> = loaded.iter().map(|f| &f.net).collect();
     std::fs::create_dir_all(output).with_context(|| format!("creating output folder {}", output.display()))?;
     let channel_names = dj.channel_names_ordered();
-    let mut report = PredictReport { folds: folds.to_vec(), cases: vec![], outputs: vec![], postprocessing: pp_steps.iter().map(|s| s.describe()).collect(), seconds: 0.0 };
+    let mut report = PredictReport {
+        folds: folds.to_vec(),
+        cases: vec![],
+        outputs: vec![],
+        postprocessing: pp_steps.iter().map(|s| s.describe()).collect(),
+        seconds: 0.0,
+    };
     for (i, c) in cases.iter().enumerate() {
         let image: ImageData = imageio::read_case_images(&c.files).with_context(|| format!("reading case {}", c.case))?;
         if image.shape[0] != n_channels {
@@ -424,11 +456,13 @@ pub fn validate_fold(preprocessed_dir: &Path, fold: usize, fold_dir: &Path, opts
     let dj = DatasetJson::load(&preprocessed_dir.join("dataset.json"))
         .with_context(|| format!("reading the dataset.json of {}", preprocessed_dir.display()))?;
     let data_dir = preprocessed_dir.join(nnunet_common::paths::data_identifier());
-    let ids = nnunet_common::case::list_cases(&data_dir).with_context(|| format!("listing preprocessed cases in {}", data_dir.display()))?;
+    let ids =
+        nnunet_common::case::list_cases(&data_dir).with_context(|| format!("listing preprocessed cases in {}", data_dir.display()))?;
     let splits = nnunet_common::splits::load(&preprocessed_dir.join("splits_final.json"))?;
     let split = nnunet_common::splits::split_for_fold(&splits, &ids, fold);
     let stem = fold_dir.join(&opts.checkpoint_name);
-    let (vs, net, meta) = checkpoint::load_network(&stem, opts.device).with_context(|| format!("loading fold {fold} from {}", stem.display()))?;
+    let (vs, net, meta) =
+        checkpoint::load_network(&stem, opts.device).with_context(|| format!("loading fold {fold} from {}", stem.display()))?;
     let loaded = vec![Fold { fold, _vs: vs, net, meta }];
     let params = window_params(&loaded, opts)?;
     let config = loaded[0].meta.init_args.configuration.clone();
@@ -440,7 +474,10 @@ pub fn validate_fold(preprocessed_dir: &Path, fold: usize, fold_dir: &Path, opts
     for (i, case) in split.val.iter().enumerate() {
         let files = CaseFiles::new(&data_dir, case);
         if !files.is_complete() {
-            bail!("validation case {case} of fold {fold} is not preprocessed in {} (missing .npy/.json); run `nnunet preprocess`", data_dir.display());
+            bail!(
+                "validation case {case} of fold {fold} is not preprocessed in {} (missing .npy/.json); run `nnunet preprocess`",
+                data_dir.display()
+            );
         }
         let props = files.load_props()?;
         let (shape, data) = npy::read_npy::<f32>(&files.data)?;
@@ -450,13 +487,22 @@ pub fn validate_fold(preprocessed_dir: &Path, fold: usize, fold_dir: &Path, opts
         let x = Tensor::from_slice(&data).reshape(shape.iter().map(|&s| s as i64).collect::<Vec<_>>());
         let logits = sliding_window::predict_case_logits(&nets, &x, &params);
         let exported = export_case(&logits, &props, &plans, &config, opts.save_probabilities)?;
-        let geometry = props.raw_geometry.clone().unwrap_or_else(|| Geometry { spacing: [999.0, 1.0, 1.0], affine: None, format: ending.trim_start_matches('.').to_string() });
+        let geometry = props.raw_geometry.clone().unwrap_or_else(|| Geometry {
+            spacing: [999.0, 1.0, 1.0],
+            affine: None,
+            format: ending.trim_start_matches('.').to_string(),
+        });
         write_outputs(&out_dir, case, &exported, &geometry, &ending, &values, &[], opts.save_probabilities)?;
         report_progress(i, split.val.len(), case, start);
     }
     let gt = evaluate::default_gt_dir(preprocessed_dir);
     let summary = evaluate::evaluate_folders(&gt, &out_dir, &dj.foreground_labels(), &ending, dj.ignore_label())
         .with_context(|| format!("evaluating fold {fold} validation against {}", gt.display()))?;
-    eprintln!("fold {fold}: mean validation Dice {:.4} ({} cases, {:.1} s)", summary.foreground_mean.dice, split.val.len(), start.elapsed().as_secs_f64());
+    eprintln!(
+        "fold {fold}: mean validation Dice {:.4} ({} cases, {:.1} s)",
+        summary.foreground_mean.dice,
+        split.val.len(),
+        start.elapsed().as_secs_f64()
+    );
     Ok(summary)
 }

@@ -14,7 +14,12 @@ use nnunet_worker::{cli_predict, cli_train, client};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug)]
-#[command(name = "nnunet-worker", version, about = "nnunet-rs worker: libtorch training, validation and prediction", args_conflicts_with_subcommands = true)]
+#[command(
+    name = "nnunet-worker",
+    version,
+    about = "nnunet-rs worker: libtorch training, validation and prediction",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,

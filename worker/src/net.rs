@@ -93,7 +93,17 @@ struct Stacked {
 
 impl Stacked {
     #[allow(clippy::too_many_arguments)]
-    fn new(p: &Path, n: usize, c_in: i64, c_out: i64, kernel: [i64; 2], stride: [i64; 2], bias: bool, eps: f64, names: &mut Vec<String>) -> Self {
+    fn new(
+        p: &Path,
+        n: usize,
+        c_in: i64,
+        c_out: i64,
+        kernel: [i64; 2],
+        stride: [i64; 2],
+        bias: bool,
+        eps: f64,
+        names: &mut Vec<String>,
+    ) -> Self {
         let pc = p / "convs";
         let blocks = (0..n)
             .map(|i| {
@@ -168,7 +178,17 @@ impl PlainConvUNet {
         let mut encoder = Vec::with_capacity(n);
         let mut c_in = in_channels;
         for s in 0..n {
-            encoder.push(Stacked::new(&(&pe / s / 0), arch.n_conv_per_stage[s], c_in, feats[s], kernels[s], strides[s], bias, eps, &mut names));
+            encoder.push(Stacked::new(
+                &(&pe / s / 0),
+                arch.n_conv_per_stage[s],
+                c_in,
+                feats[s],
+                kernels[s],
+                strides[s],
+                bias,
+                eps,
+                &mut names,
+            ));
             c_in = feats[s];
         }
 
@@ -325,11 +345,7 @@ pub(crate) mod tests {
         let fixture = include_str!("../../tests/fixtures/train/plainconvunet_512_8stage_c3_k2_names.txt");
         let vs = tch::nn::VarStore::new(tch::Device::Cpu);
         let net = PlainConvUNet::new(&vs.root(), &arch(8, 32), 3, 2);
-        let ours: Vec<String> = net
-            .named_parameters(&vs)
-            .iter()
-            .map(|(n, t)| format!("{n} {:?}", t.size()))
-            .collect();
+        let ours: Vec<String> = net.named_parameters(&vs).iter().map(|(n, t)| format!("{n} {:?}", t.size())).collect();
         let reference: Vec<String> = fixture.lines().map(|l| l.to_string()).collect();
         assert_eq!(ours.len(), reference.len());
         for (a, b) in ours.iter().zip(&reference) {

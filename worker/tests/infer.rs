@@ -194,7 +194,8 @@ fn mirroring_averages_the_four_flipped_predictions() {
 }
 
 fn shared_dir() -> Option<PathBuf> {
-    let p = std::env::var_os("NNUNET_SHARED").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
+    let p =
+        std::env::var_os("NNUNET_SHARED").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
     p.join("datasets/ph2_skin_lesion/images").is_dir().then_some(p)
 }
 
@@ -249,7 +250,8 @@ fn predict_folder_writes_png_masks_with_original_values_and_input_size() {
     let tmp2 = tempfile::tempdir().unwrap();
     let model = make_model(tmp2.path(), 3, [32, 32], &[0], |vs, _| constant_logits(vs, [-5.0, 5.0]));
     let out2 = tmp2.path().join("out");
-    infer::predict_folder(&model, &[0], &tmp.path().join("in"), &out2, &PredictOptions { use_mirroring: false, ..Default::default() }).unwrap();
+    infer::predict_folder(&model, &[0], &tmp.path().join("in"), &out2, &PredictOptions { use_mirroring: false, ..Default::default() })
+        .unwrap();
     let (name, _, _) = &inputs[0];
     let mask = imageio::read_seg(&out2.join(name)).unwrap();
     assert!(mask.data.iter().all(|&v| v == 255.0));
@@ -349,7 +351,11 @@ fn validate_fold_exports_in_raw_geometry_and_evaluates() {
     std::fs::write(pre.join("nnUNetPlans.json"), serde_json::to_vec(&plans_v).unwrap()).unwrap();
     std::fs::write(pre.join("dataset.json"), serde_json::to_vec(&dj_v).unwrap()).unwrap();
     let cases = ["c0", "c1", "c2", "c3"];
-    std::fs::write(pre.join("splits_final.json"), serde_json::to_vec(&serde_json::json!([{"train": ["c0", "c1"], "val": ["c2", "c3"]}])).unwrap()).unwrap();
+    std::fs::write(
+        pre.join("splits_final.json"),
+        serde_json::to_vec(&serde_json::json!([{"train": ["c0", "c1"], "val": ["c2", "c3"]}])).unwrap(),
+    )
+    .unwrap();
     let plans: Plans = serde_json::from_value(plans_v).unwrap();
     let config = plans.config_2d().unwrap();
     let dj: nnunet_common::dataset_json::DatasetJson = serde_json::from_value(dj_v).unwrap();
@@ -359,7 +365,11 @@ fn validate_fold_exports_in_raw_geometry_and_evaluates() {
     let mut fg_sizes = vec![];
     for (i, c) in cases.iter().enumerate() {
         // nonzero everywhere, so the crop keeps the whole image; a square of label 1
-        let img = imageio::ImageData { shape: [1, 1, h, w], data: (0..h * w).map(|j| 1.0 + ((j * 31 + i) % 17) as f32).collect(), geometry: geom.clone() };
+        let img = imageio::ImageData {
+            shape: [1, 1, h, w],
+            data: (0..h * w).map(|j| 1.0 + ((j * 31 + i) % 17) as f32).collect(),
+            geometry: geom.clone(),
+        };
         let side = 4 + 2 * i;
         let segv: Vec<f32> = (0..h * w).map(|j| if j / w < side && j % w < side { 1.0 } else { 0.0 }).collect();
         fg_sizes.push(side * side);

@@ -101,7 +101,11 @@ pub struct Augmented {
 
 /// Samples a uniform value in [lo, hi).
 pub(crate) fn uniform<R: Rng + ?Sized>(rng: &mut R, lo: f64, hi: f64) -> f64 {
-    if hi <= lo { lo } else { lo + (hi - lo) * rng.random::<f64>() }
+    if hi <= lo {
+        lo
+    } else {
+        lo + (hi - lo) * rng.random::<f64>()
+    }
 }
 
 /// batchgeneratorsv2 `BGContrast(range)`: with probability 0.5 (and lo < 1) `U(lo, 1)`, else `U(max(lo, 1), hi)`.
@@ -153,7 +157,8 @@ pub fn plan_sample<R: Rng + ?Sized>(rng: &mut R, cfg: &AugConfig, channels: usiz
         (sigma, (0..channels).map(|_| [rng.next_u32(), rng.next_u32()]).collect())
     });
     // 3. Gaussian blur p 0.2: per channel p 0.5, sigma ~ U(0.5, 1) per channel and axis.
-    let blur = fires(rng, 0.2).then(|| (0..channels).map(|_| fires(rng, 0.5).then(|| [uniform(rng, 0.5, 1.0), uniform(rng, 0.5, 1.0)])).collect());
+    let blur =
+        fires(rng, 0.2).then(|| (0..channels).map(|_| fires(rng, 0.5).then(|| [uniform(rng, 0.5, 1.0), uniform(rng, 0.5, 1.0)])).collect());
     // 4. Multiplicative brightness p 0.15, 5. contrast p 0.15: every channel, BGContrast(0.75, 1.25).
     let brightness = fires(rng, 0.15).then(|| (0..channels).map(|_| bg_contrast(rng, (0.75, 1.25)) as f32).collect());
     let contrast = fires(rng, 0.15).then(|| (0..channels).map(|_| bg_contrast(rng, (0.75, 1.25)) as f32).collect());

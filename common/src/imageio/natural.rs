@@ -69,7 +69,9 @@ fn read_tiff(path: &Path) -> Result<ImageData> {
             return Err(bad(format!("TIFF color type {other:?} is not supported; save it as gray, RGB or RGBA")));
         }
     };
-    let res = dec.read_image().map_err(|e| bad(format!("cannot decode TIFF pixel data ({e}); the file is corrupt or uses an unsupported compression")))?;
+    let res = dec
+        .read_image()
+        .map_err(|e| bad(format!("cannot decode TIFF pixel data ({e}); the file is corrupt or uses an unsupported compression")))?;
     if dec.more_images() {
         return Err(bad(
             "multi-page TIFF (a stack); nnU-Net's 2D reader wants one 2D image per file: split the pages into separate files (one case or one channel each)".into(),
@@ -156,7 +158,8 @@ pub fn read_png_palette_indices(path: &Path) -> Result<Option<ImageData>> {
     }
     let (w, h, bits) = (info.width as usize, info.height as usize, info.bit_depth as usize);
     let mut buf = vec![0u8; reader.output_buffer_size().unwrap_or(0)];
-    let frame = reader.next_frame(&mut buf).map_err(|e| bad(format!("cannot decode PNG pixel data ({e}); the file is corrupt or truncated")))?;
+    let frame =
+        reader.next_frame(&mut buf).map_err(|e| bad(format!("cannot decode PNG pixel data ({e}); the file is corrupt or truncated")))?;
     let stride = frame.line_size;
     let mut data = Vec::with_capacity(h * w);
     for y in 0..h {

@@ -19,9 +19,9 @@ const VOX_OFFSET: usize = 352;
 /// The NIfTI datatype codes (nifti1.h `DT_*`) that we read.
 fn dtype_size(code: i16) -> Option<usize> {
     Some(match code {
-        2 | 256 => 1,        // uint8, int8
-        4 | 512 => 2,        // int16, uint16
-        8 | 16 | 768 => 4,   // int32, float32, uint32
+        2 | 256 => 1,          // uint8, int8
+        4 | 512 => 2,          // int16, uint16
+        8 | 16 | 768 => 4,     // int32, float32, uint32
         64 | 1024 | 1280 => 8, // float64, int64, uint64
         _ => return None,
     })
@@ -35,11 +35,19 @@ struct Cursor<'a> {
 impl Cursor<'_> {
     fn i16(&self, o: usize) -> i16 {
         let a = [self.b[o], self.b[o + 1]];
-        if self.le { i16::from_le_bytes(a) } else { i16::from_be_bytes(a) }
+        if self.le {
+            i16::from_le_bytes(a)
+        } else {
+            i16::from_be_bytes(a)
+        }
     }
     fn f32(&self, o: usize) -> f32 {
         let a = [self.b[o], self.b[o + 1], self.b[o + 2], self.b[o + 3]];
-        if self.le { f32::from_le_bytes(a) } else { f32::from_be_bytes(a) }
+        if self.le {
+            f32::from_le_bytes(a)
+        } else {
+            f32::from_be_bytes(a)
+        }
     }
 }
 
@@ -48,8 +56,9 @@ fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
         let mut out = Vec::with_capacity(raw.len() * 4);
-        MultiGzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(|e| {
-            Error::Image { path: path.into(), msg: format!("corrupt gzip stream ({e}); re-export or re-download the file") }
+        MultiGzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(|e| Error::Image {
+            path: path.into(),
+            msg: format!("corrupt gzip stream ({e}); re-export or re-download the file"),
         })?;
         Ok(out)
     } else {
@@ -113,9 +122,7 @@ pub fn read_nifti(path: &Path) -> Result<ImageData> {
     let le = match (i32::from_le_bytes(bytes[0..4].try_into().unwrap()), i32::from_be_bytes(bytes[0..4].try_into().unwrap())) {
         (348, _) => true,
         (_, 348) => false,
-        (540, _) | (_, 540) => {
-            return Err(bad("NIfTI-2 files are not supported; save it as NIfTI-1 (e.g. nibabel.Nifti1Image)".into()))
-        }
+        (540, _) | (_, 540) => return Err(bad("NIfTI-2 files are not supported; save it as NIfTI-1 (e.g. nibabel.Nifti1Image)".into())),
         _ => return Err(bad("not a NIfTI-1 file (sizeof_hdr is not 348); the file is corrupt or in another format".into())),
     };
     let c = Cursor { b: &bytes, le };
@@ -141,7 +148,9 @@ pub fn read_nifti(path: &Path) -> Result<ImageData> {
     let (x, y, z) = (dim[0], dim[1], if nd >= 3 { dim[2] } else { 1 });
     let datatype = c.i16(70);
     let size = dtype_size(datatype).ok_or_else(|| {
-        bad(format!("NIfTI datatype code {datatype} is not supported (use uint8/int8/int16/uint16/int32/uint32/int64/uint64/float32/float64)"))
+        bad(format!(
+            "NIfTI datatype code {datatype} is not supported (use uint8/int8/int16/uint16/int32/uint32/int64/uint64/float32/float64)"
+        ))
     })?;
     let vox_offset = c.f32(108).max(0.0) as usize;
     let vox_offset = vox_offset.max(VOX_OFFSET);
@@ -197,11 +206,7 @@ pub fn read_nifti(path: &Path) -> Result<ImageData> {
         data,
         // A 2D file's affine has no meaningful third axis; writing it back as pseudo-3D uses the
         // default (identity-direction) affine with the 999 spacing instead.
-        geometry: Geometry {
-            spacing,
-            affine: if nd == 2 { None } else { Some(best_affine(&c, pixdim)) },
-            format: format.into(),
-        },
+        geometry: Geometry { spacing, affine: if nd == 2 { None } else { Some(best_affine(&c, pixdim)) }, format: format.into() },
     })
 }
 
@@ -279,12 +284,7 @@ fn mat44_to_quatern(a: &[[f64; 4]; 4]) -> ([f64; 3], [f64; 3], f64) {
 /// LPS, NIfTI in RAS, so the first two axes are negated. nnU-Net's own 2D conversion
 /// (`convert_2d_image_to_nifti`) produces exactly this.
 fn default_affine(spacing_zyx: [f64; 3]) -> [[f64; 4]; 4] {
-    [
-        [-spacing_zyx[2], 0.0, 0.0, 0.0],
-        [0.0, -spacing_zyx[1], 0.0, 0.0],
-        [0.0, 0.0, spacing_zyx[0], 0.0],
-        [0.0, 0.0, 0.0, 1.0],
-    ]
+    [[-spacing_zyx[2], 0.0, 0.0, 0.0], [0.0, -spacing_zyx[1], 0.0, 0.0], [0.0, 0.0, spacing_zyx[0], 0.0], [0.0, 0.0, 0.0, 1.0]]
 }
 
 /// NIfTI datatypes we write.

@@ -84,12 +84,24 @@ pub fn fill_holes(mask: &mut [bool], shape: [usize; 3]) {
                 stack.push((a2, b2, c2));
             }
         };
-        if a > 0 { visit(a - 1, b, c, &mut stack) }
-        if a + 1 < z { visit(a + 1, b, c, &mut stack) }
-        if b > 0 { visit(a, b - 1, c, &mut stack) }
-        if b + 1 < x { visit(a, b + 1, c, &mut stack) }
-        if c > 0 { visit(a, b, c - 1, &mut stack) }
-        if c + 1 < y { visit(a, b, c + 1, &mut stack) }
+        if a > 0 {
+            visit(a - 1, b, c, &mut stack)
+        }
+        if a + 1 < z {
+            visit(a + 1, b, c, &mut stack)
+        }
+        if b > 0 {
+            visit(a, b - 1, c, &mut stack)
+        }
+        if b + 1 < x {
+            visit(a, b + 1, c, &mut stack)
+        }
+        if c > 0 {
+            visit(a, b, c - 1, &mut stack)
+        }
+        if c + 1 < y {
+            visit(a, b, c + 1, &mut stack)
+        }
     }
     for (m, o) in mask.iter_mut().zip(&outside) {
         *m = !*o;
@@ -138,20 +150,42 @@ pub fn crop_to_nonzero(image: &ImageData, seg: Option<&ImageData>) -> Cropped {
                 let v = match seg {
                     Some(s) => {
                         let l = s.data[i] as i16;
-                        if l == 0 && !inside { -1 } else { l }
+                        if l == 0 && !inside {
+                            -1
+                        } else {
+                            l
+                        }
                     }
-                    None => if inside { 0 } else { -1 },
+                    None => {
+                        if inside {
+                            0
+                        } else {
+                            -1
+                        }
+                    }
                 };
                 segc.push(v);
             }
         }
     }
-    Cropped { data, data_shape: [c, ns[0], ns[1], ns[2]], seg: segc, bbox: [[lo[0], hi[0]], [lo[1], hi[1]], [lo[2], hi[2]]], shape_before: [z, x, y] }
+    Cropped {
+        data,
+        data_shape: [c, ns[0], ns[1], ns[2]],
+        seg: segc,
+        bbox: [[lo[0], hi[0]], [lo[1], hi[1]], [lo[2], hi[2]]],
+        shape_before: [z, x, y],
+    }
 }
 
 /// Normalizes one channel in place (SPEC §5.2, `default_normalization_schemes.py`). Statistics are
 /// accumulated in f64 and applied in f32, as numpy does with a float32 scalar.
-pub fn normalize_channel(x: &mut [f32], seg: &[i16], scheme: Normalization, use_mask: bool, props: Option<&IntensityProperties>) -> Result<()> {
+pub fn normalize_channel(
+    x: &mut [f32],
+    seg: &[i16],
+    scheme: Normalization,
+    use_mask: bool,
+    props: Option<&IntensityProperties>,
+) -> Result<()> {
     const EPS: f64 = 1e-8;
     match scheme {
         Normalization::ZScore => {
@@ -182,7 +216,8 @@ pub fn normalize_channel(x: &mut [f32], seg: &[i16], scheme: Normalization, use_
             }
         }
         Normalization::Ct => {
-            let p = props.ok_or_else(|| Error::Invalid("CTNormalization needs the fingerprint's foreground intensity properties".into()))?;
+            let p =
+                props.ok_or_else(|| Error::Invalid("CTNormalization needs the fingerprint's foreground intensity properties".into()))?;
             let (lo, hi) = (p.percentile_00_5 as f32, p.percentile_99_5 as f32);
             let (m, s) = (p.mean as f32, p.std.max(EPS) as f32);
             for v in x.iter_mut() {
@@ -413,7 +448,10 @@ pub fn revert_cropping(data: &[f32], shape_czxy: [usize; 4], props: &CasePropert
     if inner != [shape_czxy[1], shape_czxy[2], shape_czxy[3]] || fill.len() != shape_czxy[0] {
         return Err(Error::Invalid(format!(
             "revert_cropping: array {:?} does not match bbox {:?} (or {} fill values for {} channels)",
-            shape_czxy, b, fill.len(), shape_czxy[0]
+            shape_czxy,
+            b,
+            fill.len(),
+            shape_czxy[0]
         )));
     }
     let (z, x, y) = (full[0], full[1], full[2]);
@@ -435,7 +473,13 @@ pub fn revert_cropping(data: &[f32], shape_czxy: [usize; 4], props: &CasePropert
 /// Runs `f` over `items` on `n_threads` threads, at most one item in flight per thread (peak memory
 /// is bounded by the thread count, not the dataset size), results in input order. Stops at the
 /// first error and returns it. Shows an indicatif bar on a TTY, periodic lines otherwise.
-pub fn run_parallel<T: Sync, R: Send>(items: &[T], n_threads: usize, show_progress: bool, what: &str, f: impl Fn(&T) -> Result<R> + Sync) -> Result<Vec<R>> {
+pub fn run_parallel<T: Sync, R: Send>(
+    items: &[T],
+    n_threads: usize,
+    show_progress: bool,
+    what: &str,
+    f: impl Fn(&T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
     let n = items.len();
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
@@ -557,8 +601,8 @@ fn invalidate_if_plans_changed(data_dir: &Path, digest: &str) -> Result<()> {
 pub fn preprocess_and_write_case(plans: &Plans, config: &Configuration2d, dj: &DatasetJson, case: &RawCase, data_dir: &Path) -> Result<()> {
     let img = imageio::read_case_images(&case.images)?;
     let seg = imageio::read_seg(&case.label)?;
-    let (data, shape, seg8, mut props) = preprocess_case(plans, config, dj, img, Some(seg))
-        .map_err(|e| Error::Invalid(format!("case {}: {e}", case.id)))?;
+    let (data, shape, seg8, mut props) =
+        preprocess_case(plans, config, dj, img, Some(seg)).map_err(|e| Error::Invalid(format!("case {}: {e}", case.id)))?;
     let files = CaseFiles::new(data_dir, &case.id);
     let dbytes = npy::to_npy_bytes(&shape, &data);
     drop(data);
@@ -648,7 +692,11 @@ pub fn basic_verify(raw: &Path, dj: &DatasetJson) -> Result<()> {
             problems.push(format!("case {} has {} channel files but dataset.json declares {nch} channel(s)", c.id, c.images.len()));
         }
     }
-    if problems.is_empty() { Ok(()) } else { Err(Error::Verify(problems)) }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Verify(problems))
+    }
 }
 
 /// Verify + fingerprint + plan + splits: writes `dataset_fingerprint.json`, `nnUNetPlans.json`,

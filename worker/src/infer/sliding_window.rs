@@ -51,8 +51,7 @@ pub fn compute_gaussian(patch: [usize; 2]) -> Vec<f32> {
         }
     }
     // numpy divides the float64 map by (max / 10), then torch casts float64 -> fp16 directly.
-    let mut g: Vec<f32> =
-        Vec::<f32>::try_from(Tensor::from_slice(&g64).to_kind(Kind::Half).to_kind(Kind::Float)).expect("f32 tensor");
+    let mut g: Vec<f32> = Vec::<f32>::try_from(Tensor::from_slice(&g64).to_kind(Kind::Half).to_kind(Kind::Float)).expect("f32 tensor");
     let min_nonzero = g.iter().cloned().filter(|&v| v > 0.0).fold(f32::INFINITY, f32::min);
     for v in &mut g {
         if *v == 0.0 {
@@ -156,7 +155,7 @@ pub fn predict_with_mirroring(net: &PlainConvUNet, x: &Tensor, mirror_axes: &[us
     let mut inputs = vec![x.shallow_clone()];
     inputs.extend(dims.iter().map(|d| x.flip(d.as_slice())));
     let out = forward(&Tensor::cat(&inputs, 0)); // ((1 + n_combos) · B, K, px, py)
-    // Same summation order as the reference: f(x), then each flipped-back mirrored prediction.
+                                                 // Same summation order as the reference: f(x), then each flipped-back mirrored prediction.
     let mut pred = out.narrow(0, 0, b);
     // Not `+=`: for tch that is an in-place add into `out`, which `pred` is a view of.
     #[allow(clippy::assign_op_pattern)]

@@ -50,7 +50,13 @@ impl GradScaler {
     /// Updates the scale after the step (backs off on inf, grows every `growth_interval` clean steps).
     pub fn update(&mut self) {
         let _guard = tch::no_grad_guard();
-        let _ = self.scale.internal_amp_update_scale_(&self.growth_tracker, &self.found_inf, self.growth_factor, self.backoff_factor, self.growth_interval);
+        let _ = self.scale.internal_amp_update_scale_(
+            &self.growth_tracker,
+            &self.found_inf,
+            self.growth_factor,
+            self.backoff_factor,
+            self.growth_interval,
+        );
     }
 
     /// (scale, growth tracker) for the checkpoint.

@@ -122,7 +122,8 @@ pub fn to_safetensors_bytes(tensors: &[(String, Tensor)]) -> anyhow::Result<Vec<
 
 /// Parses safetensors bytes into CPU f32 tensors.
 pub fn from_safetensors_bytes(bytes: &[u8], what: &Path) -> anyhow::Result<HashMap<String, Tensor>> {
-    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| anyhow!("{}: not a valid safetensors file: {e:?}", what.display()))?;
+    let st =
+        safetensors::SafeTensors::deserialize(bytes).map_err(|e| anyhow!("{}: not a valid safetensors file: {e:?}", what.display()))?;
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
         if view.dtype() != safetensors::Dtype::F32 {
@@ -137,7 +138,13 @@ pub fn from_safetensors_bytes(bytes: &[u8], what: &Path) -> anyhow::Result<HashM
 
 /// Writes `weights` (+ momentum buffers) and the sidecar atomically; returns both paths.
 /// `meta.sha256` and `meta.weights_file` are filled in here.
-pub fn save(fold_dir: &Path, name: &str, params: &[(String, Tensor)], momentum: &[(String, Tensor)], meta: &mut CheckpointMeta) -> anyhow::Result<Vec<PathBuf>> {
+pub fn save(
+    fold_dir: &Path,
+    name: &str,
+    params: &[(String, Tensor)],
+    momentum: &[(String, Tensor)],
+    meta: &mut CheckpointMeta,
+) -> anyhow::Result<Vec<PathBuf>> {
     let (wpath, jpath) = checkpoint_paths(&fold_dir.join(name));
     let mut all: Vec<(String, Tensor)> = params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
     all.extend(momentum.iter().map(|(n, t)| (format!("{MOMENTUM_PREFIX}{n}"), t.shallow_clone())));
@@ -154,11 +161,19 @@ pub fn save(fold_dir: &Path, name: &str, params: &[(String, Tensor)], momentum: 
 pub fn load(ckpt: &Path) -> anyhow::Result<(CheckpointMeta, HashMap<String, Tensor>)> {
     let (wpath, jpath) = checkpoint_paths(ckpt);
     let meta_bytes = std::fs::read(&jpath).with_context(|| {
-        format!("checkpoint sidecar {} is missing or unreadable (a checkpoint is a .safetensors file plus its .json sidecar)", jpath.display())
+        format!(
+            "checkpoint sidecar {} is missing or unreadable (a checkpoint is a .safetensors file plus its .json sidecar)",
+            jpath.display()
+        )
     })?;
-    let meta: CheckpointMeta = serde_json::from_slice(&meta_bytes).with_context(|| format!("parsing checkpoint sidecar {}", jpath.display()))?;
+    let meta: CheckpointMeta =
+        serde_json::from_slice(&meta_bytes).with_context(|| format!("parsing checkpoint sidecar {}", jpath.display()))?;
     if meta.format_version > FORMAT_VERSION {
-        bail!("{}: checkpoint format {} is newer than this nnunet-worker supports ({FORMAT_VERSION}); upgrade nnunet-worker", jpath.display(), meta.format_version);
+        bail!(
+            "{}: checkpoint format {} is newer than this nnunet-worker supports ({FORMAT_VERSION}); upgrade nnunet-worker",
+            jpath.display(),
+            meta.format_version
+        );
     }
     let bytes = std::fs::read(&wpath).with_context(|| format!("checkpoint weights {} are missing or unreadable", wpath.display()))?;
     let sha = nnunet_common::hash::sha256_bytes(&bytes);
@@ -180,7 +195,12 @@ pub fn restore_weights(net: &PlainConvUNet, vs: &tch::nn::VarStore, tensors: &Ha
         for (name, mut var) in net.named_parameters(vs) {
             let src = tensors.get(&name).ok_or_else(|| anyhow!("{}: parameter {name} is missing from the checkpoint", what.display()))?;
             if src.size() != var.size() {
-                bail!("{}: parameter {name} has shape {:?} in the checkpoint, the network built from its plans has {:?}", what.display(), src.size(), var.size());
+                bail!(
+                    "{}: parameter {name} has shape {:?} in the checkpoint, the network built from its plans has {:?}",
+                    what.display(),
+                    src.size(),
+                    var.size()
+                );
             }
             var.copy_(src);
         }

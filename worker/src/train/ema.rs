@@ -52,7 +52,11 @@ impl DiceAccumulator {
             .zip(&self.fn_)
             .map(|((&tp, &fp), &fn_)| {
                 let d = 2.0 * tp + fp + fn_;
-                if d == 0.0 { f64::NAN } else { 2.0 * tp / d }
+                if d == 0.0 {
+                    f64::NAN
+                } else {
+                    2.0 * tp / d
+                }
             })
             .collect()
     }
@@ -61,7 +65,11 @@ impl DiceAccumulator {
 /// numpy's `nanmean` (NaN when every entry is NaN or the list is empty).
 pub fn nanmean(v: &[f64]) -> f64 {
     let ok: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
-    if ok.is_empty() { f64::NAN } else { ok.iter().sum::<f64>() / ok.len() as f64 }
+    if ok.is_empty() {
+        f64::NAN
+    } else {
+        ok.iter().sum::<f64>() / ok.len() as f64
+    }
 }
 
 /// EMA of the mean foreground pseudo-Dice and the best EMA seen (checkpointed for exact resume).

@@ -72,7 +72,14 @@ impl GpuAugmenter {
             let s = if sc { uni(&mut r, 0.7, 1.4) } else { 1.0 };
             let (ca, sa) = (a.cos(), a.sin());
             let (a00, a01, a10, a11) = (s * ca, -s * sa, s * sa, s * ca);
-            theta.extend_from_slice(&[(p1f / s1 * a11) as f32, (p0f / s1 * a01) as f32, 0.0, (p1f / s0 * a10) as f32, (p0f / s0 * a00) as f32, 0.0]);
+            theta.extend_from_slice(&[
+                (p1f / s1 * a11) as f32,
+                (p0f / s1 * a01) as f32,
+                0.0,
+                (p1f / s0 * a10) as f32,
+                (p0f / s0 * a00) as f32,
+                0.0,
+            ]);
         }
         let theta = Tensor::from_slice(&theta).view([b, 2, 3]).to_device(dev);
         let grid = Tensor::affine_grid_generator(&theta, [b, 1, p0 as i64, p1 as i64], false);
@@ -86,7 +93,8 @@ impl GpuAugmenter {
         let mut sg = w.argmax(1, false) - 1; // (B, P0, P1); ties go to the lower label
 
         let apply = |r: &mut ChaCha8Rng, p: f64| -> Vec<bool> { (0..b).map(|_| r.random::<f64>() < p).collect() };
-        let mask_of = |v: &[bool]| Tensor::from_slice(&v.iter().map(|&m| m as i32 as f32).collect::<Vec<_>>()).view([b, 1, 1, 1]).to_device(dev);
+        let mask_of =
+            |v: &[bool]| Tensor::from_slice(&v.iter().map(|&m| m as i32 as f32).collect::<Vec<_>>()).view([b, 1, 1, 1]).to_device(dev);
 
         // 2. Noise p 0.1: sigma ~ U(0, 0.1) per sample, own field per channel.
         let on = apply(&mut r, 0.1);
@@ -112,7 +120,11 @@ impl GpuAugmenter {
                     let kl = kv.len() as i64;
                     let half = kl / 2;
                     let kern = Tensor::from_slice(&kv).to_device(dev);
-                    let (kern, pad) = if axis == 0 { (kern.view([1, 1, kl, 1]), [0, 0, half, half]) } else { (kern.view([1, 1, 1, kl]), [half, half, 0, 0]) };
+                    let (kern, pad) = if axis == 0 {
+                        (kern.view([1, 1, kl, 1]), [0, 0, half, half])
+                    } else {
+                        (kern.view([1, 1, 1, kl]), [half, half, 0, 0])
+                    };
                     plane = plane.reflection_pad2d(pad).conv2d(&kern, None::<&Tensor>, [1, 1], [0, 0], [1, 1], 1);
                 }
                 img.get(bi as i64).get(ci).copy_(&plane.view([p0 as i64, p1 as i64]));
@@ -120,13 +132,17 @@ impl GpuAugmenter {
         }
         // 4. Brightness p 0.15 and 5. contrast p 0.15 (per channel factors, range preserved).
         let on = apply(&mut r, 0.15);
-        let m: Vec<f32> = (0..b as usize).flat_map(|i| (0..c).map(|_| if on[i] { bg_contrast(&mut r, (0.75, 1.25)) as f32 } else { 1.0 }).collect::<Vec<_>>()).collect();
+        let m: Vec<f32> = (0..b as usize)
+            .flat_map(|i| (0..c).map(|_| if on[i] { bg_contrast(&mut r, (0.75, 1.25)) as f32 } else { 1.0 }).collect::<Vec<_>>())
+            .collect();
         if on.iter().any(|&o| o) {
             img = &img * Tensor::from_slice(&m).view([b, c, 1, 1]).to_device(dev);
         }
         let on = apply(&mut r, 0.15);
         if on.iter().any(|&o| o) {
-            let f: Vec<f32> = (0..b as usize).flat_map(|i| (0..c).map(|_| if on[i] { bg_contrast(&mut r, (0.75, 1.25)) as f32 } else { 1.0 }).collect::<Vec<_>>()).collect();
+            let f: Vec<f32> = (0..b as usize)
+                .flat_map(|i| (0..c).map(|_| if on[i] { bg_contrast(&mut r, (0.75, 1.25)) as f32 } else { 1.0 }).collect::<Vec<_>>())
+                .collect();
             let f = Tensor::from_slice(&f).view([b, c, 1, 1]).to_device(dev);
             let mean = img.mean_dim(&[2i64, 3][..], true, Kind::Float);
             let mn = img.amin(&[2i64, 3][..], true);
@@ -157,7 +173,9 @@ impl GpuAugmenter {
             if !on.iter().any(|&o| o) {
                 continue;
             }
-            let g: Vec<f32> = (0..b as usize).flat_map(|i| (0..c).map(|_| if on[i] { bg_contrast(&mut r, (0.7, 1.5)) as f32 } else { 1.0 }).collect::<Vec<_>>()).collect();
+            let g: Vec<f32> = (0..b as usize)
+                .flat_map(|i| (0..c).map(|_| if on[i] { bg_contrast(&mut r, (0.7, 1.5)) as f32 } else { 1.0 }).collect::<Vec<_>>())
+                .collect();
             let g = Tensor::from_slice(&g).view([b, c, 1, 1]).to_device(dev);
             let mut v = if invert { -&img } else { img.shallow_clone() };
             let dims = &[2i64, 3][..];
@@ -217,7 +235,10 @@ impl GpuAugmenter {
 pub fn crop_batch_to_device(b: &Batch, device: Device) -> (Tensor, Tensor) {
     let crop = b.target_shapes[0];
     let x = Tensor::from_slice(&b.image).view([b.batch_size as i64, b.channels as i64, crop[0] as i64, crop[1] as i64]).to_device(device);
-    let s = Tensor::from_slice(&b.targets[0]).view([b.batch_size as i64, crop[0] as i64, crop[1] as i64]).to_device(device).to_kind(Kind::Int64);
+    let s = Tensor::from_slice(&b.targets[0])
+        .view([b.batch_size as i64, crop[0] as i64, crop[1] as i64])
+        .to_device(device)
+        .to_kind(Kind::Int64);
     (x, s)
 }
 
@@ -226,7 +247,13 @@ mod tests {
     use super::*;
 
     fn cfg(patch: [usize; 2]) -> AugConfig {
-        AugConfig { patch, rotation: AugConfig::rotation_for_patch(patch), mirror_axes: vec![0, 1], mask_channels: vec![0], ds_scales: vec![vec![1.0, 1.0], vec![0.5, 0.5]] }
+        AugConfig {
+            patch,
+            rotation: AugConfig::rotation_for_patch(patch),
+            mirror_axes: vec![0, 1],
+            mask_channels: vec![0],
+            ds_scales: vec![vec![1.0, 1.0], vec![0.5, 0.5]],
+        }
     }
 
     #[test]

@@ -198,7 +198,8 @@ pub fn make_batch(cases: &[Arc<CaseData>], cfg: &LoaderConfig, k: u64) -> Batch 
             targets[0].extend_from_slice(&seg.data);
             continue;
         }
-        let out = if cfg.train { augment::augment_train(&img, &seg, &cfg.aug, &mut rng) } else { augment::augment_val(&img, &seg, &cfg.aug) };
+        let out =
+            if cfg.train { augment::augment_train(&img, &seg, &cfg.aug, &mut rng) } else { augment::augment_val(&img, &seg, &cfg.aug) };
         image.extend_from_slice(&out.image.data);
         if targets.is_empty() {
             targets = out.targets.iter().map(|t| Vec::with_capacity(b * t.data.len())).collect();

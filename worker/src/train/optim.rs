@@ -93,11 +93,7 @@ impl Sgd {
 
     /// The momentum buffers that exist: (parameter name, buffer).
     pub fn momentum_buffers(&self) -> Vec<(String, Tensor)> {
-        self.params
-            .iter()
-            .zip(&self.buffers)
-            .filter_map(|((n, _), b)| b.as_ref().map(|b| (n.clone(), b.shallow_clone())))
-            .collect()
+        self.params.iter().zip(&self.buffers).filter_map(|((n, _), b)| b.as_ref().map(|b| (n.clone(), b.shallow_clone()))).collect()
     }
 
     /// Restores a buffer (copied to the parameter's device); unknown names are an error.

@@ -38,7 +38,8 @@ fn timestamp() -> String {
 impl FoldLogs {
     pub fn open(fold_dir: &Path) -> anyhow::Result<Self> {
         let p = fold_dir.join(TEXT_LOG);
-        let txt = std::fs::OpenOptions::new().create(true).append(true).open(&p).map_err(|e| anyhow::anyhow!("opening {}: {e}", p.display()))?;
+        let txt =
+            std::fs::OpenOptions::new().create(true).append(true).open(&p).map_err(|e| anyhow::anyhow!("opening {}: {e}", p.display()))?;
         Ok(FoldLogs { txt, jsonl: fold_dir.join(JSONL_LOG), png: fold_dir.join(PROGRESS_PNG) })
     }
 

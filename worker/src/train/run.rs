@@ -172,11 +172,13 @@ fn setup(spec: &FoldSpec) -> anyhow::Result<Setup> {
         bail!("{}: {num_classes} class(es); training needs background plus at least one label", dj_path.display());
     }
     let data_dir = pre.join(&plans_2d.data_identifier);
-    let ids = nnunet_common::case::list_cases(&data_dir).with_context(|| format!("listing preprocessed cases in {}", data_dir.display()))?;
+    let ids =
+        nnunet_common::case::list_cases(&data_dir).with_context(|| format!("listing preprocessed cases in {}", data_dir.display()))?;
     if ids.is_empty() {
         bail!("no preprocessed cases in {}; run `nnunet preprocess` first", data_dir.display());
     }
-    let raw_dir = nnunet_common::paths::raw_root().map(|r| r.join(pre.file_name().unwrap_or_default())).unwrap_or_else(|_| pre.join(".no-raw"));
+    let raw_dir =
+        nnunet_common::paths::raw_root().map(|r| r.join(pre.file_name().unwrap_or_default())).unwrap_or_else(|_| pre.join(".no-raw"));
     let splits = nnunet_common::splits::load_or_create(pre, &raw_dir, &ids).with_context(|| format!("splits of {}", pre.display()))?;
     let split = nnunet_common::splits::split_for_fold(&splits, &ids, spec.fold);
     let open = |list: &[String]| -> anyhow::Result<Vec<Arc<CaseData>>> {
@@ -213,7 +215,8 @@ fn available_cores() -> usize {
 
 /// Host batch -> device tensors (image, one int64 target per deep-supervision output).
 fn to_device(b: &Batch, device: Device) -> (Tensor, Vec<Tensor>) {
-    let x = Tensor::from_slice(&b.image).view([b.batch_size as i64, b.channels as i64, b.patch[0] as i64, b.patch[1] as i64]).to_device(device);
+    let x =
+        Tensor::from_slice(&b.image).view([b.batch_size as i64, b.channels as i64, b.patch[0] as i64, b.patch[1] as i64]).to_device(device);
     let ts = b
         .targets
         .iter()
@@ -245,13 +248,24 @@ pub fn train_fold(spec: &FoldSpec, progress: &mut dyn Progress) -> anyhow::Resul
     if spec.resume && final_paths.1.is_file() {
         let (meta, _) = checkpoint::load(&final_paths.0).context("fold already finished but its final checkpoint does not verify")?;
         progress.log(&format!("fold {} is already finished ({} epochs); nothing to do", spec.fold, meta.epoch));
-        return Ok(TrainOutcome { final_checkpoint: final_paths.0, epochs_run: 0, best_ema: meta.best_ema.unwrap_or(f64::NAN), stopped_early: false });
+        return Ok(TrainOutcome {
+            final_checkpoint: final_paths.0,
+            epochs_run: 0,
+            best_ema: meta.best_ema.unwrap_or(f64::NAN),
+            stopped_early: false,
+        });
     }
 
     let s = setup(spec)?;
     let device = spec.device;
     let cuda = device.is_cuda();
-    let torch_threads = if cfg.torch_threads > 0 { cfg.torch_threads } else if cuda { 1 } else { available_cores() };
+    let torch_threads = if cfg.torch_threads > 0 {
+        cfg.torch_threads
+    } else if cuda {
+        1
+    } else {
+        available_cores()
+    };
     tch::set_num_threads(torch_threads as i32);
     if cuda {
         tch::Cuda::cudnn_set_benchmark(true);
@@ -485,7 +499,15 @@ fn run_epochs(
     })
 }
 
-fn stopped(spec: &FoldSpec, state: &State, logs: &mut FoldLogs, progress: &mut dyn Progress, epoch: usize, it: u64, start_epoch: usize) -> anyhow::Result<TrainOutcome> {
+fn stopped(
+    spec: &FoldSpec,
+    state: &State,
+    logs: &mut FoldLogs,
+    progress: &mut dyn Progress,
+    epoch: usize,
+    it: u64,
+    start_epoch: usize,
+) -> anyhow::Result<TrainOutcome> {
     let msg = format!("stop requested during epoch {} (iteration {it}); the last checkpoint stays the resume point", epoch + 1);
     let _ = logs.line(&msg);
     progress.log(&msg);
@@ -543,7 +565,16 @@ fn save(
 /// Used by `nnunet-worker bench-step`: times `n` training steps on random data for the given plan
 /// parameters; returns seconds per step (after `warmup` steps).
 #[allow(clippy::too_many_arguments)]
-pub fn bench_steps(arch: &nnunet_common::plans::ArchKwargs, in_channels: i64, num_classes: i64, batch: usize, patch: [usize; 2], device: Device, warmup: usize, n: usize) -> anyhow::Result<f64> {
+pub fn bench_steps(
+    arch: &nnunet_common::plans::ArchKwargs,
+    in_channels: i64,
+    num_classes: i64,
+    batch: usize,
+    patch: [usize; 2],
+    device: Device,
+    warmup: usize,
+    n: usize,
+) -> anyhow::Result<f64> {
     let cuda = device.is_cuda();
     let vs = tch::nn::VarStore::new(device);
     let net = PlainConvUNet::new(&vs.root(), arch, in_channels, num_classes);

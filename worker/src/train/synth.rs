@@ -52,7 +52,9 @@ pub fn write_preprocessed(dir: &Path, spec: &SynthSpec) -> anyhow::Result<()> {
     let data_dir = dir.join("nnUNetPlans_2d");
     std::fs::create_dir_all(&data_dir)?;
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "Dataset999_Synth".into());
-    let channel_names: BTreeMap<String, String> = (0..spec.channels).map(|c| (c.to_string(), if spec.channels == 3 { ["R", "G", "B"][c].to_string() } else { format!("ch{c}") })).collect();
+    let channel_names: BTreeMap<String, String> = (0..spec.channels)
+        .map(|c| (c.to_string(), if spec.channels == 3 { ["R", "G", "B"][c].to_string() } else { format!("ch{c}") }))
+        .collect();
     let dataset_json = serde_json::json!({
         "channel_names": channel_names,
         "labels": {"background": 0, "disc": 1},
@@ -60,7 +62,8 @@ pub fn write_preprocessed(dir: &Path, spec: &SynthSpec) -> anyhow::Result<()> {
         "file_ending": ".nii.gz",
         "name": name,
     });
-    let resampling = |is_seg: bool, order: u32| serde_json::json!({"is_seg": is_seg, "order": order, "order_z": 0, "force_separate_z": null});
+    let resampling =
+        |is_seg: bool, order: u32| serde_json::json!({"is_seg": is_seg, "order": order, "order_z": 0, "force_separate_z": null});
     let config_2d = serde_json::json!({
         "data_identifier": "nnUNetPlans_2d",
         "preprocessor_name": "DefaultPreprocessor",
