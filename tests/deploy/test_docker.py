@@ -70,7 +70,7 @@ def test_worker_uses_the_torch_version_ci_builds_against():
     assert ci, "scripts/setup.sh no longer pins TORCH_VERSION"
     assert args_of(WORKER)["TORCH_VERSION"] == ci.group(1)
     text = WORKER.read_text()
-    assert '"$VENV/bin/pip" install --no-cache-dir "torch==${TORCH_VERSION}"' in text
+    assert '"$VENV/bin/pip" install --no-cache-dir ${index:+"$index"} "torch==${TORCH_VERSION}"' in text
     # same switch as scripts/env.sh: torch-sys reads libtorch's paths from the venv's python
     assert "LIBTORCH_USE_PYTORCH=1" in (REPO / "scripts" / "env.sh").read_text()
     assert re.search(r"^ENV LIBTORCH_USE_PYTORCH=1 PATH=/opt/nnunet/venv/bin:", text, re.M)
@@ -87,6 +87,34 @@ def test_worker_cuda_base_matches_the_torch_wheel():
         p = subprocess.run([str(py), "-c", "import torch; print(torch.version.cuda or '')"], capture_output=True, text=True, timeout=120)
         if p.returncode == 0 and p.stdout.strip():
             assert p.stdout.strip().split(".")[0] == m.group(1), f"venv torch CUDA {p.stdout.strip()} vs {cuda_image}"
+
+
+def test_worker_cuda12_variant_is_one_build_arg():
+    """--build-arg CUDA=12: PyTorch's CUDA 12 wheels, a CUDA 12 runtime base that accepts drivers >= 525
+    (CUDA 12.0), and the build refuses a torch of another CUDA major."""
+    a = args_of(WORKER)
+    assert a["CUDA"] == "13"
+    m = re.fullmatch(r"nvidia/cuda:12\.(\d+)\.(\d+)-base-ubuntu24\.04", a["CUDA12_IMAGE"])
+    assert m, a["CUDA12_IMAGE"]
+    assert re.fullmatch(r"cu12[0-9]", a["TORCH_CUDA12_WHEELS"]) and int(a["TORCH_CUDA12_WHEELS"][4:]) <= int(m.group(1))
+    st = stages(WORKER)
+    by_name = {s[0][1].split(" AS ")[-1]: s for s in st}
+    assert by_name["cuda13"][0] == ("FROM", "${CUDA_IMAGE} AS cuda13")
+    assert by_name["cuda12"][0] == ("FROM", "${CUDA12_IMAGE} AS cuda12")
+    # the container toolkit compares NVIDIA_REQUIRE_CUDA with the driver's CUDA version: 12.0 = R525
+    assert ("ENV", 'NVIDIA_REQUIRE_CUDA="cuda>=12.0"') in by_name["cuda12"]
+    assert st[-1][0] == ("FROM", "cuda${CUDA} AS runtime")
+    # the builder's index choice, run for real with bash
+    (run,) = [x for i, x in by_name["builder"] if i == "RUN" and 'case "$CUDA" in' in x]
+    case = run[: run.index("esac") + 4]
+    for cuda, want in [("13", ""), ("12", f"--index-url=https://download.pytorch.org/whl/{a['TORCH_CUDA12_WHEELS']}")]:
+        p = subprocess.run(["bash", "-c", f"{case}; printf %s \"$index\""], env={"CUDA": cuda, "TORCH_CUDA12_WHEELS": a["TORCH_CUDA12_WHEELS"]},
+                           capture_output=True, text=True)
+        assert p.returncode == 0 and p.stdout == want, (cuda, p.stdout, p.stderr)
+    p = subprocess.run(["bash", "-c", case], env={"CUDA": "11"}, capture_output=True, text=True)
+    assert p.returncode == 1 and "must be 13 or 12" in p.stderr
+    # the installed torch must report the requested CUDA major
+    assert "torch.version.cuda" in run and '"$CUDA"' in run.split("torch.version.cuda")[1]
 
 
 def test_worker_libraries_land_at_the_rpath_worker_build_rs_bakes():
@@ -163,7 +191,7 @@ def test_uid_matches_the_kubernetes_security_context():
 def test_shell_scripts_pass_shellcheck():
     sc = shutil.which("shellcheck")
     assert sc, "shellcheck missing: scripts/k8s-validate.sh installs it (apt-get install shellcheck)"
-    files = ["deploy/slurm/nnunet.sbatch", "scripts/slurm-up.sh", "scripts/slurm-down.sh", "scripts/k8s-validate.sh",
+    files = ["deploy/slurm/nnunet.sbatch", "deploy/slurm/nnunet-array.sbatch", "deploy/slurm/submit-array.sh", "scripts/slurm-up.sh", "scripts/slurm-down.sh", "scripts/k8s-validate.sh",
              "tests/deploy/test_slurm.sh", "tests/deploy/venv.sh", "tests/deploy/run.sh"]
     p = subprocess.run([sc, "-x", *files], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr

@@ -20,6 +20,9 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from promql import dashboard_queries, exported, legend_labels, names_in  # noqa: E402
+
 RENDER = REPO / "deploy" / "k8s" / "render.py"
 
 
@@ -35,13 +38,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def check_dashboard_against(dash: dict, metrics_text: str) -> None:
+    """Every metric a dashboard query names is exported by the coordinator, with samples after a run,
+    and every label a query or its legend uses is a label of those samples."""
+    have = exported(metrics_text)
+    assert "nnunet_workers_registered" in have
+    for title, expr, legend in dashboard_queries(dash):
+        metrics, labels = names_in(expr)
+        missing = metrics - set(have)
+        assert not missing, f"dashboard panel '{title}' queries {sorted(missing)}, which /metrics does not export"
+        sample_labels = set().union(*(have[m] for m in metrics))
+        for m in metrics:
+            assert have[m] or m == "nnunet_workers_registered" or m.endswith("_total"), f"{m} has no sample after a run"
+        unknown = (labels | legend_labels(legend)) - sample_labels
+        assert not unknown, f"dashboard panel '{title}' uses labels {sorted(unknown)} that {sorted(metrics)} do not have"
+
+
 def test_pods_as_processes_train_a_run(tmp_path):
     bin_dir = bins()
     if bin_dir is None:
         pytest.skip("no nnunet + nnunet-worker in target/release or target/debug: build them first")
     p = subprocess.run([sys.executable, str(RENDER), "--set", "gpus_per_worker=0", "--set", "workers=1", "--set", "worker_cpu=1",
                         "--set", "config.NNUNET_EPOCHS=1", "--set", "config.NNUNET_ITERS=1", "--set", "config.NNUNET_VAL_ITERS=1",
-                        "--set", "config.NNUNET_RUN_NAME=pods-test"], capture_output=True, text=True, timeout=60)
+                        "--set", "config.NNUNET_RUN_NAME=pods-test", "--set", "service_monitor=1", "--set", "grafana_dashboard=1"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     docs = [d for d in yaml.safe_load_all(p.stdout) if d]
     get = lambda kind, name: next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)  # noqa: E731
@@ -101,9 +120,11 @@ def test_pods_as_processes_train_a_run(tmp_path):
         # the worker really downloaded its inputs (no shared filesystem)
         assert any((tmp_path / "scratch" / "cache").rglob("*.npy")), "no downloaded inputs in the worker's cache dir"
 
-        # Prometheus scrapes what --metrics-listen serves
-        with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10) as resp:
-            assert "nnunet_workers_registered" in resp.read().decode()
+        # Prometheus scrapes what --metrics-listen serves, where the ServiceMonitor points it
+        (ep,) = get("ServiceMonitor", "nnunet-coordinator")["spec"]["endpoints"]
+        with urllib.request.urlopen(f"{ep['scheme']}://127.0.0.1:{mport}{ep['path']}", timeout=10) as resp:
+            metrics = resp.read().decode()
+        check_dashboard_against(json.loads(next(iter(get("ConfigMap", "nnunet-grafana-dashboard")["data"].values()))), metrics)
     finally:
         for proc in (worker, coord):
             if proc is not None and proc.poll() is None:
