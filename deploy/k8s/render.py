@@ -63,7 +63,7 @@ STATE_MOUNT = "/var/lib/nnunet"
 # ConfigMap keys that only mean something to the Slurm script (the pods use fixed paths and ports:
 # the volume at /var/lib/nnunet, the Secret at /etc/nnunet/token, gRPC 50051, metrics 9464)
 SLURM_ONLY = {"NNUNET_STATE_DIR", "NNUNET_TOKEN_FILE", "NNUNET_LOG_DIR", "NNUNET_PORT", "NNUNET_METRICS_PORT",
-              "NNUNET_COORDINATOR_HOST", "NNUNET_LISTEN_HOST"}
+              "NNUNET_COORDINATOR_HOST", "NNUNET_LISTEN_HOST", "NNUNET_FOLDS", "NNUNET_TRAIN_ARGS"}
 K8S_FIXED = {"NNUNET_STATE_DIR": "/var/lib/nnunet", "NNUNET_TOKEN_FILE": "/etc/nnunet/token"}
 
 QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")

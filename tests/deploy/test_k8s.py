@@ -450,6 +450,23 @@ def test_grafana_dashboard_configmap_holds_the_dashboard_file(knob_docs):
     assert json.loads(text)["uid"] == "nnunet-rs-coordinator"
 
 
+def test_readme_data_pod_for_a_shared_volume_is_valid_and_restricted(default_docs):
+    """The pod deploy/README.md shows for moving data through a ReadWriteMany volume."""
+    readme = (REPO / "deploy" / "README.md").read_text()
+    pod = yaml.safe_load(readme.split("<<'POD'\n", 1)[1].split("\nPOD\n", 1)[0])
+    pod["metadata"]["namespace"] = "nnunet"
+    for v in K8S_VERSIONS:
+        kubernetes_validate.validate(pod, v, strict=True)
+    spec = pod["spec"]
+    assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    (c,) = spec["containers"]
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False and c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    coord = pod_spec(by_kind(default_docs, "Deployment"))
+    assert c["image"] == coord["containers"][0]["image"]
+    assert spec["volumes"][0]["persistentVolumeClaim"]["claimName"] == by_kind(default_docs, "PersistentVolumeClaim")["metadata"]["name"]
+    assert c["volumeMounts"][0]["mountPath"] == "/var/lib/nnunet"
+
+
 @pytest.mark.parametrize("bad", [
     "worker_node_selector=novalue", "worker_node_selector=a b=c", "worker_tolerations=gpu:NoScheduleX",
     "coordinator_tolerations=:NoSchedule", "worker_affinity={not json", "worker_affinity={\"nodeAffinityy\":{}}",
