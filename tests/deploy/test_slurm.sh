@@ -14,8 +14,12 @@
 #            prepare job, a two-task array (fold 0 and fold 1, one per task) and the finalize job; all
 #            complete, each task trained and validated its own fold in nnU-Net's layout under
 #            $nnUNet_results, and the CV summary over folds 0 and 1 exists.
+#   array-preempt  the job array with one task (fold 0) and a longer budget: once the fold has written
+#            checkpoint_latest the test sends `scancel --signal=USR1 --batch JOB_0`; the task stops the
+#            trainer, requeues itself, and its second start logs "resuming fold 0 from ... at epoch N"
+#            with N > 0; the task completes with Restarts=1 and the finalize job writes the CV summary.
 #
-# usage: tests/deploy/test_slurm.sh [cv] [preempt] [array]      (default: all)
+# usage: tests/deploy/test_slurm.sh [cv] [preempt] [array] [array-preempt]      (default: all)
 # Ends with the line "N passed, N failed". Exit code 0 iff nothing failed.
 set -uo pipefail
 
@@ -24,7 +28,7 @@ SHARED=${NNUNET_SHARED:-$REPO/../shared}
 ISBI=$SHARED/datasets/isbi2012_em
 TIMEOUT=${NNUNET_SLURM_TEST_TIMEOUT:-900}
 tests=("$@")
-[[ ${#tests[@]} -eq 0 ]] && tests=(cv preempt array)
+[[ ${#tests[@]} -eq 0 ]] && tests=(cv preempt array array-preempt)
 
 passed=0 failed=0 skipped=0
 say() { echo "test_slurm: $*"; }
@@ -221,19 +225,26 @@ test_preempt() {
   check_summary "$dir/state" || { show_job_logs "$job"; return 1; }
 }
 
+# submit_array CONFIG: deploy/slurm/submit-array.sh with CPU tasks; sets PREP, TRAIN, FINAL (job ids)
+submit_array() {
+  local out
+  out=$(cd "$WORK" && NNUNET_CONFIG=$1 NNUNET_BIN_DIR=$BIN_DIR \
+    bash "$REPO/deploy/slurm/submit-array.sh" --gpus-per-task=0 --cpus-per-task=1 --mem-per-cpu=2G --time=30) ||
+    { fail "submit-array.sh failed: $out"; return 1; }
+  PREP=$(awk '$1 == "prepare" { print $2 }' <<<"$out")
+  TRAIN=$(awk '$1 == "train" { print $2 }' <<<"$out")
+  FINAL=$(awk '$1 == "finalize" { print $2 }' <<<"$out")
+  [[ -n $PREP && -n $TRAIN && -n $FINAL ]] || { fail "submit-array.sh did not print three job ids: $out"; return 1; }
+}
+
 test_array() {
-  local dir=$WORK/array ds out prep train final state
+  local dir=$WORK/array ds prep train final state
   mkdir -p "$dir"
   ds=$(make_dataset "$dir") || { fail "could not build the test dataset"; return 1; }
   write_config "$dir/config.env" "$ds" "$dir/state" "$dir/logs" 2 2
   echo "NNUNET_FOLDS=0-1" >>"$dir/config.env"
-  out=$(cd "$WORK" && NNUNET_CONFIG=$dir/config.env NNUNET_BIN_DIR=$BIN_DIR \
-    bash "$REPO/deploy/slurm/submit-array.sh" --gpus-per-task=0 --cpus-per-task=1 --mem-per-cpu=2G --time=30) ||
-    { fail "submit-array.sh failed: $out"; return 1; }
-  prep=$(awk '$1 == "prepare" { print $2 }' <<<"$out")
-  train=$(awk '$1 == "train" { print $2 }' <<<"$out")
-  final=$(awk '$1 == "finalize" { print $2 }' <<<"$out")
-  [[ -n $prep && -n $train && -n $final ]] || { fail "submit-array.sh did not print three job ids: $out"; return 1; }
+  submit_array "$dir/config.env" || return 1
+  prep=$PREP train=$TRAIN final=$FINAL
   say "[array] submitted prepare $prep, train array $train (folds 0-1), finalize $final"
   [[ $(scontrol show job "$train" -o | grep -c 'ArrayTaskId=') -ge 1 ]] || { fail "job $train is not an array"; return 1; }
   state=$(wait_job "$final")
@@ -265,12 +276,51 @@ print(f"test_slurm: [array] CV summary {sys.argv[1]}: foreground mean Dice {s['f
 PY
 }
 
+test_array_preempt() {
+  local dir=$WORK/array-preempt ds state task out model
+  mkdir -p "$dir"
+  ds=$(make_dataset "$dir") || { fail "could not build the test dataset"; return 1; }
+  write_config "$dir/config.env" "$ds" "$dir/state" "$dir/logs" 12 2
+  printf 'NNUNET_FOLDS=0\nNNUNET_TRAIN_ARGS=--save-every 1\n' >>"$dir/config.env"
+  submit_array "$dir/config.env" || return 1
+  task=${TRAIN}_0 out=$WORK/nnunet-array-${TRAIN}_0.out
+  say "[array-preempt] submitted prepare $PREP, train $task (12 epochs x 2 iterations, checkpoint every epoch), finalize $FINAL"
+  local deadline=$((SECONDS + TIMEOUT)) ckpt=
+  while ((SECONDS < deadline)); do
+    ckpt=$(compgen -G "$dir/state/nnUNet_results/*/nnUNetTrainer__nnUNetPlans__2d/fold_0/checkpoint_latest.json" | head -n1)
+    [[ -n $ckpt ]] && break
+    case $(job_field "$PREP" JobState) in FAILED | CANCELLED | TIMEOUT) break ;; esac
+    case $(job_field "$task" JobState) in COMPLETED | FAILED | CANCELLED | TIMEOUT) break ;; esac
+    sleep 0.5
+  done
+  [[ -n $ckpt ]] || { tail -n 30 "$out"; fail "no checkpoint_latest appeared while $task ran"; return 1; }
+  say "[array-preempt] $ckpt exists: sending USR1 to the batch script of $task"
+  scancel --signal=USR1 --batch "$task" || { fail "scancel --signal=USR1 --batch $task failed"; return 1; }
+  state=$(wait_job "$task")
+  local restarts
+  restarts=$(job_field "$task" Restarts)
+  say "[array-preempt] task $task ended: $state, restarts $restarts"
+  [[ $state == COMPLETED ]] || { tail -n 30 "$out"; fail "array task $task ended $state"; return 1; }
+  [[ $restarts == 1 ]] || { tail -n 30 "$out"; fail "array task $task was not requeued once (Restarts=$restarts)"; return 1; }
+  { grep -q 'got SIGUSR1' "$out" && grep -q "requeueing $task" "$out"; } ||
+    { tail -n 30 "$out"; fail "the array script did not log the signal and the requeue"; return 1; }
+  local resume
+  resume=$(grep -o -E 'resuming fold 0 from [^ ]+ at epoch [0-9]+' "$out" | awk '$NF > 0' | head -n1)
+  [[ -n $resume ]] || { tail -n 30 "$out"; fail "the requeued task did not log 'resuming fold 0 from ... at epoch N' with N > 0"; return 1; }
+  say "[array-preempt] requeued task: '$resume'"
+  state=$(wait_job "$FINAL")
+  [[ $state == COMPLETED ]] || { fail "finalize job $FINAL ended $state"; return 1; }
+  model=$(compgen -G "$dir/state/nnUNet_results/Dataset*/nnUNetTrainer__nnUNetPlans__2d" | head -n1)
+  [[ -f $model/crossval_results_folds_0/summary.json && -f $model/fold_0/validation/summary.json ]] ||
+    { fail "no validation or CV summary of fold 0 in $model"; return 1; }
+}
+
 # ---- run ------------------------------------------------------------------------------------------
 for t in "${tests[@]}"; do
   CURRENT=$t
   case $t in
-    cv | preempt | array) ;;
-    *) say "unknown test '$t' (cv, preempt, array)"; failed=$((failed + 1)); continue ;;
+    cv | preempt | array | array-preempt) ;;
+    *) say "unknown test '$t' (cv, preempt, array, array-preempt)"; failed=$((failed + 1)); continue ;;
   esac
   if [[ ! -d $ISBI/images ]]; then
     say "SKIP [$t]: real data $ISBI not found (set NNUNET_SHARED to the shared/ folder)"
@@ -278,7 +328,7 @@ for t in "${tests[@]}"; do
     continue
   fi
   start=$SECONDS
-  if "test_$t"; then
+  if "test_${t//-/_}"; then
     say "PASS [$t] ($((SECONDS - start)) s)"
     passed=$((passed + 1))
   else
