@@ -74,6 +74,22 @@ def dashboard_queries(dash: dict) -> list[tuple[str, str, str]]:
     return out
 
 
+def check_dashboard_against(dash: dict, metrics_text: str) -> None:
+    """Every metric a dashboard query names is exported by the coordinator, with samples after a run,
+    and every label a query or its legend uses is a label of those samples."""
+    have = exported(metrics_text)
+    assert "nnunet_workers_registered" in have
+    for title, expr, legend in dashboard_queries(dash):
+        metrics, labels = names_in(expr)
+        missing = metrics - set(have)
+        assert not missing, f"dashboard panel '{title}' queries {sorted(missing)}, which /metrics does not export"
+        sample_labels = set().union(*(have[m] for m in metrics))
+        for m in metrics:
+            assert have[m] or m == "nnunet_workers_registered" or m.endswith("_total"), f"{m} has no sample after a run"
+        unknown = (labels | legend_labels(legend)) - sample_labels
+        assert not unknown, f"dashboard panel '{title}' uses labels {sorted(unknown)} that {sorted(metrics)} do not have"
+
+
 # ServiceMonitor monitoring.coreos.com/v1: the fields we emit, with the CRD's types, enums and patterns;
 # additionalProperties false (strict, like kubernetes-validate --strict) where we write the object.
 _LABELS = {"type": "object", "additionalProperties": {"type": "string"}}

@@ -14,7 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "deploy" / "grafana" / "nnunet-coordinator.json"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from promql import dashboard_queries, exported, legend_labels, names_in  # noqa: E402
+from promql import check_dashboard_against, dashboard_queries, exported, legend_labels, names_in  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +79,15 @@ def test_promql_parser_finds_metrics_and_labels():
     text = ('# HELP nnunet_tasks Tasks.\n# TYPE nnunet_tasks gauge\nnnunet_tasks{run="a",kind="train",state="DONE"} 5\n'
             "# TYPE nnunet_workers_registered gauge\nnnunet_workers_registered 1\n# TYPE nnunet_fold_epoch gauge\n")
     assert exported(text) == {"nnunet_tasks": {"run", "kind", "state"}, "nnunet_workers_registered": set(), "nnunet_fold_epoch": set()}
+
+
+def test_dashboard_check_rejects_unknown_metrics_and_labels(dash):
+    """The live check of test_k8s_pods.py fails on a metric or label /metrics does not have."""
+    names = {m for _, e, _ in dashboard_queries(dash) for m in names_in(e)[0]}
+    labels = ",".join(f'{x}="a"' for x in ("run", "fold", "worker", "device", "kind", "state"))
+    text = "\n".join(f"# TYPE {n} gauge\n{n}{{{labels}}} 1" for n in sorted(names))
+    check_dashboard_against(dash, text + "\n")
+    with pytest.raises(AssertionError, match="does not export"):
+        check_dashboard_against(dash, text.replace("nnunet_fold_ema_dice", "nnunet_fold_ema"))
+    with pytest.raises(AssertionError, match="uses labels"):
+        check_dashboard_against(dash, text.replace('fold="a",', ""))
