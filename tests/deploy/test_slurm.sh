@@ -280,11 +280,11 @@ test_array_preempt() {
   local dir=$WORK/array-preempt ds state task out model
   mkdir -p "$dir"
   ds=$(make_dataset "$dir") || { fail "could not build the test dataset"; return 1; }
-  write_config "$dir/config.env" "$ds" "$dir/state" "$dir/logs" 12 2
+  write_config "$dir/config.env" "$ds" "$dir/state" "$dir/logs" 8 2
   printf 'NNUNET_FOLDS=0\nNNUNET_TRAIN_ARGS=--save-every 1\n' >>"$dir/config.env"
   submit_array "$dir/config.env" || return 1
   task=${TRAIN}_0 out=$WORK/nnunet-array-${TRAIN}_0.out
-  say "[array-preempt] submitted prepare $PREP, train $task (12 epochs x 2 iterations, checkpoint every epoch), finalize $FINAL"
+  say "[array-preempt] submitted prepare $PREP, train $task (8 epochs x 2 iterations, checkpoint every epoch), finalize $FINAL"
   local deadline=$((SECONDS + TIMEOUT)) ckpt=
   while ((SECONDS < deadline)); do
     ckpt=$(compgen -G "$dir/state/nnUNet_results/*/nnUNetTrainer__nnUNetPlans__2d/fold_0/checkpoint_latest.json" | head -n1)
