@@ -227,8 +227,9 @@ _Dumper.add_representer(str, _str)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    head, _, rest = __doc__.partition("\n\n")
+    ap = argparse.ArgumentParser(description=head, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a value (see below) or config.KEY")
     ap.add_argument("--values", type=Path, help="a KEY=VALUE file applied over deploy/k8s/values.env")
     ap.add_argument("--config", type=Path, default=HERE.parent / "config.env", help="default: deploy/config.env")
     ap.add_argument("--token-file", type=Path, help="also emit the Secret nnunet-token from this file")

@@ -568,3 +568,14 @@ def test_submit_job_and_worker_init_scripts_against_a_real_coordinator(default_d
     # now the init container lets the worker start
     p = subprocess.run(["sh", "-c", wait], env=env, capture_output=True, text=True, timeout=30)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_help_and_readme_name_every_value():
+    rc, out, err = run_render("--help")
+    assert rc == 0, err
+    values = render.read_env(render.VALUES)
+    readme = (REPO / "deploy" / "README.md").read_text()
+    for k in values:
+        assert k in out, f"render.py --help does not document '{k}'"
+    for k in set(values) & set(ALL_KNOBS):
+        assert f"`{k}`" in readme, f"deploy/README.md does not document the knob '{k}'"
