@@ -30,7 +30,8 @@ Values (defaults in deploy/k8s/values.env; --values FILE and then --set override
     storage_access_mode ReadWriteOnce, or ReadWriteMany (workers then read the volume in place)
     existing_claim      an existing PVC to use as the state volume instead of nnunet-state
   monitoring:
-    service_monitor     1: a Prometheus-operator ServiceMonitor (service_monitor_labels, _interval)
+    service_monitor     1: a Prometheus-operator ServiceMonitor for the coordinator's /metrics
+    service_monitor_labels, service_monitor_interval  its labels (k=v,...) and scrape interval (30s)
     grafana_dashboard   1: deploy/grafana/nnunet-coordinator.json as a sidecar-labelled ConfigMap
 
 --token-file F also emits the Secret `nnunet-token` from F (otherwise create it with kubectl, see
