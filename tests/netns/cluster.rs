@@ -184,14 +184,17 @@ impl Cluster {
     }
 
     /// Waits until `n` workers are registered (from `/metrics`).
-    pub fn wait_workers(&self, n: usize, timeout: Duration) {
+    pub fn wait_workers(&mut self, n: usize, timeout: Duration) {
         let t = Instant::now();
         loop {
             if self.metric("nnunet_workers_registered").unwrap_or(0.0) as usize >= n {
                 return;
             }
-            for (i, (_, w)) in self.workers.iter().enumerate() {
-                assert!(!w.text().contains("exit 97"), "worker {i} could not hide the coordinator folder:\n{}", w.text());
+            for (i, (_, w)) in self.workers.iter_mut().enumerate() {
+                if let Ok(Some(st)) = w.child.try_wait() {
+                    let why = if st.code() == Some(97) { " (could not mount a tmpfs over the coordinator's folder)" } else { "" };
+                    panic!("worker {i} exited with {st}{why}:\n{}", w.text());
+                }
             }
             assert!(t.elapsed() < timeout, "{n} workers did not register; worker 0:\n{}", self.workers[0].1.text());
             std::thread::sleep(Duration::from_millis(300));

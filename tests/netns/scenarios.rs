@@ -70,7 +70,7 @@ fn result(name: &str, v: serde_json::Value) {
 
 /// Partition a training worker longer than the lease TTL, then heal it.
 pub fn worker_partition(work: &Path) {
-    let (ttl, epochs, hold) = if long() { (10, 14, 30.0) } else { (4, 8, 10.0) };
+    let (ttl, epochs, hold): (u64, u32, f64) = if long() { (10, 14, 30.0) } else { (4, 6, 10.0) };
     let mut c = Cluster::new(work, ttl);
     let coord = c.coord.clone();
     c.start_serve(&coord);
@@ -119,7 +119,7 @@ pub fn worker_partition(work: &Path) {
     let stopped = wait_worker(&c, old, t_heal, Duration::from_secs(120), "stop after the heal", |l| {
         l.contains("lease gone") || l.contains("stopped: lease lost") || l.contains("lease lost")
     });
-    let took_new = wait_worker(&c, old, stopped.t, Duration::from_secs(300), "new work", |l| l.contains("leased"));
+    let took_new = wait_worker(&c, old, stopped.t, Duration::from_secs(300), "new work", |l| l.contains(": leased"));
     let done = wait_done(&rx, &mut seen, Duration::from_secs(600));
     let fenced_after = c.metric("nnunet_fenced_writes_total").unwrap();
     let fenced = fenced_after - fenced_before;
@@ -152,7 +152,7 @@ pub fn worker_partition(work: &Path) {
 /// Cut every worker off the coordinator (the user's machine still reaches it) for less than the
 /// lease TTL, then heal. `strict`: also require that training went on during the partition.
 pub fn coordinator_partition(work: &Path, strict: bool) {
-    let (ttl, epochs, hold) = if long() { (60, 16, 40.0) } else { (20, 10, 10.0) };
+    let (ttl, epochs, hold): (u64, u32, f64) = if long() { (60, 16, 40.0) } else { (20, 7, 10.0) };
     let mut c = Cluster::new(work, ttl);
     let coord = c.coord.clone();
     c.start_serve(&coord);
@@ -171,7 +171,11 @@ pub fn coordinator_partition(work: &Path, strict: bool) {
         started.insert(fold_of(&l.text));
     }
     // Both folds must still be training.
-    let epoch_time = seen.iter().rev().find_map(|l| l.text.split("s/epoch").next().and_then(|s| s.rsplit(' ').next()).and_then(|s| s.parse::<f64>().ok()));
+    let epoch_time = seen
+        .iter()
+        .rev()
+        .filter(|l| l.text.contains("s/epoch"))
+        .find_map(|l| l.text.split("s/epoch").next().and_then(|s| s.rsplit(' ').next()).and_then(|s| s.parse::<f64>().ok()));
     let t_cut = c.now();
     let before: Vec<u32> = (0..2).map(|i| epochs_before(&c, i, t_cut)).collect();
     let hosts: Vec<_> = c.workers.iter().map(|(h, _)| h.clone()).collect();
@@ -245,7 +249,12 @@ pub fn coordinator_moves(work: &Path) {
     println!("coordinator killed on {} at {t_kill:.2}s; restarting on {}", old.addr, new.addr);
     c.start_serve(&new);
     let t_up = c.now();
-    let back = wait_line(&rx, &mut seen, Duration::from_secs(180), "an event from the moved coordinator", |_| true);
+    let back = loop {
+        let l = wait_line(&rx, &mut seen, Duration::from_secs(180), "an event from the moved coordinator", |_| true);
+        if l.t > t_up {
+            break l;
+        }
+    };
     let done = wait_done(&rx, &mut seen, Duration::from_secs(600));
     let reconnects: Vec<Option<f64>> =
         (0..2).map(|i| c.workers[i].1.find_after(t_kill, "coordinator reachable again").map(|l| l.t - t_kill)).collect();
