@@ -267,6 +267,8 @@ pub fn coordinator_moves(work: &Path) {
         (0..2).map(|i| c.workers[i].1.find_after(t_kill, "coordinator reachable again").map(|l| l.t - t_kill)).collect();
     println!("--- watch around the move (killed at {t_kill:.2}s, new coordinator up at {t_up:.2}s):");
     println!("{}", excerpt(&seen, t_kill - 3.0, back.t + 6.0));
+    println!("--- the watch's own messages:");
+    println!("{}", excerpt(&_watch.lines.lock().unwrap().iter().filter(|l| l.text.starts_with("watch:")).cloned().collect::<Vec<_>>(), 0.0, f64::MAX));
     result(
         "coordinator_moves",
         serde_json::json!({
@@ -313,7 +315,7 @@ fn uploads(c: &Cluster, i: usize, from: f64, to: f64) -> Vec<(f64, f64)> {
 /// One fold trained with the worker's link free, then rate-limited so that a checkpoint takes about
 /// two epochs to stream; compares the wall time per epoch.
 pub fn slow_link(work: &Path) {
-    let (epochs, rounds) = if long() { (12, 3) } else { (7, 1) };
+    let (epochs, rounds) = if long() { (12, 3) } else { (6, 1) };
     let mut c = Cluster::new(work, 30);
     let coord = c.coord.clone();
     c.start_serve(&coord);
@@ -332,7 +334,7 @@ pub fn slow_link(work: &Path) {
         } else {
             c.lab.unthrottle(&host);
         }
-        let run = submit(&c, &ds, epochs, 6, "0", &[]);
+        let run = submit(&c, &ds, epochs, 4, "0", &[]);
         let (mut watch, rx) = c.watch(&run);
         let mut seen = vec![];
         let start = wait_line(&rx, &mut seen, Duration::from_secs(300), "training to start", |l| l.contains("fold 0 train RUNNING"));
