@@ -30,7 +30,6 @@ pub struct Line {
 /// A process running in a namespace, its output stamped into `log` (and kept in memory).
 pub struct Proc {
     pub child: Child,
-    pub log: PathBuf,
     pub lines: Arc<Mutex<Vec<Line>>>,
 }
 
@@ -88,7 +87,7 @@ fn in_ns(ns: &str, prog: &Path) -> Command {
 fn spawn_stamped(mut cmd: Command, log: PathBuf, start: Instant, tx: Option<mpsc::Sender<Line>>) -> Proc {
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     let lines: Arc<Mutex<Vec<Line>>> = Arc::default();
-    let file = Arc::new(Mutex::new(std::fs::File::create(&log).unwrap()));
+    let file = Arc::new(Mutex::new(std::fs::File::create(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()))));
     let pump = |r: Box<dyn std::io::Read + Send>, tx: Option<mpsc::Sender<Line>>| {
         let (lines, file) = (lines.clone(), file.clone());
         std::thread::spawn(move || {
@@ -106,7 +105,7 @@ fn spawn_stamped(mut cmd: Command, log: PathBuf, start: Instant, tx: Option<mpsc
     };
     pump(Box::new(child.stdout.take().unwrap()), tx);
     pump(Box::new(child.stderr.take().unwrap()), None);
-    Proc { child, log, lines }
+    Proc { child, lines }
 }
 
 impl Cluster {
@@ -204,13 +203,21 @@ impl Cluster {
     /// `nnunet <args> --coordinator http://<name>:port --token-file ...` on the user's host.
     pub fn nnunet(&self, args: &[&str]) -> Command {
         let mut c = in_ns(&self.ctl.ns, &bin("nnunet"));
-        c.args(args).args(["--coordinator", &format!("http://{COORD_NAME}:{GRPC_PORT}")]).arg("--token-file").arg(self.work.join("ctl/token"));
+        c.args(args)
+            .args(["--coordinator", &format!("http://{COORD_NAME}:{GRPC_PORT}")])
+            .arg("--token-file")
+            .arg(self.work.join("ctl/token"));
         c
     }
 
     pub fn run_ok(&self, args: &[&str]) -> String {
         let out = self.nnunet(args).output().expect("spawn nnunet");
-        assert!(out.status.success(), "nnunet {args:?} failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "nnunet {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 

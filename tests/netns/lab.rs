@@ -157,7 +157,10 @@ impl Lab {
         let rate = format!("{kbit}kbit");
         // burst >= rate/HZ, latency bounds the queue; 64 KiB of burst at these rates.
         sh("tc", &["-n", &h.ns, "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", &rate, "burst", "64kb", "latency", "500ms"])?;
-        sh("tc", &["-n", &self.switch, "qdisc", "replace", "dev", &h.port, "root", "tbf", "rate", &rate, "burst", "64kb", "latency", "500ms"])?;
+        sh(
+            "tc",
+            &["-n", &self.switch, "qdisc", "replace", "dev", &h.port, "root", "tbf", "rate", &rate, "burst", "64kb", "latency", "500ms"],
+        )?;
         Ok(())
     }
 

@@ -109,7 +109,7 @@ fn lab_cleans_up_namespaces_links_and_processes() {
         eprintln!("SKIP netns cleanup: {why}");
         return;
     }
-    let (prefix, pid) = {
+    let (prefix, mut child) = {
         let mut l = lab::Lab::new();
         let a = l.add_host("a", 2, std::net::Ipv4Addr::new(10, 77, 0, 2));
         let b = l.add_host("b", 3, std::net::Ipv4Addr::new(10, 77, 0, 2));
@@ -125,14 +125,24 @@ fn lab_cleans_up_namespaces_links_and_processes() {
         assert!(lab::reachable(&a.ns, "10.77.0.3:9"), "healed b answers again");
         // A stray process in a namespace is killed by the guard.
         let child = Command::new("ip").args(["netns", "exec", &b.ns, "sleep", "300"]).spawn().unwrap();
-        (l.prefix.clone(), child.id())
+        (l.prefix.clone(), child)
     };
     let list = lab::sh("ip", &["netns", "list"]).unwrap();
     assert!(!list.contains(&prefix), "namespaces left behind:\n{list}");
     assert!(!Path::new(&format!("/etc/netns/{prefix}-a")).exists(), "/etc/netns entry left behind");
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    assert!(stat.is_empty() || stat.contains(") Z "), "process {pid} survived the lab: {stat}");
+    let t = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t.elapsed() > std::time::Duration::from_secs(5) {
+            let _ = child.kill();
+            panic!("process {} in the lab's namespace survived its clean-up", child.id());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "the stray process was killed by the clean-up: {status}");
     let links = lab::sh("ip", &["link", "show"]).unwrap();
     assert!(!links.contains(&prefix), "links left in the root namespace:\n{links}");
 }

@@ -26,7 +26,7 @@ fn fold_of(line: &str) -> i32 {
 
 /// `worker W` of a task-state watch line.
 fn worker_of(line: &str) -> String {
-    line.split(", worker ").nth(1).map(|r| r.split(|c| c == ')' || c == ',').next().unwrap().to_string()).unwrap_or_default()
+    line.split(", worker ").nth(1).map(|r| r.split([')', ',']).next().unwrap().to_string()).unwrap_or_default()
 }
 
 /// The epoch number at the end of "... checkpoint of epoch N".
@@ -61,7 +61,7 @@ fn wait_worker(c: &Cluster, i: usize, since: f64, timeout: Duration, what: &str,
 
 /// The last epoch (1-based) a worker printed before `t`.
 fn epochs_before(c: &Cluster, i: usize, t: f64) -> u32 {
-    c.worker_epochs(i).iter().filter(|(lt, _)| *lt <= t).map(|(_, e)| *e).last().unwrap_or(0)
+    c.worker_epochs(i).iter().filter(|(lt, _)| *lt <= t).map(|(_, e)| *e).next_back().unwrap_or(0)
 }
 
 fn result(name: &str, v: serde_json::Value) {
@@ -122,6 +122,11 @@ pub fn worker_partition(work: &Path) {
     let took_new = wait_worker(&c, old, stopped.t, Duration::from_secs(300), "new work", |l| l.contains(": leased"));
     let done = wait_done(&rx, &mut seen, Duration::from_secs(600));
     let fenced_after = c.metric("nnunet_fenced_writes_total").unwrap();
+    // Every byte went over the wire: the worker that took the fold over downloaded its checkpoint.
+    let new_idx = c.worker_index(&new_id);
+    let ck = c.state_dir().join("runs").join(&run).join(MODEL).join(format!("fold_{fold}/checkpoint_final.safetensors"));
+    let ck_bytes = std::fs::metadata(&ck).map(|m| m.len()).unwrap_or(0);
+    let link: Vec<(u64, u64)> = c.workers.iter().map(|(h, _)| c.lab.link_bytes(h)).collect();
     let fenced = fenced_after - fenced_before;
     let journal = c.run_ok(&["logs", &run]);
     println!("--- watch around the partition (cut at {t_cut:.2}s, healed at {t_heal:.2}s):");
@@ -136,8 +141,13 @@ pub fn worker_partition(work: &Path) {
             "resumed_from_epoch": resumed_at, "old_worker_epochs": old_epochs,
             "epochs_lost": old_epochs.saturating_sub(resumed_at),
             "old_worker_stopped_after_heal_s": stopped.t - t_heal, "old_worker_new_lease_after_heal_s": took_new.t - t_heal,
-            "fenced_writes": fenced, "run_s": done.t,
+            "fenced_writes": fenced, "run_s": done.t, "worker_link_tx_rx_bytes": link,
         }),
+    );
+    assert!(
+        link[new_idx].1 > ck_bytes,
+        "worker {new_idx} resumed fold {fold} but received only {} bytes (checkpoint {ck_bytes})",
+        link[new_idx].1
     );
     assert!(journal.contains(&format!("lease expired: worker {old_id}")), "the journal records the lost lease:\n{journal}");
     assert!(fenced >= 1.0, "the old worker's late writes must be refused and counted (nnunet_fenced_writes_total +{fenced})");
@@ -192,7 +202,8 @@ pub fn coordinator_partition(work: &Path, strict: bool) {
         c.lab.heal(h);
     }
     println!("healed at {t_heal:.2}s (epochs {at_heal:?})");
-    let first_after = wait_line(&rx, &mut seen, Duration::from_secs(120), "an event after the heal", |l| l.contains("epoch ") || l.contains("stored"));
+    let first_after =
+        wait_line(&rx, &mut seen, Duration::from_secs(120), "an event after the heal", |l| l.contains("epoch ") || l.contains("stored"));
     let done = wait_done(&rx, &mut seen, Duration::from_secs(600));
     let during: Vec<u32> = before.iter().zip(&at_heal).map(|(b, a)| a - b).collect();
     println!("--- watch around the partition (cut at {t_cut:.2}s, healed at {t_heal:.2}s):");
@@ -268,7 +279,10 @@ pub fn coordinator_moves(work: &Path) {
     println!("--- watch around the move (killed at {t_kill:.2}s, new coordinator up at {t_up:.2}s):");
     println!("{}", excerpt(&seen, t_kill - 3.0, back.t + 6.0));
     println!("--- the watch's own messages:");
-    println!("{}", excerpt(&_watch.lines.lock().unwrap().iter().filter(|l| l.text.starts_with("watch:")).cloned().collect::<Vec<_>>(), 0.0, f64::MAX));
+    println!(
+        "{}",
+        excerpt(&_watch.lines.lock().unwrap().iter().filter(|l| l.text.starts_with("watch:")).cloned().collect::<Vec<_>>(), 0.0, f64::MAX)
+    );
     result(
         "coordinator_moves",
         serde_json::json!({
@@ -284,7 +298,10 @@ pub fn coordinator_moves(work: &Path) {
         assert_eq!(logged_epochs(&c, &run, f), (0..epochs as u64).collect::<Vec<_>>(), "fold {f}: every epoch once");
     }
     let m = c.metrics().unwrap();
-    assert!(m.contains("nnunet_run_state{run=\"") && m.contains("state=\"DONE\"} 1"), "the moved coordinator serves the finished run:\n{m}");
+    assert!(
+        m.contains("nnunet_run_state{run=\"") && m.contains("state=\"DONE\"} 1"),
+        "the moved coordinator serves the finished run:\n{m}"
+    );
 }
 
 /// Mean wall time between a worker's epoch ends (2nd epoch on, within `[from, to]`).
