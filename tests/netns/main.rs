@@ -125,6 +125,11 @@ fn lab_cleans_up_namespaces_links_and_processes() {
         assert!(lab::reachable(&a.ns, "10.77.0.3:9"), "healed b answers again");
         // A stray process in a namespace is killed by the guard.
         let child = Command::new("ip").args(["netns", "exec", &b.ns, "sleep", "300"]).spawn().unwrap();
+        let t = std::time::Instant::now();
+        while !lab::sh("ip", &["netns", "pids", &b.ns]).unwrap().split_whitespace().any(|p| p == child.id().to_string()) {
+            assert!(t.elapsed() < std::time::Duration::from_secs(5), "the stray process never entered {}", b.ns);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         (l.prefix.clone(), child)
     };
     let list = lab::sh("ip", &["netns", "list"]).unwrap();
