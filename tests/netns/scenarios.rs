@@ -163,6 +163,8 @@ pub fn worker_partition(work: &Path) {
 /// lease TTL, then heal. `strict`: also require that training went on during the partition.
 pub fn coordinator_partition(work: &Path, strict: bool) {
     let (ttl, epochs, hold): (u64, u32, f64) = if long() { (60, 16, 40.0) } else { (20, 7, 10.0) };
+    // The strict check holds the partition for three epochs: the TTL must outlast it.
+    let ttl = if strict { ttl.max(60) } else { ttl };
     let mut c = Cluster::new(work, ttl);
     let coord = c.coord.clone();
     c.start_serve(&coord);
@@ -195,6 +197,8 @@ pub fn coordinator_partition(work: &Path, strict: bool) {
     println!("partitioned both workers from the coordinator at {t_cut:.2}s (epochs so far {before:?})");
     // Strict: long enough for at least three epochs, so a worker that keeps training shows two.
     let hold = if strict { hold.max(3.0 * epoch_time.unwrap_or(5.0)) } else { hold };
+    // Shorter than the TTL minus a heartbeat interval (ttl/6, at most 5 s) and a margin.
+    let hold = hold.min(ttl as f64 - 10.0);
     drain(&rx, &mut seen, Duration::from_secs_f64(hold));
     let t_heal = c.now();
     let at_heal: Vec<u32> = (0..2).map(|i| epochs_before(&c, i, t_heal)).collect();
@@ -332,7 +336,7 @@ fn uploads(c: &Cluster, i: usize, from: f64, to: f64) -> Vec<(f64, f64)> {
 /// One fold trained with the worker's link free, then rate-limited so that a checkpoint takes about
 /// two epochs to stream; compares the wall time per epoch.
 pub fn slow_link(work: &Path) {
-    let (epochs, rounds) = if long() { (12, 3) } else { (6, 1) };
+    let (epochs, rounds) = if long() { (12, 2) } else { (6, 1) };
     let mut c = Cluster::new(work, 30);
     let coord = c.coord.clone();
     c.start_serve(&coord);
