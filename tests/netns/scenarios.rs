@@ -108,6 +108,12 @@ pub fn worker_partition(work: &Path) {
     assert!(relet.text.contains("resumes from the checkpoint of epoch"), "re-leased without its checkpoint: {}", relet.text);
     let resumed_at = trailing_epoch(&relet.text).unwrap();
     assert!(resumed_at >= 1, "resumed from epoch {resumed_at}");
+    // What /metrics shows about the silent worker: the seconds since it was last heard of.
+    let last_seen = c.metrics().ok().and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("nnunet_worker_last_seen_seconds") && l.contains(&format!("worker=\"{old_id}\"")))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    });
     let hold_until = t_cut + hold.max(relet.t - t_cut + 2.0);
     drain(&rx, &mut seen, Duration::from_secs_f64((hold_until - c.now()).max(0.0)));
     let old_epochs = epochs_before(&c, old, c.now());
@@ -142,6 +148,7 @@ pub fn worker_partition(work: &Path) {
             "epochs_lost": old_epochs.saturating_sub(resumed_at),
             "old_worker_stopped_after_heal_s": stopped.t - t_heal, "old_worker_new_lease_after_heal_s": took_new.t - t_heal,
             "fenced_writes": fenced, "run_s": done.t, "worker_link_tx_rx_bytes": link,
+            "old_worker_last_seen_s_at_relet": last_seen,
         }),
     );
     assert!(
@@ -150,6 +157,8 @@ pub fn worker_partition(work: &Path) {
         link[new_idx].1
     );
     assert!(journal.contains(&format!("lease expired: worker {old_id}")), "the journal records the lost lease:\n{journal}");
+    let last_seen = last_seen.expect("/metrics has nnunet_worker_last_seen_seconds for the partitioned worker");
+    assert!(last_seen >= ttl as f64 - 1.5, "/metrics: worker {old_id} last seen {last_seen}s ago when its fold was re-leased");
     assert!(fenced >= 1.0, "the old worker's late writes must be refused and counted (nnunet_fenced_writes_total +{fenced})");
     let epochs_logged = logged_epochs(&c, &run, fold);
     assert_eq!(epochs_logged, (0..epochs as u64).collect::<Vec<_>>(), "fold {fold}: every epoch logged once, in order");
