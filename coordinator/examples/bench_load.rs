@@ -172,7 +172,8 @@ fn start_serve(nnunet: &Path, dir: &Path) -> Result<Serve> {
 async fn connect(url: &str) -> Result<Channel> {
     let mut last = None;
     for _ in 0..5 {
-        match nnunet_proto::endpoint(url, None)?.connect().await {
+        // A request timeout keeps the benchmark bounded when the coordinator falls behind (counted as errors).
+        match nnunet_proto::endpoint(url, None)?.timeout(Duration::from_secs(10)).connect().await {
             Ok(c) => return Ok(c),
             Err(e) => last = Some(e),
         }
@@ -381,6 +382,8 @@ async fn main() -> Result<()> {
     }
     let result = serde_json::json!({
         "machine": format!("{} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)),
+        "nnunet": nnunet.display().to_string(),
+        "profile": if nnunet.components().any(|c| c.as_os_str() == "release") { "release" } else { "dev (dependencies at opt-level 3, workspace at 1)" },
         "when_unix_s": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
         "config": {"workers": args.workers, "secs": args.secs, "think_ms": args.think_ms, "preprocess_tasks": n_tasks, "tasks_listed": events},
         "requests_per_s": total as f64 / secs,

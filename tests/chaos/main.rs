@@ -115,11 +115,12 @@ fn drive(c: &mut Cluster, cfg: &Config, rng: &mut Rng, watch: &mut std::process:
     let mut restarts: Vec<(Instant, Victim)> = vec![];
     let mut kills: Vec<Kill> = vec![];
     let mut seen: Vec<String> = vec![];
+    let mut ended = false;
     loop {
         while let Ok(l) = rx.try_recv() {
+            ended |= ["DONE", "FAILED", "CANCELLED"].iter().any(|s| l.contains(&format!("run is {s}")));
             seen.push(l);
         }
-        let ended = seen.iter().rev().take(3).any(|l| l.contains("run is DONE") || l.contains("run is FAILED") || l.contains("run is CANCELLED"));
         if ended || watch.try_wait().unwrap().is_some() {
             break;
         }
@@ -248,7 +249,12 @@ fn five_fold_run_survives_random_kills_of_workers_and_coordinator() {
     if !workers_idle {
         violations.push("workers still running 60 s after the run ended (--exit-when-idle)".into());
     }
-    checked.push(format!("run completes: {} after {} kills", status["state"], kills.len()));
+    for (i, w) in c.workers.iter().enumerate() {
+        for e in w.exits.iter().filter(|e| *e != "exit status: 0") {
+            violations.push(format!("worker {i} exited by itself with {e} (see {})", w.log.display()));
+        }
+    }
+    checked.push(format!("run completes: {} after {} kills; no worker died by itself", status["state"], kills.len()));
     // 2. training histories
     let n = invariants::training_histories(&model_dir, &[0, 1, 2, 3, 4], cfg.epochs as u64, &mut violations);
     checked.push(format!("training histories without a duplicate or missing epoch: {n} (training_log.jsonl + checkpoint_final of 5 folds)"));
