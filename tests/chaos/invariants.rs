@@ -100,9 +100,10 @@ pub fn training_histories(model_dir: &Path, folds: &[u32], epochs: u64, violatio
             Err(e) => violations.push(format!("{}: {e}", log.display())),
         }
         let side = dir.join("checkpoint_final.json");
-        let hist = std::fs::read_to_string(&side).map_err(|e| e.to_string()).and_then(|t| {
+        let hist = std::fs::read_to_string(&side).map_err(|e| e.to_string()).and_then(|t| -> Result<Vec<u64>, String> {
             let v: serde_json::Value = serde_json::from_str(&t).map_err(|e| e.to_string())?;
-            v["logging"].as_array().ok_or("no logging history".to_string())?.iter().map(|m| m["epoch"].as_u64().ok_or("no epoch".into())).collect()
+            let logging = v["logging"].as_array().ok_or("no logging history")?;
+            logging.iter().map(|m| m["epoch"].as_u64().ok_or_else(|| "an entry without epoch".to_string())).collect()
         });
         match hist {
             Ok(ep) if ep == want => n += 1,
@@ -171,7 +172,12 @@ pub fn no_temp_files(roots: &[PathBuf], violations: &mut Vec<String>) -> usize {
             let name = p.file_name().unwrap().to_string_lossy();
             if is_temp_name(&name) {
                 let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-                violations.push(format!("temporary file left behind: {} ({size} bytes)", p.display()));
+                let why = if name.contains(".upload-") {
+                    "an upload cut short (by a killed worker or coordinator) whose temp file nobody removed, not even a restarted coordinator (issue 12, finding 6)"
+                } else {
+                    "a write cut short by a killed process whose temp file nobody removed"
+                };
+                violations.push(format!("temporary file left behind: {} ({size} bytes): {why}", p.display()));
             }
         }
     }
