@@ -189,9 +189,8 @@ async fn sim_worker(api: Api, i: usize, start: Instant, end: Instant, think: Dur
     let mut reg = Calls::default();
     let mut calls = Calls::default();
     let t = Instant::now();
-    let r = api
-        .register(pb::RegisterRequest { host: format!("sim-{i}"), device: "cpu".into(), cpu_threads: 1, ..Default::default() })
-        .await;
+    let r =
+        api.register(pb::RegisterRequest { host: format!("sim-{i}"), device: "cpu".into(), cpu_threads: 1, ..Default::default() }).await;
     reg.record("Register", t, &r);
     let Ok(reg_reply) = r else { return (reg, calls) };
     let wid = reg_reply.into_inner().worker_id;

@@ -58,7 +58,8 @@ impl FencePoller {
                             for (id, token, state) in rows {
                                 let max = log.max_token.entry(id.clone()).or_insert(0);
                                 if token < *max {
-                                    log.violations.push(format!("task {id}: fencing token went back from {} to {token} (state {state})", *max));
+                                    log.violations
+                                        .push(format!("task {id}: fencing token went back from {} to {token} (state {state})", *max));
                                 }
                                 *max = (*max).max(token);
                             }

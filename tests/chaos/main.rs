@@ -108,7 +108,13 @@ struct Kill {
 }
 
 /// Runs the kill schedule until the run ends; returns the kills and every line the watcher printed.
-fn drive(c: &mut Cluster, cfg: &Config, rng: &mut Rng, watch: &mut std::process::Child, rx: &std::sync::mpsc::Receiver<String>) -> (Vec<Kill>, Vec<String>) {
+fn drive(
+    c: &mut Cluster,
+    cfg: &Config,
+    rng: &mut Rng,
+    watch: &mut std::process::Child,
+    rx: &std::sync::mpsc::Receiver<String>,
+) -> (Vec<Kill>, Vec<String>) {
     let plan = kill_plan(rng, cfg.kills);
     let start = Instant::now();
     let mut next_kill = start + Duration::from_secs_f64(rng.uniform(cfg.gap.0, cfg.gap.1));
@@ -182,7 +188,15 @@ fn five_fold_run_survives_random_kills_of_workers_and_coordinator() {
     let mut rng = Rng(cfg.seed);
     let tmp = tempfile::tempdir().unwrap();
     let work = if std::env::var_os("CHAOS_KEEP").is_some() { tmp.keep() } else { tmp.path().to_path_buf() };
-    println!("chaos: seed {} kills {} epochs {}x{} workers {} work {}", cfg.seed, cfg.kills, cfg.epochs, cfg.iters, cfg.workers, work.display());
+    println!(
+        "chaos: seed {} kills {} epochs {}x{} workers {} work {}",
+        cfg.seed,
+        cfg.kills,
+        cfg.epochs,
+        cfg.iters,
+        cfg.workers,
+        work.display()
+    );
     let t0 = Instant::now();
     let ds = cluster::synthetic_dataset(&work, cfg.cases, cfg.size);
     let mut c = Cluster::new(&work, cfg.workers, 3);
@@ -235,7 +249,8 @@ fn five_fold_run_survives_random_kills_of_workers_and_coordinator() {
     }
     for f in 0..5 {
         for kind in ["train", "validate"] {
-            let done = status["tasks"].as_array().into_iter().flatten().any(|t| t["kind"] == kind && t["fold"] == f && t["state"] == "DONE");
+            let done =
+                status["tasks"].as_array().into_iter().flatten().any(|t| t["kind"] == kind && t["fold"] == f && t["state"] == "DONE");
             if !done {
                 violations.push(format!("fold {f} {kind} is not DONE"));
             }
@@ -257,7 +272,8 @@ fn five_fold_run_survives_random_kills_of_workers_and_coordinator() {
     checked.push(format!("run completes: {} after {} kills; no worker died by itself", status["state"], kills.len()));
     // 2. training histories
     let n = invariants::training_histories(&model_dir, &[0, 1, 2, 3, 4], cfg.epochs as u64, &mut violations);
-    checked.push(format!("training histories without a duplicate or missing epoch: {n} (training_log.jsonl + checkpoint_final of 5 folds)"));
+    checked
+        .push(format!("training histories without a duplicate or missing epoch: {n} (training_log.jsonl + checkpoint_final of 5 folds)"));
     // 3. fencing
     violations.extend(fence.violations.iter().cloned());
     if fence.samples < 5 || fence.max_token.is_empty() {
@@ -285,7 +301,8 @@ fn five_fold_run_survives_random_kills_of_workers_and_coordinator() {
     let n = invariants::no_temp_files(&roots, &mut violations);
     checked.push(format!("files scanned for leftover temporaries (state dir + {} worker caches): {n}", c.workers.len()));
     // 6. the watcher
-    let reconnects = std::fs::read_to_string(work.join("watch.err")).unwrap_or_default().lines().filter(|l| l.contains("reconnecting")).count();
+    let reconnects =
+        std::fs::read_to_string(work.join("watch.err")).unwrap_or_default().lines().filter(|l| l.contains("reconnecting")).count();
     let n = invariants::watcher_saw_everything(&seen, &journal, &mut violations);
     checked.push(format!("events seen by one reconnecting watcher, gapless and equal to the journal: {n} ({reconnects} reconnects)"));
 
@@ -293,8 +310,9 @@ fn five_fold_run_survives_random_kills_of_workers_and_coordinator() {
     let n_coord = kills.iter().filter(|k| k.victim == Victim::Coordinator).count();
     println!("\n== chaos summary (seed {}, {:.0} s wall)", cfg.seed, wall);
     println!(
-        "kills survived: {} ({} worker, {} coordinator); worker starts {:?}; {resumed} training resumes from a checkpoint",
+        "kills survived: {} of {} planned ({} worker, {} coordinator); worker starts {:?}; {resumed} training resumes from a checkpoint",
         kills.len(),
+        cfg.kills,
         kills.len() - n_coord,
         n_coord,
         c.workers.iter().map(|w| w.starts).collect::<Vec<_>>()
