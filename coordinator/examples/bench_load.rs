@@ -217,7 +217,7 @@ async fn sim_worker(api: Api, i: usize, start: Instant, end: Instant, think: Dur
             Some(task) => {
                 op += 1;
                 let t = Instant::now();
-                if op % 10 == 0 {
+                if op.is_multiple_of(10) {
                     let r = api
                         .log(pb::LogLines {
                             worker_id: wid.clone(),
@@ -228,7 +228,7 @@ async fn sim_worker(api: Api, i: usize, start: Instant, end: Instant, think: Dur
                         })
                         .await;
                     calls.record("Log", t, &r);
-                } else if op % 5 == 0 {
+                } else if op.is_multiple_of(5) {
                     let m = pb::EpochMetrics { epoch: (op / 5) as u32, epochs: 1000, train_loss: 0.5, lr: 0.01, ..Default::default() };
                     let r = api
                         .report_metrics(pb::MetricsReport {
