@@ -39,7 +39,16 @@ pub fn watcher_saw_everything(watch_lines: &[String], journal: &str, violations:
         }
     }
     if watched.len() != replayed.len() {
-        violations.push(format!("watcher saw {} events, the journal (`nnunet logs`) holds {}", watched.len(), replayed.len()));
+        let terminal = watched.last().filter(|(_, l)| ["DONE", "FAILED", "CANCELLED"].iter().any(|s| l.ends_with(&format!("run is {s}"))));
+        let after = match terminal {
+            Some((s, l)) if watched.len() < replayed.len() => format!(
+                "; the watcher stopped at {l:?} (a run's terminal state ends every watch) and the journal went on after it with {} more event(s), first {:?}: writes for a task of a finished run are still accepted and journaled",
+                replayed.len() - watched.len(),
+                replayed.iter().find(|(q, _)| q > s).map(|(_, l)| *l).unwrap_or("")
+            ),
+            _ => String::new(),
+        };
+        violations.push(format!("watcher saw {} events, the journal (`nnunet logs`) holds {}{after}", watched.len(), replayed.len()));
     }
     for ((a, la), (b, lb)) in watched.iter().zip(&replayed) {
         if a != b || la != lb {

@@ -15,6 +15,18 @@
 //!    by itself, sees the journal's sequence numbers 0..N without a gap or a duplicate, and the same
 //!    lines as `nnunet logs`.
 //!
+//! Found with it on the code before issue 12's hardening (each reported as a violation when hit;
+//! whether a run hits them depends on where the kills land):
+//! - A coordinator killed during a checkpoint upload leaves the upload's temp file
+//!   (`fold_K/.checkpoint_*.safetensors.upload-<task>-<token>`, ~15 MB here) in the run dir for good:
+//!   a restarted coordinator does not sweep them.
+//! - Weights and sidecar are two uploads that replace `checkpoint_latest.{safetensors,json}` in place:
+//!   a kill between the weights of epoch N+1 and their sidecar leaves new weights next to the old
+//!   sidecar; every later attempt fails "checkpoint ... is corrupt or does not belong to its sidecar"
+//!   and the run FAILS after the last attempt (seed 7 hit it once in three runs).
+//! - Writes for a task of a run that already FAILED are still accepted and journaled after the
+//!   terminal event, which no watcher receives.
+//!
 //! The default is a short run for CI (a few kills, about a minute on 2 cores); `scripts/chaos_long.sh`
 //! runs it with more kills and epochs. Knobs (environment): CHAOS_SEED, CHAOS_KILLS, CHAOS_EPOCHS,
 //! CHAOS_ITERS, CHAOS_WORKERS, CHAOS_GAP_MIN_S, CHAOS_GAP_MAX_S, CHAOS_CASES, CHAOS_SIZE,
