@@ -1,4 +1,4 @@
-//! Resampling as nnU-Net v2 does it (SPEC §5.3, `preprocessing/resampling/default_resampling.py`):
+//! Resampling as nnU-Net v2 does it (`nnunetv2/preprocessing/resampling/default_resampling.py`):
 //! `resample_data_or_seg_to_shape` with the separate-z rule, data through skimage
 //! `resize(order, mode='edge', anti_aliasing=False, clip=True)`, segmentations through
 //! batchgenerators' `resize_segmentation` (per-label one-hot, order 1, >= 0.5), z through
@@ -9,6 +9,17 @@
 //! one scipy uses for mode 'nearest'), and sampled at `(i + 0.5) * in/out - 0.5`,
 //! `[0, n-1]`. Tensor-product B-splines are separable, so we prefilter and interpolate one axis at a
 //! time (same result up to float rounding). Everything runs in f64 like skimage.
+
+use crate::stats::round_half_even;
+
+/// Spacing ratio above which an axis is resampled separately (`nnunetv2/configuration.py::ANISO_THRESHOLD`).
+pub const ANISO_THRESHOLD: f64 = 3.0;
+
+/// `default_resampling.py::compute_new_shape`: `round(old_spacing / new_spacing * old_shape)`
+/// (Python's round: half to even).
+pub fn compute_new_shape(old_shape: &[usize], old_spacing: &[f64], new_spacing: &[f64]) -> Vec<usize> {
+    old_shape.iter().zip(old_spacing).zip(new_spacing).map(|((&k, &i), &j)| round_half_even(i / j * k as f64) as usize).collect()
+}
 
 /// 3D array (Z, X, Y) in f64, C order.
 #[derive(Clone, Debug)]
@@ -199,7 +210,7 @@ fn zoom_order1_exact(a: &Vol, new_shape: [usize; 3]) -> Vol {
 /// batchgenerators (>= 0.25.5) `resize_segmentation(seg, new_shape, order)`: each label's indicator is
 /// resized and the per-voxel argmax over labels wins (`_resample_seg_by_argmax`, seg_tiebreak
 /// 'nearest': an exact tie is settled by the nearest-neighbour label when it is among the tied
-/// ones). Older batchgenerators used `indicator >= 0.5`, later labels overwriting (SPEC §5.3); the
+/// ones). Older batchgenerators used `indicator >= 0.5`, later labels overwriting; the
 /// reference we compare with ships the argmax version.
 fn resize_segmentation(a: &Vol, new_shape: [usize; 3], order: u32) -> Vol {
     if order == 0 {
@@ -250,7 +261,7 @@ pub fn separate_z_axis(spacing: &[f64], new_spacing: &[f64]) -> Option<usize> {
     let lowres = |sp: &[f64]| -> Option<Option<usize>> {
         let mx = sp.iter().cloned().fold(f64::MIN, f64::max);
         let mn = sp.iter().cloned().fold(f64::MAX, f64::min);
-        if mx / mn > super::super::planning::ANISO_THRESHOLD {
+        if mx / mn > ANISO_THRESHOLD {
             let axes: Vec<usize> = (0..sp.len()).filter(|&i| mx / sp[i] == 1.0).collect();
             Some(if axes.len() == 1 { Some(axes[0]) } else { None })
         } else {
