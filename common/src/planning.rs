@@ -377,7 +377,9 @@ mod tests {
     /// The 2d plans nnU-Net v2's `ExperimentPlanner` writes for these datasets (v2 defaults, 8 GB), row by row.
     #[test]
     fn spec_table_rows() {
-        let rows: &[(usize, usize, usize, [usize; 2], usize, usize)] = &[
+        // (median H, median W, cases, patch, batch size, stages)
+        type Row = (usize, usize, usize, [usize; 2], usize, usize);
+        let rows: &[Row] = &[
             (512, 512, 1000, [512, 512], 12, 8),
             (512, 512, 100, [512, 512], 5, 8),
             (384, 384, 1000, [384, 384], 22, 7),

@@ -33,6 +33,7 @@ fn strides(shape: [usize; 3]) -> [usize; 3] {
 }
 
 /// Applies `f(line_in) -> line_out (len new_len)` to every 1-d line along `axis`.
+#[allow(clippy::needless_range_loop)] // index arithmetic over three axes reads best with explicit indices
 fn map_lines(a: &Vol, axis: usize, new_len: usize, mut f: impl FnMut(&[f64], &mut [f64])) -> Vol {
     let mut shape = a.shape;
     shape[axis] = new_len;
@@ -145,6 +146,7 @@ fn zoom_line(input: &[f64], out: &mut [f64], order: u32) {
 
 /// skimage `resize(img, new_shape, order, mode='edge', clip=True, anti_aliasing=False)` on a 3D
 /// (or, with a singleton axis left alone, 2D) volume.
+#[allow(clippy::needless_range_loop)] // index arithmetic over three axes reads best with explicit indices
 fn resize(a: &Vol, new_shape: [usize; 3], order: u32) -> Vol {
     let (mn, mx) = a.v.iter().fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
     let mut cur = a.clone();
@@ -165,6 +167,7 @@ fn resize(a: &Vol, new_shape: [usize; 3], order: u32) -> Vol {
 /// Order-1 `ndimage.zoom(grid_mode=True, mode='nearest')` evaluated the way scipy's C loop does
 /// (non-separable: per output voxel, the sum over the 2^3 corners in C order of
 /// `value * w_z * w_x * w_y`, last weight `1 - w0`), so thresholds at 0.5 tie-break bit-identically.
+#[allow(clippy::needless_range_loop)] // index arithmetic over three axes reads best with explicit indices
 fn zoom_order1_exact(a: &Vol, new_shape: [usize; 3]) -> Vol {
     let per_axis = |d: usize| -> Vec<(i64, [f64; 2])> {
         let (n, m) = (a.shape[d], new_shape[d]);

@@ -11,7 +11,7 @@
 //! stopped). NIfTI volumes are stored whole; the 2D loader picks slices along Z, as nnU-Net's 2d
 //! configuration does.
 //!
-//! - [`run_case`]: [`preprocess_case`], one case.
+//! - [`run_case`]: one case ([`preprocess_case`]).
 //! - [`normalize`]: per-channel intensity normalization.
 //! - [`locations`]: foreground locations for oversampling.
 //! - [`dataset`]: the dataset/shard runner and the on-disk writes.

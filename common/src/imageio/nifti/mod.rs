@@ -9,8 +9,8 @@
 //! order, and the spacing is `pixdim[1..=3]` reversed. A 2D NIfTI becomes (1, 1, H, W) with spacing
 //! `(999 * max(sp), sp_y, sp_x)` (v2: `imageio/simpleitk_reader_writer.py::read_images`).
 //!
-//! - [`read`]: [`read_nifti`].
-//! - [`write`]: [`write_nifti_f32`], [`write_nifti_image`], [`write_nifti_seg`].
+//! - [`read`] holds [`read_nifti`],
+//! - [`write`] holds [`write_nifti_f32`], [`write_nifti_image`] and [`write_nifti_seg`].
 mod read;
 mod write;
 
