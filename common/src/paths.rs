@@ -1,5 +1,6 @@
 //! nnU-Net's folder conventions: `nnUNet_raw`, `nnUNet_preprocessed`, `nnUNet_results`, dataset
-//! names `DatasetXXX_Name`, and the per-configuration folders (SPEC §1.2, §1.3).
+//! names `DatasetXXX_Name`, and the per-configuration folders (`nnunetv2/paths.py`,
+//! `nnunetv2/utilities/dataset_name_id_conversion.py`, nnU-Net's `documentation/setting_up_paths.md`).
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 

@@ -1,13 +1,16 @@
-//! The scoring commands of the `nnunet` CLI (SPEC §10.3, §11), thin wrappers over
-//! `nnunet_common::{evaluate, ensemble, postprocess}`:
+//! The scoring commands of the `nnunet` CLI (nnU-Net v2's `nnunetv2/evaluation/evaluate_predictions.py`,
+//! `nnunetv2/ensembling/ensemble.py`, `nnunetv2/postprocessing/remove_connected_components.py`), thin
+//! wrappers over `nnunet_common::{evaluate, ensemble, postprocess, crossval}`:
 //!
-//! - `nnunet evaluate GT_DIR PRED_DIR [--djfile dataset.json] [-o summary.json]`: nnU-Net's
-//!   `nnUNetv2_evaluate_folder`; writes `summary.json` in nnU-Net's layout.
+//! - `nnunet evaluate GT_DIR PRED_DIR [--djfile dataset.json] [-o summary.json] [--strict]`: nnU-Net's
+//!   `nnUNetv2_evaluate_folder`; writes `summary.json` in nnU-Net's layout. Reference cases without
+//!   a prediction are named in a warning (nnU-Net skips them silently); `--strict` refuses them.
 //! - `nnunet ensemble -i DIR1 DIR2 ... -o OUT [--save-probabilities]`: `nnUNetv2_ensemble`.
 //! - `nnunet postprocess determine -i PRED -r GT --djfile dataset.json` and
 //!   `nnunet postprocess apply -i IN -o OUT --pp postprocessing.json`.
 //! - `nnunet cv-summary -m MODEL_DIR -r GT [--folds ...]`: the cross-validation summary.
 use anyhow::{bail, Context, Result};
+use nnunet_common::crossval::{self, CvSummary};
 use nnunet_common::dataset_json::DatasetJson;
 use nnunet_common::{ensemble, evaluate, postprocess};
 use std::path::{Path, PathBuf};
@@ -27,6 +30,10 @@ pub struct EvaluateArgs {
     /// Output file (default PRED_DIR/summary.json).
     #[arg(short = 'o', long = "output")]
     pub output: Option<PathBuf>,
+    /// Refuse to evaluate when a reference case has no prediction (default: evaluate the
+    /// predictions present and name the missing cases in a warning).
+    #[arg(long)]
+    pub strict: bool,
 }
 
 /// The file ending of the first image file in `dir` (".png", ".nii.gz", ...).
@@ -66,6 +73,20 @@ pub fn run_evaluate(args: EvaluateArgs) -> Result<()> {
     };
     if labels.is_empty() {
         bail!("no foreground labels to evaluate: give --djfile dataset.json or --labels 1 2 ...");
+    }
+    let missing = evaluate::missing_predictions(&args.gt_dir, &args.pred_dir, &ending)?;
+    if !missing.is_empty() {
+        let what = format!(
+            "{} reference case(s) in {} have no prediction in {}: {}",
+            missing.len(),
+            args.gt_dir.display(),
+            args.pred_dir.display(),
+            missing.join(", ")
+        );
+        if args.strict {
+            bail!("{what}; predict them, or evaluate without --strict to score the predictions present");
+        }
+        eprintln!("warning: {what}; they are not part of the summary (--strict makes this an error)");
     }
     let out = args.output.clone().unwrap_or_else(|| args.pred_dir.join("summary.json"));
     let s = evaluate::compute_metrics_on_folder(&args.gt_dir, &args.pred_dir, Some(&out), &labels, &ending, ignore)?;
@@ -164,9 +185,9 @@ pub struct CvSummaryArgs {
     pub folds: Vec<usize>,
 }
 
-/// Cross-validation summary of a model folder; see [`evaluate::crossval_summary`].
-pub fn cv_summary(model_dir: &Path, folds: &[usize], gt_dir: &Path, dataset_json: &DatasetJson) -> Result<serde_json::Value> {
-    Ok(evaluate::crossval_summary(model_dir, folds, gt_dir, dataset_json)?)
+/// Cross-validation summary of a model folder; see [`crossval::crossval_summary`].
+pub fn cv_summary(model_dir: &Path, folds: &[usize], gt_dir: &Path, dataset_json: &DatasetJson) -> Result<CvSummary> {
+    Ok(crossval::crossval_summary(model_dir, folds, gt_dir, dataset_json)?)
 }
 
 pub fn run_cv_summary(args: CvSummaryArgs) -> Result<()> {
@@ -175,4 +196,37 @@ pub fn run_cv_summary(args: CvSummaryArgs) -> Result<()> {
     let v = cv_summary(&args.model, &args.folds, &args.reference, &dj)?;
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nnunet_common::imageio::write_seg_natural;
+
+    /// A reference case without a prediction is named (and left out) by default, refused with --strict.
+    #[test]
+    fn evaluate_reports_missing_predictions_and_strict_refuses() {
+        let gt = tempfile::tempdir().unwrap();
+        let pred = tempfile::tempdir().unwrap();
+        let mask = [0u16, 1, 1, 0];
+        for case in ["a", "b"] {
+            write_seg_natural(&gt.path().join(format!("{case}.png")), 2, 2, &mask, "png").unwrap();
+        }
+        write_seg_natural(&pred.path().join("a.png"), 2, 2, &mask, "png").unwrap();
+        let args = |strict| EvaluateArgs {
+            gt_dir: gt.path().to_path_buf(),
+            pred_dir: pred.path().to_path_buf(),
+            djfile: None,
+            labels: vec![1],
+            output: None,
+            strict,
+        };
+        let err = run_evaluate(args(true)).unwrap_err().to_string();
+        assert!(err.contains("1 reference case(s)") && err.contains("b.png"), "{err}");
+        assert!(!pred.path().join("summary.json").exists(), "--strict writes nothing");
+        run_evaluate(args(false)).unwrap();
+        let s = evaluate::Summary::load(&pred.path().join("summary.json")).unwrap();
+        assert_eq!(s.metric_per_case.len(), 1);
+        assert_eq!(s.foreground_mean.dice, 1.0);
+    }
 }

@@ -1,4 +1,4 @@
-//! PlainConvUNet, the 2D network of nnU-Net v2, built from the plans' `arch_kwargs` (SPEC §6;
+//! PlainConvUNet, the 2D network of nnU-Net v2, built from the plans' `arch_kwargs` (`nnunetv2/utilities/get_network_from_plans.py`;
 //! dynamic-network-architectures `architectures/unet.py`, `building_blocks/plain_conv_encoder.py`,
 //! `unet_decoder.py`, `simple_conv_blocks.py`).
 //!
@@ -22,7 +22,7 @@ const NEG_SLOPE: f64 = 1e-2;
 
 /// `kaiming_normal_(w, a=0.01)`: fan_in mode, leaky_relu gain `sqrt(2/(1+a^2))`. tch's `FanIn` is
 /// `dims[1] * prod(dims[2..])`, which is exactly torch's `_calculate_fan_in_and_fan_out` also for a
-/// ConvTranspose weight `(in, out, k, k)` (fan_in = out*k*k there, SPEC §6).
+/// ConvTranspose weight `(in, out, k, k)` (fan_in = out*k*k there; `nnunetv2/utilities/network_initialization.py::InitWeights_He`).
 fn he_init() -> Init {
     Init::Kaiming {
         dist: tch::nn::init::NormalOrUniform::Normal,
@@ -333,7 +333,7 @@ impl PlainConvUNet {
 pub(crate) mod tests {
     use super::*;
 
-    /// The arch_kwargs nnU-Net plans for a 512x512 2D dataset (SPEC §13).
+    /// The arch_kwargs nnU-Net's `ExperimentPlanner` plans for a 512x512 2D dataset (`common/src/planning.rs` tests).
     pub fn arch(n_stages: usize, base: usize) -> ArchKwargs {
         crate::train::synth::arch_kwargs_with_base(n_stages, base)
     }
