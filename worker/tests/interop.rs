@@ -66,19 +66,34 @@ fn compare_with_reference(pred_dir: &Path) -> (f64, f64, f64) {
 #[test]
 fn predicts_an_nnunet_model_folder_like_nnunetv2_predict() {
     let out = tempfile::tempdir().unwrap();
-    let log = run_ok(worker().args(["predict", "-f", "0", "--device", "cpu", "-m"]).arg(model_dir()).arg("-i").arg(fixture().join("imagesTs")).arg("-o").arg(out.path()));
+    let log = run_ok(
+        worker()
+            .args(["predict", "-f", "0", "--device", "cpu", "-m"])
+            .arg(model_dir())
+            .arg("-i")
+            .arg(fixture().join("imagesTs"))
+            .arg("-o")
+            .arg(out.path()),
+    );
     let (agree, ours, theirs) = compare_with_reference(out.path());
     eprintln!("parity: pixel agreement {:.5}, mean Dice ours {ours:.6} reference {theirs:.6}\n{log}", agree);
     assert!(agree >= 0.999, "pixel agreement {agree}");
     assert!((ours - theirs).abs() < 1e-9, "Dice ours {ours} vs reference {theirs}");
     // The reference's own evaluation agrees with ours.
-    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture().join("reference_predictions/summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture().join("reference_predictions/summary.json")).unwrap()).unwrap();
     let ref_mean = summary["foreground_mean"]["Dice"].as_f64().unwrap();
     assert!((ref_mean - theirs).abs() < 1e-6, "nnUNetv2_evaluate_folder says {ref_mean}, we compute {theirs}");
 
     let out_best = tempfile::tempdir().unwrap();
     run_ok(
-        worker().args(["predict", "-f", "0", "--disable-tta", "--checkpoint", "checkpoint_best.pth", "-m"]).arg(model_dir()).arg("-i").arg(fixture().join("imagesTs")).arg("-o").arg(out_best.path()),
+        worker()
+            .args(["predict", "-f", "0", "--disable-tta", "--checkpoint", "checkpoint_best.pth", "-m"])
+            .arg(model_dir())
+            .arg("-i")
+            .arg(fixture().join("imagesTs"))
+            .arg("-o")
+            .arg(out_best.path()),
     );
     assert_eq!(std::fs::read_dir(out_best.path()).unwrap().count(), 4);
 }
@@ -117,7 +132,9 @@ fn import_then_export_round_trip() {
     // Our converted folder predicts exactly what the .pth folder predicts.
     let (a, b) = (dir.path().join("pred_pth"), dir.path().join("pred_ours"));
     for (m, o) in [(model_dir(), &a), (ours.clone(), &b)] {
-        run_ok(worker().args(["predict", "-f", "0", "--disable-tta", "-m"]).arg(m).arg("-i").arg(fixture().join("imagesTs")).arg("-o").arg(o));
+        run_ok(
+            worker().args(["predict", "-f", "0", "--disable-tta", "-m"]).arg(m).arg("-i").arg(fixture().join("imagesTs")).arg("-o").arg(o),
+        );
     }
     for e in std::fs::read_dir(&a).unwrap() {
         let n = e.unwrap().file_name();
@@ -133,7 +150,11 @@ fn import_then_export_round_trip() {
         assert!(names.contains(&format!("{base}/{f}")), "{f} missing from {names:?}");
     }
     let exported_pth = dir.path().join("exported.pth");
-    std::io::copy(&mut z.by_name(&format!("{base}/fold_0/checkpoint_final.pth")).unwrap(), &mut std::fs::File::create(&exported_pth).unwrap()).unwrap();
+    std::io::copy(
+        &mut z.by_name(&format!("{base}/fold_0/checkpoint_final.pth")).unwrap(),
+        &mut std::fs::File::create(&exported_pth).unwrap(),
+    )
+    .unwrap();
     let orig = nnunet_model::read_checkpoint(&model_dir().join("fold_0/checkpoint_final.pth")).unwrap();
     let back = nnunet_model::read_checkpoint(&exported_pth).unwrap();
     assert_eq!(back.configuration, "2d");
@@ -156,7 +177,8 @@ a, b = desc(sys.argv[1]), desc(sys.argv[2])
 torch.load(sys.argv[2], map_location='cpu')  # weights_only=True (torch's default) opens it too
 print(json.dumps({'orig': a, 'exported': b}))
 "#;
-    let out = Command::new(py).args(["-c", script]).arg(model_dir().join("fold_0/checkpoint_final.pth")).arg(&exported_pth).output().unwrap();
+    let out =
+        Command::new(py).args(["-c", script]).arg(model_dir().join("fold_0/checkpoint_final.pth")).arg(&exported_pth).output().unwrap();
     assert!(out.status.success(), "torch.load failed: {}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["orig"]["keys"], v["exported"]["keys"], "state_dict keys/shapes differ");
@@ -237,7 +259,9 @@ fn bad_models_are_refused_by_name() {
     let e = run_err(worker().arg("import-model").arg(&zip_path).arg("-o").arg(&target));
     assert!(e.contains("no plans.json"), "{e}");
     assert!(!target.exists());
-    let left: Vec<_> = std::fs::read_dir(dir.path().join("imports")).map(|r| r.filter_map(|e| e.ok()).map(|e| e.file_name()).collect()).unwrap_or_default();
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("imports"))
+        .map(|r| r.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
     assert!(left.is_empty(), "left behind: {left:?}");
     // A truncated zip.
     let good = dir.path().join("good.zip");

@@ -30,7 +30,12 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
     for e in &entries {
         println!("  {e}");
     }
-    println!("wrote {} ({} files); install with: nnUNetv2_install_pretrained_model_from_zip {}", a.output.display(), entries.len(), a.output.display());
+    println!(
+        "wrote {} ({} files); install with: nnUNetv2_install_pretrained_model_from_zip {}",
+        a.output.display(),
+        entries.len(),
+        a.output.display()
+    );
     Ok(())
 }
 

@@ -34,21 +34,9 @@ pub fn json_to_out(v: &serde_json::Value) -> Out {
 pub fn fold_pth(ckpt_stem: &Path, plans: &serde_json::Value) -> Result<(Out, Vec<Tensor>)> {
     let (_vs, net, meta) = checkpoint::load_network(ckpt_stem, tch::Device::Cpu)?;
     let params = net.named_parameters(&_vs);
-    let mut tensors = Vec::with_capacity(params.len());
-    let mut sd = Vec::with_capacity(params.len() * 2);
-    let mut encoder = Vec::new();
-    for (i, (name, t)) in params.iter().enumerate() {
-        tensors.push(t.shallow_clone());
-        sd.push((name.clone(), pth::tensor_out(i, t)));
-        if let Some(rest) = name.strip_prefix("encoder.") {
-            encoder.push((format!("{STATE_DICT_ALIAS}{rest}"), pth::tensor_out(i, t)));
-        }
-    }
-    // state_dict order: encoder, then the decoder's own reference to it, then decoder stages/transpconvs/heads.
-    let n_enc = encoder.len();
-    let mut ordered: Vec<(String, Out)> = sd.drain(..n_enc).collect();
-    ordered.extend(encoder);
-    ordered.extend(sd);
+    let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.shallow_clone()).collect();
+    let sd = state_dict_names(&params.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>());
+    let ordered: Vec<(String, Out)> = sd.into_iter().map(|(n, i)| (n, pth::tensor_out(i, &tensors[i]))).collect();
     let h = &meta.logging;
     let list = |f: &dyn Fn(&nnunet_common::train_log::EpochMetrics) -> Out| Out::List(h.iter().map(f).collect());
     let logging = Out::Dict(vec![
@@ -85,6 +73,29 @@ pub fn fold_pth(ckpt_stem: &Path, plans: &serde_json::Value) -> Result<(Out, Vec
     Ok((root, tensors))
 }
 
+/// The reference `state_dict()` keys for our parameter names, each with the index of the parameter it
+/// aliases: every ConvDropoutNormReLU also registers its conv and norm in `all_modules` (a Sequential,
+/// dynamic_network_architectures `building_blocks/simple_conv_blocks.py`), and the decoder holds the encoder
+/// (`decoder.encoder.*`). Order: encoder, decoder.encoder, then the decoder's stages, transpconvs, heads.
+pub fn state_dict_names(params: &[String]) -> Vec<(String, usize)> {
+    let mut with_blocks: Vec<(String, usize)> = Vec::with_capacity(params.len() * 2);
+    let mut block: Vec<(String, usize)> = Vec::new();
+    for (i, name) in params.iter().enumerate() {
+        with_blocks.push((name.clone(), i));
+        if name.contains(".conv.") || name.contains(".norm.") {
+            block.push((name.clone(), i));
+        }
+        if name.ends_with(".norm.bias") {
+            for (n, j) in block.drain(..) {
+                with_blocks.push((n.replace(".conv.", ".all_modules.0.").replace(".norm.", ".all_modules.1."), j));
+            }
+        }
+    }
+    let (encoder, rest): (Vec<_>, Vec<_>) = with_blocks.into_iter().partition(|(n, _)| n.starts_with("encoder."));
+    let copies: Vec<(String, usize)> = encoder.iter().map(|(n, i)| (format!("{STATE_DICT_ALIAS}{}", &n["encoder.".len()..]), *i)).collect();
+    encoder.into_iter().chain(copies).chain(rest).collect()
+}
+
 /// Fold numbers of `model_dir` that have `{checkpoint}.safetensors`.
 pub fn folds_with(model_dir: &Path, checkpoint: &str) -> Vec<usize> {
     let mut v: Vec<usize> = std::fs::read_dir(model_dir)
@@ -106,7 +117,8 @@ fn valid_dataset_name(n: &str) -> bool {
 /// Writes `out_zip` from our model folder. Returns the zip's entries.
 pub fn export_model(model_dir: &Path, folds: Option<&[usize]>, checkpoint_name: &str, out_zip: &Path) -> Result<Vec<String>> {
     let read = |n: &str| -> Result<serde_json::Value> {
-        nnunet_common::error::read_json(&model_dir.join(n)).with_context(|| format!("{} is not a model folder: reading {n}", model_dir.display()))
+        nnunet_common::error::read_json(&model_dir.join(n))
+            .with_context(|| format!("{} is not a model folder: reading {n}", model_dir.display()))
     };
     let plans = read("plans.json")?;
     let dataset_json = read("dataset.json")?;
@@ -172,7 +184,10 @@ fn pick_model_folder(names: &[String], zip_path: &Path) -> Result<String> {
     let two_d: Vec<&String> = candidates.iter().filter(|d| d.ends_with("__2d")).collect();
     match two_d.as_slice() {
         [one] => Ok((*one).clone()),
-        [] => bail!("{}: the zip holds only {candidates:?}; nnunet-rs runs 2d models only (a <Trainer>__<Plans>__2d folder)", zip_path.display()),
+        [] => bail!(
+            "{}: the zip holds only {candidates:?}; nnunet-rs runs 2d models only (a <Trainer>__<Plans>__2d folder)",
+            zip_path.display()
+        ),
         many => bail!("{}: the zip holds several 2d model folders {many:?}; export one model per zip", zip_path.display()),
     }
 }
@@ -189,7 +204,10 @@ pub fn import_model(zip_path: &Path, out_dir: &Path) -> Result<Imported> {
     let folder = pick_model_folder(&names, zip_path)?;
     let parent = out_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let tmp = tempfile::Builder::new().prefix(".nnunet-import-").tempdir_in(parent).with_context(|| format!("temp folder in {}", parent.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".nnunet-import-")
+        .tempdir_in(parent)
+        .with_context(|| format!("temp folder in {}", parent.display()))?;
     let mut read = |name: &str| -> Result<Vec<u8>> {
         let mut f = z.by_name(name).map_err(|e| anyhow!("{}: {name}: {e}", zip_path.display()))?;
         let mut b = Vec::new();

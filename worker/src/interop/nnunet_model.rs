@@ -5,10 +5,11 @@
 //!
 //! State-dict names: the reference `PlainConvUNet` keeps a reference to its encoder inside the decoder
 //! (dynamic_network_architectures `unet_decoder.py`, `self.encoder = encoder`), so `state_dict()` lists
-//! every encoder weight twice, as `encoder.*` and `decoder.encoder.*`. Our parameter names are the
-//! `named_parameters()` ones (deduplicated); [`STATE_DICT_ALIAS`] maps the copies.
-use super::pth;
+//! every encoder weight twice, as `encoder.*` and `decoder.encoder.*`, and each conv block its conv and
+//! norm twice ([`ALL_MODULES`]). Our parameter names are the `named_parameters()` ones (deduplicated); the
+//! copies are skipped when reading and written back by `model_zip::state_dict_names`.
 use super::pickle::Value;
+use super::pth;
 use crate::net::PlainConvUNet;
 use crate::train::checkpoint::{CheckpointMeta, GradScalerState, InitArgs, RngState, FORMAT_VERSION};
 use anyhow::{anyhow, bail, Context, Result};
@@ -19,6 +20,10 @@ use tch::Tensor;
 
 /// Prefix under which the reference state_dict repeats the encoder's weights.
 pub const STATE_DICT_ALIAS: &str = "decoder.encoder.";
+
+/// Every conv block also lists its conv and norm as `all_modules.0` / `all_modules.1` (a Sequential of the
+/// same modules, dynamic_network_architectures `building_blocks/simple_conv_blocks.py::ConvDropoutNormReLU`).
+pub const ALL_MODULES: &str = ".all_modules.";
 
 /// The parts of an nnU-Net checkpoint that inference and fine-tuning use.
 pub struct NnunetCheckpoint {
@@ -86,7 +91,7 @@ pub fn read_checkpoint(path: &Path) -> Result<NnunetCheckpoint> {
     for (k, v) in items {
         let name = k.as_str().ok_or_else(|| anyhow!("{}: a network_weights key is not a string", path.display()))?;
         let name = strip_prefixes(name);
-        if name.starts_with(STATE_DICT_ALIAS) {
+        if name.starts_with(STATE_DICT_ALIAS) || name.contains(ALL_MODULES) {
             continue;
         }
         let t = loaded.tensor(v).ok_or_else(|| anyhow!("{}: network_weights[{name}] is not a tensor", path.display()))?;
@@ -105,7 +110,8 @@ pub fn read_checkpoint(path: &Path) -> Result<NnunetCheckpoint> {
 /// nnU-Net's configuration lookup with `inherits_from` (`nnunetv2/utilities/plans_handling/plans_handler.py::
 /// PlansManager._internal_resolve_configuration_inheritance`), refusing 3D configurations.
 pub fn resolve_configuration(plans: &serde_json::Value, name: &str, what: &Path) -> Result<Configuration2d> {
-    let configs = plans.get("configurations").and_then(|c| c.as_object()).ok_or_else(|| anyhow!("{}: no configurations", what.display()))?;
+    let configs =
+        plans.get("configurations").and_then(|c| c.as_object()).ok_or_else(|| anyhow!("{}: no configurations", what.display()))?;
     let mut chain = vec![name.to_string()];
     let mut merged = serde_json::Map::new();
     let mut cur = name.to_string();
@@ -162,7 +168,10 @@ pub fn check_architecture(config: &Configuration2d, what: &Path) -> Result<()> {
     ];
     for (ok, what_) in checks {
         if !ok {
-            bail!("{}: the plans' PlainConvUNet uses {what_}; nnunet-rs builds Conv2d + InstanceNorm2d + LeakyReLU(0.01) only", what.display());
+            bail!(
+                "{}: the plans' PlainConvUNet uses {what_}; nnunet-rs builds Conv2d + InstanceNorm2d + LeakyReLU(0.01) only",
+                what.display()
+            );
         }
     }
     PlainConvUNet::check_arch(a).map_err(|e| anyhow!("{}: {e}", what.display()))
@@ -206,13 +215,20 @@ pub fn channels_and_classes(dj_value: &serde_json::Value, what: &Path) -> Result
             bail!("{}: region-based labels (label lists in dataset.json) are not supported by nnunet-rs", what.display());
         }
     }
-    let dj: DatasetJson = serde_json::from_value(dj_value.clone()).map_err(|e| anyhow!("{}: dataset.json is malformed: {e}", what.display()))?;
+    let dj: DatasetJson =
+        serde_json::from_value(dj_value.clone()).map_err(|e| anyhow!("{}: dataset.json is malformed: {e}", what.display()))?;
     let channels = dj_value.get("modality").and_then(|m| m.as_object()).map(|m| m.len()).unwrap_or_else(|| dj.num_channels());
     Ok((channels as i64, dj.num_classes() as i64))
 }
 
 /// Our checkpoint sidecar for an imported nnU-Net checkpoint.
-pub fn meta_for(ck: &NnunetCheckpoint, config: Configuration2d, dataset_json: serde_json::Value, fold: usize, c: (i64, i64)) -> CheckpointMeta {
+pub fn meta_for(
+    ck: &NnunetCheckpoint,
+    config: Configuration2d,
+    dataset_json: serde_json::Value,
+    fold: usize,
+    c: (i64, i64),
+) -> CheckpointMeta {
     let epoch = ck.current_epoch.unwrap_or(0).max(0) as usize;
     CheckpointMeta {
         format_version: FORMAT_VERSION,

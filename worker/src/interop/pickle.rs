@@ -24,7 +24,11 @@ pub enum Value {
     /// `module.name` of a GLOBAL.
     Global(String, String),
     /// `callable(*args)` (REDUCE/NEWOBJ), with the BUILD state when there was one.
-    Object { callable: Box<Value>, args: Box<Value>, state: Option<Box<Value>> },
+    Object {
+        callable: Box<Value>,
+        args: Box<Value>,
+        state: Option<Box<Value>>,
+    },
     /// A persistent id (PyTorch: `('storage', StorageType, key, location, numel)`).
     PersId(Box<Value>),
 }
@@ -500,7 +504,11 @@ pub enum Out {
     /// `torch.device(name)`.
     Device(String),
     /// A contiguous float32 CPU tensor stored in `data/{storage}` with `numel` elements.
-    FloatTensor { storage: usize, shape: Vec<i64>, numel: usize },
+    FloatTensor {
+        storage: usize,
+        shape: Vec<i64>,
+        numel: usize,
+    },
 }
 
 /// Writes a protocol-2 pickle of `v` (what `torch.save` writes; no memo, which the format allows).

@@ -58,5 +58,8 @@ pub fn load_pretrained_weights(net: &PlainConvUNet, vs: &tch::nn::VarStore, path
         }
     });
     let heads = ours.len() - n;
-    Ok(format!("loaded pretrained weights from {}: {n} parameter tensors transferred, {heads} segmentation-head tensors start fresh", path.display()))
+    Ok(format!(
+        "loaded pretrained weights from {}: {n} parameter tensors transferred, {heads} segmentation-head tensors start fresh",
+        path.display()
+    ))
 }
