@@ -170,8 +170,9 @@ fn sliding_window_on_images_smaller_than_and_not_a_multiple_of_the_patch() {
         assert_eq!(logits.size(), vec![2, nz, nx, ny]);
         let bg = logits.get(0);
         let fg = logits.get(1);
-        assert!((bg - 0.25).abs().max().double_value(&[]) < 1e-5);
-        assert!((fg + 1.5).abs().max().double_value(&[]) < 1e-5);
+        // float16 accumulators, as the reference's: exact up to fp16 rounding (~1e-3 relative).
+        assert!((bg - 0.25).abs().max().double_value(&[]) < 2e-3);
+        assert!((fg + 1.5).abs().max().double_value(&[]) < 5e-3);
     }
 }
 
