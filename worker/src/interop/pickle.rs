@@ -227,7 +227,7 @@ impl<'a> Reader<'a> {
         }
     }
     fn set_items(&mut self, target: usize, kv: &[usize]) -> Result<()> {
-        if kv.len() % 2 != 0 {
+        if !kv.len().is_multiple_of(2) {
             bail!("pickle: SETITEMS with an odd number of items");
         }
         match &mut self.arena[target] {
