@@ -12,6 +12,7 @@ pub mod cli;
 pub mod model_zip;
 pub mod nnunet_model;
 pub mod pickle;
+pub mod pickle_out;
 pub mod pretrained;
 pub mod pth;
 
