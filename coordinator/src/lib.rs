@@ -10,6 +10,7 @@
 //! - `cli_*`: the pipeline commands (`convert`, `verify`, `plan`, `preprocess`, `evaluate`, ...).
 pub mod cli_eval;
 pub mod cli_intake;
+pub mod cli_model;
 pub mod cli_plan;
 pub mod client;
 pub mod local;

@@ -2,7 +2,7 @@
 //! that run a network (`predict`) delegate to the `nnunet-worker` binary next to it.
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use nnunet_coordinator::{cli_eval, cli_intake, cli_plan, client, local, metrics_http, server};
+use nnunet_coordinator::{cli_eval, cli_intake, cli_model, cli_plan, client, local, metrics_http, server};
 use nnunet_proto::v1 as pb;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -43,6 +43,18 @@ enum Cmd {
     /// Predict images with trained folds (runs `nnunet-worker predict`).
     #[command(disable_help_flag = true)]
     Predict {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Write a model folder as an nnU-Net v2 model zip (runs `nnunet-worker export-model`; see its --help).
+    #[command(disable_help_flag = true)]
+    ExportModel {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Turn an nnU-Net v2 model zip into a model folder for `predict` (runs `nnunet-worker import-model`).
+    #[command(disable_help_flag = true)]
+    ImportModel {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -194,6 +206,8 @@ fn dispatch(cli: Cli) -> Result<()> {
                 .with_context(|| format!("running {} (build nnunet-worker)", bin.display()))?;
             std::process::exit(status.code().unwrap_or(1));
         }
+        Cmd::ExportModel { args } => std::process::exit(cli_model::exec_worker("export-model", &args)?),
+        Cmd::ImportModel { args } => std::process::exit(cli_model::exec_worker("import-model", &args)?),
         Cmd::Run(a) => rt()?.block_on(local::run(a)),
         Cmd::Serve(a) => rt()?.block_on(serve(a)),
         Cmd::Submit(a) => rt()?.block_on(submit(a)),

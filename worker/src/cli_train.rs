@@ -51,6 +51,10 @@ pub struct TrainArgs {
     /// Skip the final sliding-window validation of the fold's validation cases (validation/summary.json).
     #[arg(long)]
     pub skip_validation: bool,
+    /// Start from these weights (ours .safetensors or nnU-Net .pth): all but the segmentation heads must
+    /// match in name and shape (nnU-Net's -pretrained_weights). Not used with --continue when a checkpoint exists.
+    #[arg(long = "pretrained-weights")]
+    pub pretrained_weights: Option<PathBuf>,
 }
 
 /// Console progress for the standalone command; SIGTERM/SIGINT request a stop.
@@ -133,6 +137,7 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         config.loader_threads = v;
     }
     config.gpu_augmentation = args.gpu_augmentation;
+    config.pretrained_weights = args.pretrained_weights.clone();
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);

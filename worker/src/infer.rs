@@ -92,7 +92,10 @@ fn load_folds(model_dir: &Path, folds: &[usize], opts: &PredictOptions) -> Resul
             .map(|rd| {
                 rd.filter_map(|e| e.ok())
                     .filter_map(|e| e.file_name().to_string_lossy().strip_prefix("fold_").and_then(|f| f.parse().ok()))
-                    .filter(|f: &usize| model_dir.join(format!("fold_{f}")).join(format!("{name}.safetensors")).is_file())
+                    .filter(|f: &usize| {
+                        let stem = model_dir.join(format!("fold_{f}")).join(name);
+                        checkpoint::checkpoint_paths(&stem).0.is_file() || crate::interop::pth_path(&stem).is_file()
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -103,7 +106,7 @@ fn load_folds(model_dir: &Path, folds: &[usize], opts: &PredictOptions) -> Resul
     for &f in folds {
         let stem = model_dir.join(format!("fold_{f}")).join(&opts.checkpoint_name);
         let (weights, sidecar) = checkpoint::checkpoint_paths(&stem);
-        if !weights.is_file() || !sidecar.is_file() {
+        if (!weights.is_file() || !sidecar.is_file()) && !crate::interop::is_nnunet_checkpoint(&stem) {
             let have = available(&opts.checkpoint_name);
             bail!(
                 "fold {f} is missing from model folder {}: {} {} not found; folds with a {} there: {}; train the fold or pass only those with --folds",
@@ -114,8 +117,8 @@ fn load_folds(model_dir: &Path, folds: &[usize], opts: &PredictOptions) -> Resul
                 if have.is_empty() { "none".to_string() } else { have.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(" ") }
             );
         }
-        let (vs, net, meta) =
-            checkpoint::load_network(&stem, opts.device).with_context(|| format!("loading fold {f} from {}", stem.display()))?;
+        let (vs, net, meta) = crate::interop::load_network_any(model_dir, f, &stem, opts.device)
+            .with_context(|| format!("loading fold {f} from {}", stem.display()))?;
         out.push(Fold { fold: f, _vs: vs, net, meta });
     }
     let first = &out[0].meta.init_args;
@@ -461,8 +464,9 @@ pub fn validate_fold(preprocessed_dir: &Path, fold: usize, fold_dir: &Path, opts
     let splits = nnunet_common::splits::load(&preprocessed_dir.join("splits_final.json"))?;
     let split = nnunet_common::splits::split_for_fold(&splits, &ids, fold);
     let stem = fold_dir.join(&opts.checkpoint_name);
-    let (vs, net, meta) =
-        checkpoint::load_network(&stem, opts.device).with_context(|| format!("loading fold {fold} from {}", stem.display()))?;
+    let model_dir = fold_dir.parent().unwrap_or(fold_dir);
+    let (vs, net, meta) = crate::interop::load_network_any(model_dir, fold, &stem, opts.device)
+        .with_context(|| format!("loading fold {fold} from {}", stem.display()))?;
     let loaded = vec![Fold { fold, _vs: vs, net, meta }];
     let params = window_params(&loaded, opts)?;
     let config = loaded[0].meta.init_args.configuration.clone();

@@ -7,6 +7,7 @@
 //! - [`client`]: the gRPC loop that leases tasks from a coordinator and runs them.
 //! - [`device`]: device selection and reporting.
 //! - [`cache`]: the bounded local cache of run folders.
+//! - [`interop`]: nnU-Net v2 model folders, `.pth` checkpoints, model zips, pretrained weights.
 
 pub mod cache;
 pub mod cli_predict;
@@ -14,5 +15,6 @@ pub mod cli_train;
 pub mod client;
 pub mod device;
 pub mod infer;
+pub mod interop;
 pub mod net;
 pub mod train;

@@ -5,7 +5,7 @@
 //! - `nnunet-worker predict ...`: inference with trained folds (what `nnunet predict` runs).
 //! - `nnunet-worker smoke`: a libtorch forward/backward step and the CUDA status.
 use clap::{Parser, Subcommand};
-use nnunet_worker::{cli_predict, cli_train, client};
+use nnunet_worker::{cli_predict, cli_train, client, interop};
 
 /// mimalloc for the Rust side (augmentation buffers, batches, checkpoints): glibc's malloc hands the
 /// megabyte-sized per-sample buffers back to the kernel and page-faults them in again on every sample,
@@ -45,6 +45,10 @@ enum Cmd {
     Serve(client::ServeArgs),
     /// Run one libtorch forward/backward/SGD step on CPU and report CUDA availability.
     Smoke,
+    /// Write our model folder as an nnU-Net v2 model zip (nnUNetv2_install_pretrained_model_from_zip).
+    ExportModel(interop::cli::ExportArgs),
+    /// Turn an nnU-Net v2 model zip into our model folder.
+    ImportModel(interop::cli::ImportArgs),
 }
 
 fn main() {
@@ -63,6 +67,8 @@ fn main() {
         Some(Cmd::BenchAug(a)) => cli_train::run_bench_aug(a),
         Some(Cmd::Serve(a)) => client::run_serve(a),
         Some(Cmd::Smoke) => nnunet_worker::device::smoke(),
+        Some(Cmd::ExportModel(a)) => interop::cli::run_export(a),
+        Some(Cmd::ImportModel(a)) => interop::cli::run_import(a),
         None if cli.serve.coordinator.is_some() => client::run_serve(cli.serve),
         None => Err(anyhow::anyhow!("give --coordinator URL to serve a coordinator, or a subcommand (train, predict, smoke); see --help")),
     };

@@ -170,8 +170,10 @@ fn sliding_window_on_images_smaller_than_and_not_a_multiple_of_the_patch() {
         assert_eq!(logits.size(), vec![2, nz, nx, ny]);
         let bg = logits.get(0);
         let fg = logits.get(1);
-        assert!((bg - 0.25).abs().max().double_value(&[]) < 1e-5);
-        assert!((fg + 1.5).abs().max().double_value(&[]) < 1e-5);
+        // float16 accumulators, as the reference's: the constant comes back up to fp16 rounding of the
+        // weighted sums (measured: <= 0.014 for 0.25 and <= 0.027 for -1.5 where 3 x 3 tiles overlap).
+        let (ebg, efg) = ((bg - 0.25).abs().max().double_value(&[]), (fg + 1.5).abs().max().double_value(&[]));
+        assert!(ebg < 0.02 && efg < 0.04, "{nz}x{nx}x{ny}: max error bg {ebg}, fg {efg}");
     }
 }
 

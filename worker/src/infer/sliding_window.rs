@@ -195,8 +195,11 @@ pub fn predict_case_logits(nets: &[&PlainConvUNet], data: &Tensor, p: &WindowPar
     let mut sum: Option<Tensor> = None;
     for net in nets {
         let k = net.num_classes;
-        let acc = Tensor::zeros([k, nz as i64, pnx as i64, pny as i64], (Kind::Float, p.device));
-        let norm = Tensor::zeros([nz as i64, pnx as i64, pny as i64], (Kind::Float, p.device));
+        // The reference accumulates in float16 (nnunetv2/inference/predict_from_raw_data.py::
+        // _internal_predict_sliding_window_return_logits: `predicted_logits`/`n_predictions` are torch.half,
+        // each tile added in float and rounded): the same rounding gives the same ties and the same masks.
+        let acc = Tensor::zeros([k, nz as i64, pnx as i64, pny as i64], (Kind::Half, p.device));
+        let norm = Tensor::zeros([nz as i64, pnx as i64, pny as i64], (Kind::Half, p.device));
         for chunk in tiles.chunks(batch) {
             let xs: Vec<Tensor> = chunk
                 .iter()
@@ -217,12 +220,11 @@ pub fn predict_case_logits(nets: &[&PlainConvUNet], data: &Tensor, p: &WindowPar
             Some(s) => s + logits,
         });
     }
+    // Folds are summed and averaged in float16 too (`predict_logits_from_preprocessed_data`); softmax and
+    // argmax then run in float32 (`LabelManager.apply_inference_nonlin` casts with `.float()`).
     let logits = sum.expect("at least one network");
-    if nets.len() > 1 {
-        logits / nets.len() as f64
-    } else {
-        logits
-    }
+    let logits = if nets.len() > 1 { logits / nets.len() as f64 } else { logits };
+    logits.to_kind(Kind::Float)
 }
 
 #[cfg(test)]

@@ -57,6 +57,10 @@ pub struct TrainingConfig {
     pub torch_threads: usize,
     /// On CUDA: run the spatial and intensity augmentations batched on the GPU instead of on the loader threads.
     pub gpu_augmentation: bool,
+    /// Initialize from these weights (ours `.safetensors` or nnU-Net `.pth`) instead of He init, except the
+    /// segmentation heads (`interop::pretrained`). Ignored when continuing from a checkpoint.
+    #[serde(default)]
+    pub pretrained_weights: Option<PathBuf>,
 }
 
 impl TrainingConfig {
@@ -76,6 +80,7 @@ impl TrainingConfig {
             loader_threads: 0,
             torch_threads: 0,
             gpu_augmentation: false,
+            pretrained_weights: None,
         }
     }
 }
@@ -325,6 +330,12 @@ pub fn train_fold(spec: &FoldSpec, progress: &mut dyn Progress) -> anyhow::Resul
         cfg.iterations_per_epoch
     ))?;
     logs.write_history(&state.history, false)?;
+    // nnU-Net loads pretrained weights only when not continuing (nnunetv2/run/run_training.py::maybe_load_checkpoint).
+    if let Some(p) = &cfg.pretrained_weights {
+        let msg = crate::interop::pretrained::load_pretrained_weights(&net, &vs, p)?;
+        logs.line(&msg)?;
+        progress.log(&msg);
+    }
     run_epochs(spec, &s, &net, &vs, &mut opt, scaler.as_mut(), state, cfg.seed, &mut logs, progress)
 }
 
