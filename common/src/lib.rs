@@ -39,6 +39,7 @@ pub mod postprocess;
 pub mod preprocess;
 pub mod splits;
 pub mod synthetic;
+pub mod tensorboard;
 pub mod train_log;
 pub mod verify;
 

@@ -15,4 +15,5 @@ pub mod client;
 pub mod device;
 pub mod infer;
 pub mod net;
+pub mod nvml;
 pub mod train;
