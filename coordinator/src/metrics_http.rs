@@ -100,7 +100,8 @@ pub async fn serve(c: Arc<Coordinator>, listener: tokio::net::TcpListener, web: 
                 let c = c.clone();
                 let web = web.clone();
                 async move {
-                    let (code, body) = match (req.uri().path(), &web) {
+                    let path = req.uri().path().to_string();
+                    let (code, body) = match (path.as_str(), &web) {
                         ("/metrics", _) => (200, render(&c)),
                         ("/healthz", _) => (200, "ok\n".to_string()),
                         (_, Some(web)) => return Ok(web.handle(req).await),

@@ -14,6 +14,8 @@ pub mod model;
 pub mod prom;
 pub mod sse;
 pub mod telemetry;
+#[cfg(test)]
+mod tests;
 
 pub use model::{Access, Backend, StaticTokens, TokenCheck};
 pub use telemetry::Telemetry;
@@ -128,7 +130,7 @@ impl Dashboard {
         if method != Method::GET {
             return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and POST");
         }
-        let since = |req: &Request<_>| sse::since(req.headers(), req.uri().query());
+        let from = sse::since(req.headers(), req.uri().query());
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match parts.as_slice() {
             [""] | ["runs"] | ["workers"] | ["run", _] => full(StatusCode::OK, "text/html; charset=utf-8", INDEX),
@@ -145,7 +147,7 @@ impl Dashboard {
                 None => text(StatusCode::NOT_FOUND, format!("unknown run {id}")),
             },
             ["api", "runs", id, "events"] => match self.backend.run_terminal(id) {
-                Some(_) => sse::run_events(self.clone(), id.to_string(), since(&req)),
+                Some(_) => sse::run_events(self.clone(), id.to_string(), from),
                 None => text(StatusCode::NOT_FOUND, format!("unknown run {id}")),
             },
             _ => text(StatusCode::NOT_FOUND, "not found: the dashboard is at /, metrics at /metrics"),
