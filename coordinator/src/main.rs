@@ -299,7 +299,11 @@ async fn serve(a: ServeArgs) -> Result<()> {
         let l = tokio::net::TcpListener::bind(m).await.with_context(|| format!("binding metrics {m}"))?;
         eprintln!("metrics on http://{0}/metrics, dashboard on http://{0}/ (log in with the token)", l.local_addr()?);
         let tokens = token.clone().map_or_else(nnunet_coordinator::web::StaticTokens::open, nnunet_coordinator::web::StaticTokens::single);
-        tokio::spawn(metrics_http::serve(coord.clone(), l, Some(nnunet_coordinator::web::Dashboard::for_coordinator(coord.clone(), tokens))));
+        tokio::spawn(metrics_http::serve(
+            coord.clone(),
+            l,
+            Some(nnunet_coordinator::web::Dashboard::for_coordinator(coord.clone(), tokens)),
+        ));
     }
     eprintln!("nnunet coordinator listening on {}://{addr} (state {})", if tls.is_some() { "https" } else { "http" }, state_dir.display());
     let shutdown = async {

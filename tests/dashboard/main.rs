@@ -125,10 +125,16 @@ fn dashboard_follows_a_five_fold_run_and_tensorboard_reads_every_epoch() {
     let first: u64 = js_points(&mut b).iter().sum();
     assert!(b.eval("document.querySelectorAll('section.fold canvas').length >= 10") == serde_json::json!(true), "two charts per fold");
     // Epochs keep arriving over the event stream while the page stays open.
-    b.wait_for(&format!("[...document.querySelectorAll('section.fold')].reduce((a, s) => a + +s.dataset.points, 0) > {first}"), Duration::from_secs(600));
+    b.wait_for(
+        &format!("[...document.querySelectorAll('section.fold')].reduce((a, s) => a + +s.dataset.points, 0) > {first}"),
+        Duration::from_secs(600),
+    );
     let later: u64 = js_points(&mut b).iter().sum();
     println!("chart points: {first} at first sight, {later} later, without reloading");
-    assert!(b.eval("document.querySelectorAll('#tasks tr').length >= 11") == serde_json::json!(true), "task table: 1+ preprocess, 5 train, 5 validate");
+    assert!(
+        b.eval("document.querySelectorAll('#tasks tr').length >= 11") == serde_json::json!(true),
+        "task table: 1+ preprocess, 5 train, 5 validate"
+    );
     assert!(b.eval("document.querySelectorAll('#log li').length > 3") == serde_json::json!(true), "event log");
 
     // The run finishes: every fold has all its epochs plotted and the CV table appears.

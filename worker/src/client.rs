@@ -249,7 +249,13 @@ async fn register(conn: &Conn, args: &ServeArgs) -> Result<pb::RegisterReply> {
     let req = pb::RegisterRequest {
         host,
         device: args.device.clone(),
-        device_name: gpu.as_ref().map(|g| g.name.clone()).unwrap_or_else(|| if args.device.starts_with("cuda") { "cuda".into() } else { "cpu".into() }),
+        device_name: gpu.as_ref().map(|g| g.name.clone()).unwrap_or_else(|| {
+            if args.device.starts_with("cuda") {
+                "cuda".into()
+            } else {
+                "cpu".into()
+            }
+        }),
         device_memory_bytes: gpu.as_ref().map_or(0, |g| g.memory_total_bytes),
         cpu_threads: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
         version: env!("CARGO_PKG_VERSION").into(),

@@ -121,7 +121,10 @@ impl Dashboard {
             return if method == Method::GET && !path.starts_with("/api/") {
                 redirect("/login", None)
             } else {
-                text(StatusCode::UNAUTHORIZED, "log in first: POST /login with the coordinator token, or send Authorization: Bearer <token>")
+                text(
+                    StatusCode::UNAUTHORIZED,
+                    "log in first: POST /login with the coordinator token, or send Authorization: Bearer <token>",
+                )
             };
         };
         if method == Method::POST {

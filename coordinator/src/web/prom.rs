@@ -55,7 +55,8 @@ pub fn render(c: &Coordinator, o: &mut String) {
     for t in st.tasks.values() {
         if let Some(m) = &t.last_metrics {
             for (i, d) in m.pseudo_dice.iter().enumerate() {
-                let _ = writeln!(o, "nnunet_fold_pseudo_dice_class{{run=\"{}\",fold=\"{}\",class=\"{}\"}} {d}", esc(&t.run_id), t.fold, i + 1);
+                let _ =
+                    writeln!(o, "nnunet_fold_pseudo_dice_class{{run=\"{}\",fold=\"{}\",class=\"{}\"}} {d}", esc(&t.run_id), t.fold, i + 1);
             }
         }
     }

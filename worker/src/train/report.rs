@@ -42,7 +42,12 @@ impl FoldLogs {
         let p = fold_dir.join(TEXT_LOG);
         let txt =
             std::fs::OpenOptions::new().create(true).append(true).open(&p).map_err(|e| anyhow::anyhow!("opening {}: {e}", p.display()))?;
-        Ok(FoldLogs { txt, jsonl: fold_dir.join(JSONL_LOG), png: fold_dir.join(PROGRESS_PNG), tensorboard: train_log_tb::ScalarLog::new(fold_dir) })
+        Ok(FoldLogs {
+            txt,
+            jsonl: fold_dir.join(JSONL_LOG),
+            png: fold_dir.join(PROGRESS_PNG),
+            tensorboard: train_log_tb::ScalarLog::new(fold_dir),
+        })
     }
 
     /// Appends a timestamped line to `training_log.txt`.
