@@ -127,7 +127,7 @@ function foldChart(el, series, axes) {
     width: Math.max(300, el.clientWidth || 440), height: 170, legend: { live: false },
     scales: { x: { time: false } },
     series: [{ label: "epoch" }, ...series],
-    axes: [{ label: "epoch" }, ...axes],
+    axes: [{ label: "epoch", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000] }, ...axes],
   };
   return new uPlot(opts, [[], ...series.map(() => [])], el);
 }
@@ -190,6 +190,9 @@ function runPage(main, id) {
       const tr = run.tasks.find((t) => t.fold === f && t.kind === "train");
       const st = run.tasks.filter((t) => t.fold === f).map((t) => `${t.kind} ${t.state}`).join(" · ");
       $(".fstate", c.el).replaceChildren(tr ? stateTag(tr.state) : "");
+      // Retry re-queues a fold's failed or cancelled tasks; offer it only where there are some.
+      const retry = $(".retry", c.el);
+      if (retry) retry.hidden = !run.tasks.some((t) => t.fold === f && (t.state === "FAILED" || t.state === "CANCELLED"));
       c.el.setAttribute("data-state", tr ? tr.state : "");
       c.el.title = st;
     }
