@@ -34,4 +34,8 @@ else
   .venv/bin/python -m pip install -q "torch==$TORCH_VERSION" numpy nibabel
   have_torch || { echo "setup: torch $TORCH_VERSION did not install into .venv" >&2; exit 1; }
 fi
+if ! .venv/bin/python -c 'import tensorboard' 2>/dev/null; then
+  echo "setup: installing tensorboard into .venv (the dashboard test reads the TensorBoard event files with it)"
+  .venv/bin/python -m pip install -q tensorboard
+fi
 echo "setup: done. Build with: export LIBTORCH_USE_PYTORCH=1 PATH=$PWD/.venv/bin:\$PATH; cargo build --release"

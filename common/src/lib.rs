@@ -54,6 +54,7 @@ pub mod resample;
 pub mod splits;
 pub mod stats;
 pub mod synthetic;
+pub mod tensorboard;
 pub mod train_log;
 pub mod verify;
 

@@ -6,7 +6,7 @@
 //! - [`pipeline`]: planning and finalizing on the run directory (calls `nnunet-common`).
 //! - [`local`]: `nnunet run`, an embedded coordinator with local worker processes.
 //! - [`client`]: the CLI side of the Monitor API (`submit`, `status`, `watch`, `logs`).
-//! - [`metrics_http`]: Prometheus `/metrics`.
+//! - [`metrics_http`]: Prometheus `/metrics`; [`web`]: the dashboard on the same listener.
 //! - `cli_*`: the pipeline commands (`convert`, `verify`, `plan`, `preprocess`, `evaluate`, ...).
 pub mod cli_eval;
 pub mod cli_intake;
@@ -19,3 +19,4 @@ pub mod pipeline;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod web;

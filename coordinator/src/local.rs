@@ -246,6 +246,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     ));
     let url = format!("http://{addr}");
     eprintln!("coordinator on {url} (state {}, token in {token_src}); watch from another shell with: nnunet watch --coordinator {url} --token-file {}/token RUN", state_dir.display(), state_dir.display());
+    let web = crate::web::Dashboard::for_coordinator(coord.clone(), crate::web::StaticTokens::single(token.clone()));
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding the dashboard on loopback")?;
+    eprintln!("dashboard: http://{}/ (log in with the token in {}/token)", http.local_addr()?, state_dir.display());
+    tokio::spawn(crate::metrics_http::serve(coord.clone(), http, Some(web)));
 
     let mut events = coord.subscribe();
     // An interrupted `nnunet run` on the same dataset and folds continues where it stopped.

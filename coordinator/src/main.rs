@@ -125,8 +125,8 @@ struct ServeArgs {
     tls_cert: Option<PathBuf>,
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Prometheus /metrics address, e.g. 0.0.0.0:9090.
-    #[arg(long)]
+    /// HTTP address of Prometheus /metrics and the web dashboard (/), e.g. 0.0.0.0:9090.
+    #[arg(long, alias = "http-listen")]
     metrics_listen: Option<std::net::SocketAddr>,
     /// Seconds without heartbeat after which a task is reassigned.
     #[arg(long, default_value_t = 30)]
@@ -311,8 +311,13 @@ async fn serve(a: ServeArgs) -> Result<()> {
     let addr = listener.local_addr()?;
     if let Some(m) = a.metrics_listen {
         let l = tokio::net::TcpListener::bind(m).await.with_context(|| format!("binding metrics {m}"))?;
-        eprintln!("metrics on http://{}/metrics", l.local_addr()?);
-        tokio::spawn(metrics_http::serve(coord.clone(), l));
+        eprintln!("metrics on http://{0}/metrics, dashboard on http://{0}/ (log in with the token)", l.local_addr()?);
+        let tokens = token.clone().map_or_else(nnunet_coordinator::web::StaticTokens::open, nnunet_coordinator::web::StaticTokens::single);
+        tokio::spawn(metrics_http::serve(
+            coord.clone(),
+            l,
+            Some(nnunet_coordinator::web::Dashboard::for_coordinator(coord.clone(), tokens)),
+        ));
     }
     eprintln!("nnunet coordinator listening on {}://{addr} (state {})", if tls.is_some() { "https" } else { "http" }, state_dir.display());
     let shutdown = async {

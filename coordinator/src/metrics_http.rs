@@ -1,5 +1,6 @@
 //! Prometheus `/metrics` for the coordinator, in the text exposition format, with `run`, `fold`,
-//! `kind` and `worker` labels. Served on its own port (`--metrics-listen`) next to gRPC.
+//! `kind` and `worker` labels. Served on its own port (`--metrics-listen`) next to gRPC, with the
+//! web dashboard (`crate::web`) on the other paths.
 use crate::server::Coordinator;
 use crate::state::TaskState;
 use std::fmt::Write;
@@ -81,30 +82,36 @@ pub fn render(c: &Coordinator) -> String {
         "# HELP nnunet_fenced_writes_total Writes refused for a stale fencing token.\n# TYPE nnunet_fenced_writes_total counter"
     );
     let _ = writeln!(o, "nnunet_fenced_writes_total {}", c.counters.refused_writes.load(Ordering::Relaxed));
+    crate::web::prom::render(c, &mut o);
     o
 }
 
-/// Serves `/metrics` (and `/healthz`) until the process ends.
-pub async fn serve(c: Arc<Coordinator>, listener: tokio::net::TcpListener) {
-    use http_body_util::Full;
+/// Serves `/metrics` (and `/healthz`) until the process ends; every other path goes to the
+/// dashboard when one is given.
+pub async fn serve(c: Arc<Coordinator>, listener: tokio::net::TcpListener, web: Option<Arc<crate::web::Dashboard>>) {
+    use http_body_util::{BodyExt, Full};
     use hyper::body::Bytes;
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let c = c.clone();
+        let web = web.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let c = c.clone();
+                let web = web.clone();
                 async move {
-                    let (code, body) = match req.uri().path() {
-                        "/metrics" => (200, render(&c)),
-                        "/healthz" => (200, "ok\n".to_string()),
+                    let path = req.uri().path().to_string();
+                    let (code, body) = match (path.as_str(), &web) {
+                        ("/metrics", _) => (200, render(&c)),
+                        ("/healthz", _) => (200, "ok\n".to_string()),
+                        (_, Some(web)) => return Ok(web.handle(req).await),
                         _ => (404, "not found: try /metrics\n".to_string()),
                     };
                     Ok::<_, std::convert::Infallible>(
                         hyper::Response::builder()
                             .status(code)
                             .header("content-type", "text/plain; version=0.0.4")
-                            .body(Full::new(Bytes::from(body)))
+                            .body(Full::new(Bytes::from(body)).boxed())
                             .unwrap(),
                     )
                 }

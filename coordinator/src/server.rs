@@ -55,6 +55,8 @@ pub struct Coordinator {
     store: Mutex<Store>,
     events: broadcast::Sender<Event>,
     pub counters: Counters,
+    /// Workers' heartbeat readings (RSS, NVML), for `/metrics` and the dashboard.
+    pub telemetry: crate::web::Telemetry,
     hash_cache: Mutex<HashMap<PathBuf, (u64, i64, String)>>,
 }
 
@@ -78,6 +80,7 @@ impl Coordinator {
             store: Mutex::new(store),
             events,
             counters: Counters::default(),
+            telemetry: Default::default(),
             hash_cache: Mutex::new(HashMap::new()),
         }))
     }
@@ -427,6 +430,7 @@ impl WorkerApi for WorkerService {
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatReply>, Status> {
         let r = req.into_inner();
         let now = state::now_ms();
+        self.0.telemetry.record(&r, now);
         let mut st = self.0.state.lock().unwrap();
         st.touch_worker(&r.worker_id);
         match st.heartbeat(&r.task_id, r.fencing_token, now) {

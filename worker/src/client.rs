@@ -244,11 +244,19 @@ async fn connect(args: &ServeArgs) -> Result<Conn> {
 
 async fn register(conn: &Conn, args: &ServeArgs) -> Result<pb::RegisterReply> {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into());
+    crate::nvml::select(&args.device);
+    let gpu = tokio::task::spawn_blocking(crate::nvml::sample).await.ok().flatten();
     let req = pb::RegisterRequest {
         host,
         device: args.device.clone(),
-        device_name: if args.device.starts_with("cuda") { "cuda".into() } else { "cpu".into() },
-        device_memory_bytes: 0,
+        device_name: gpu.as_ref().map(|g| g.name.clone()).unwrap_or_else(|| {
+            if args.device.starts_with("cuda") {
+                "cuda".into()
+            } else {
+                "cpu".into()
+            }
+        }),
+        device_memory_bytes: gpu.as_ref().map_or(0, |g| g.memory_total_bytes),
         cpu_threads: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
         version: env!("CARGO_PKG_VERSION").into(),
         shared_root: String::new(),
@@ -409,13 +417,17 @@ fn spawn_heartbeat(conn: Conn, task: pb::Task, lost: Arc<AtomicBool>, every: Dur
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(every).await;
+            let gpu = tokio::task::spawn_blocking(crate::nvml::sample).await.ok().flatten();
             let req = pb::HeartbeatRequest {
                 worker_id: conn.id(),
                 task_id: task.task_id.clone(),
                 lease_id: task.lease_id,
                 fencing_token: task.fencing_token,
                 rss_bytes: crate::device::rss_bytes(),
-                device_memory_used_bytes: 0,
+                device_memory_used_bytes: gpu.as_ref().map_or(0, |g| g.memory_used_bytes),
+                device_name: gpu.as_ref().map(|g| g.name.clone()).unwrap_or_default(),
+                device_memory_total_bytes: gpu.as_ref().map(|g| g.memory_total_bytes),
+                gpu_utilization_percent: gpu.as_ref().and_then(|g| g.utilization_percent),
             };
             match conn
                 .call("heartbeat", |mut api| {
@@ -731,6 +743,12 @@ impl Progress for GrpcProgress<'_> {
             let p = self.fold_dir.join(extra);
             if p.exists() && !files.contains(&p) {
                 files.push(p);
+            }
+        }
+        // TensorBoard event files (nnunet_common::tensorboard) travel with the logs.
+        for e in std::fs::read_dir(&self.fold_dir)?.flatten() {
+            if e.file_name().to_string_lossy().contains(nnunet_common::tensorboard::FILE_MARKER) && !files.contains(&e.path()) {
+                files.push(e.path());
             }
         }
         files.sort_by_key(|p| {

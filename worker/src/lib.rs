@@ -17,4 +17,5 @@ pub mod device;
 pub mod infer;
 pub mod interop;
 pub mod net;
+pub mod nvml;
 pub mod train;

@@ -2,6 +2,7 @@
 //! one line per event and epoch), `training_log.jsonl` (rewritten from the checkpointed history each
 //! epoch, so every epoch appears exactly once even after a kill and resume), `progress.png`, and the
 //! console: a progress bar on a TTY, one line per epoch otherwise.
+use nnunet_common::tensorboard as train_log_tb;
 use nnunet_common::train_log::{self, EpochMetrics};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ pub struct FoldLogs {
     txt: std::fs::File,
     jsonl: PathBuf,
     png: PathBuf,
+    tensorboard: train_log_tb::ScalarLog,
 }
 
 fn timestamp() -> String {
@@ -40,7 +42,12 @@ impl FoldLogs {
         let p = fold_dir.join(TEXT_LOG);
         let txt =
             std::fs::OpenOptions::new().create(true).append(true).open(&p).map_err(|e| anyhow::anyhow!("opening {}: {e}", p.display()))?;
-        Ok(FoldLogs { txt, jsonl: fold_dir.join(JSONL_LOG), png: fold_dir.join(PROGRESS_PNG) })
+        Ok(FoldLogs {
+            txt,
+            jsonl: fold_dir.join(JSONL_LOG),
+            png: fold_dir.join(PROGRESS_PNG),
+            tensorboard: train_log_tb::ScalarLog::new(fold_dir),
+        })
     }
 
     /// Appends a timestamped line to `training_log.txt`.
@@ -54,9 +61,11 @@ impl FoldLogs {
         self.line(&train_log::format_epoch_line(m))
     }
 
-    /// Rewrites `training_log.jsonl` from `history`; also redraws `progress.png` when `plot`.
+    /// Rewrites `training_log.jsonl` from `history`, appends its new epochs to the TensorBoard event
+    /// file; also redraws `progress.png` when `plot`.
     pub fn write_history(&mut self, history: &[EpochMetrics], plot: bool) -> anyhow::Result<()> {
         train_log::write_jsonl(&self.jsonl, history)?;
+        self.tensorboard.sync(history)?;
         if plot && !history.is_empty() {
             train_log::plot_progress(&self.png, history)?;
         }

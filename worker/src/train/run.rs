@@ -471,7 +471,7 @@ fn run_epochs(
             epoch_seconds: t_epoch.elapsed().as_secs_f64(),
             dataloader_wait_seconds: wait,
             step_seconds: step_time / iters as f64,
-            device_memory_peak_bytes: 0,
+            device_memory_peak_bytes: crate::nvml::peak_used_bytes(),
             new_best,
         };
         state.history.push(m.clone());

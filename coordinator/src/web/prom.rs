@@ -1,0 +1,63 @@
+//! `/metrics` lines for what workers and trainers report beyond the base gauges: heartbeat
+//! telemetry (worker RSS, NVML device memory and utilisation), per-class pseudo-Dice, data-loader
+//! wait and step time per epoch. Values a worker could not read are left out, not written as 0.
+use crate::server::Coordinator;
+use std::fmt::Write;
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn head(o: &mut String, name: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
+}
+
+/// Appends the telemetry and per-epoch series to `o`.
+pub fn render(c: &Coordinator, o: &mut String) {
+    let samples = c.telemetry.all();
+    let st = c.state.lock().unwrap();
+    let device = |w: &str| st.workers.get(w).map(|w| w.device.clone()).unwrap_or_default();
+    type Get = fn(&super::telemetry::Sample) -> Option<f64>;
+    let worker_series: [(&str, &str, Get); 4] = [
+        ("nnunet_worker_rss_bytes", "Resident memory of the worker process.", |s| s.rss_bytes.map(|v| v as f64)),
+        ("nnunet_worker_device_memory_used_bytes", "Memory in use on the worker's GPU (NVML).", |s| {
+            s.gpu_memory_used_bytes.map(|v| v as f64)
+        }),
+        ("nnunet_worker_device_memory_total_bytes", "Memory of the worker's GPU (NVML).", |s| s.gpu_memory_total_bytes.map(|v| v as f64)),
+        ("nnunet_worker_gpu_utilization_percent", "GPU utilisation over the last sample period (NVML).", |s| {
+            s.gpu_util_percent.map(f64::from)
+        }),
+    ];
+    for (name, help, get) in worker_series {
+        head(o, name, help);
+        for (w, s) in &samples {
+            if let Some(v) = get(s) {
+                let dn = s.device_name.as_deref().unwrap_or("");
+                let _ = writeln!(o, "{name}{{worker=\"{}\",device=\"{}\",device_name=\"{}\"}} {v}", esc(w), esc(&device(w)), esc(dn));
+            }
+        }
+    }
+    type GetM = fn(&nnunet_common::train_log::EpochMetrics) -> f64;
+    let fold_series: [(&str, &str, GetM); 2] = [
+        ("nnunet_fold_dataloader_wait_seconds", "Time the last epoch waited for batches.", |m| m.dataloader_wait_seconds),
+        ("nnunet_fold_step_seconds", "Mean forward+backward+step time per iteration of the last epoch.", |m| m.step_seconds),
+    ];
+    for (name, help, f) in fold_series {
+        head(o, name, help);
+        for t in st.tasks.values() {
+            if let Some(m) = &t.last_metrics {
+                let w = t.worker_id.as_deref().unwrap_or("");
+                let _ = writeln!(o, "{name}{{run=\"{}\",fold=\"{}\",worker=\"{}\"}} {}", esc(&t.run_id), t.fold, esc(w), f(m));
+            }
+        }
+    }
+    head(o, "nnunet_fold_pseudo_dice_class", "Pseudo-Dice of one foreground class in the last epoch (class 1 = first foreground label).");
+    for t in st.tasks.values() {
+        if let Some(m) = &t.last_metrics {
+            for (i, d) in m.pseudo_dice.iter().enumerate() {
+                let _ =
+                    writeln!(o, "nnunet_fold_pseudo_dice_class{{run=\"{}\",fold=\"{}\",class=\"{}\"}} {d}", esc(&t.run_id), t.fold, i + 1);
+            }
+        }
+    }
+}
