@@ -1,7 +1,7 @@
 //! Prometheus `/metrics` for the coordinator, in the text exposition format, with `run`, `fold`,
 //! `kind` and `worker` labels. Served on its own port (`--metrics-listen`) next to gRPC.
-use crate::server::Coordinator;
-use crate::state::TaskState;
+use crate::engine::Coordinator;
+use crate::state::{State, TaskState};
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,11 +12,20 @@ fn esc(s: &str) -> String {
 
 /// Renders every metric from the current state.
 pub fn render(c: &Coordinator) -> String {
-    let st = c.state.lock().unwrap();
+    let now = c.now_ms();
+    let mut o = c.read(|st| render_state(st, now));
+    counters(c, &mut o);
+    o
+}
+
+fn fold_label(f: Option<nnunet_common::Fold>) -> String {
+    f.map(|f| f.to_string()).unwrap_or_else(|| "-".into())
+}
+
+fn render_state(st: &State, now: i64) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "# HELP nnunet_workers_registered Workers known to the coordinator.\n# TYPE nnunet_workers_registered gauge");
     let _ = writeln!(o, "nnunet_workers_registered {}", st.workers.len());
-    let now = crate::state::now_ms();
     let _ = writeln!(
         o,
         "# HELP nnunet_worker_last_seen_seconds Seconds since the worker's last call.\n# TYPE nnunet_worker_last_seen_seconds gauge"
@@ -25,19 +34,19 @@ pub fn render(c: &Coordinator) -> String {
         let _ = writeln!(
             o,
             "nnunet_worker_last_seen_seconds{{worker=\"{}\",device=\"{}\"}} {:.1}",
-            esc(&w.id),
+            esc(w.id.as_str()),
             esc(&w.device),
             (now - w.last_seen_ms) as f64 / 1000.0
         );
     }
     let _ = writeln!(o, "# HELP nnunet_run_state Run state (1 for the current state).\n# TYPE nnunet_run_state gauge");
     for r in st.runs.values() {
-        let _ = writeln!(o, "nnunet_run_state{{run=\"{}\",state=\"{}\"}} 1", esc(&r.id), r.state.name());
+        let _ = writeln!(o, "nnunet_run_state{{run=\"{}\",state=\"{}\"}} 1", esc(r.id.as_str()), r.state.name());
     }
     let _ = writeln!(o, "# HELP nnunet_tasks Tasks per run, kind and state.\n# TYPE nnunet_tasks gauge");
     let mut counts = std::collections::BTreeMap::new();
     for t in st.tasks.values() {
-        *counts.entry((t.run_id.clone(), t.kind.name(), t.state.name())).or_insert(0) += 1;
+        *counts.entry((t.run_id.to_string(), t.kind.name(), t.state.name())).or_insert(0) += 1;
     }
     for ((run, kind, state), n) in counts {
         let _ = writeln!(o, "nnunet_tasks{{run=\"{}\",kind=\"{kind}\",state=\"{state}\"}} {n}", esc(&run));
@@ -55,17 +64,20 @@ pub fn render(c: &Coordinator) -> String {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
         for t in st.tasks.values() {
             if let Some(m) = &t.last_metrics {
-                let worker = t.worker_id.as_deref().unwrap_or("");
-                let _ = writeln!(o, "{name}{{run=\"{}\",fold=\"{}\",worker=\"{}\"}} {}", esc(&t.run_id), t.fold, esc(worker), f(m));
+                let worker = t.worker_id.as_ref().map(|w| w.as_str()).unwrap_or("");
+                let _ = writeln!(o, "{name}{{run=\"{}\",fold=\"{}\",worker=\"{}\"}} {}", esc(t.run_id.as_str()), fold_label(t.fold), esc(worker), f(m));
             }
         }
     }
     let _ = writeln!(o, "# HELP nnunet_task_attempts Attempts per task.\n# TYPE nnunet_task_attempts gauge");
     for t in st.tasks.values().filter(|t| t.state != TaskState::Pending || t.attempt > 0) {
         let _ =
-            writeln!(o, "nnunet_task_attempts{{run=\"{}\",fold=\"{}\",kind=\"{}\"}} {}", esc(&t.run_id), t.fold, t.kind.name(), t.attempt);
+            writeln!(o, "nnunet_task_attempts{{run=\"{}\",fold=\"{}\",kind=\"{}\"}} {}", esc(t.run_id.as_str()), fold_label(t.fold), t.kind.name(), t.attempt);
     }
-    drop(st);
+    o
+}
+
+fn counters(c: &Coordinator, o: &mut String) {
     let _ = writeln!(
         o,
         "# HELP nnunet_artifact_bytes_uploaded_total Bytes received from workers.\n# TYPE nnunet_artifact_bytes_uploaded_total counter"
@@ -81,7 +93,11 @@ pub fn render(c: &Coordinator) -> String {
         "# HELP nnunet_fenced_writes_total Writes refused for a stale fencing token.\n# TYPE nnunet_fenced_writes_total counter"
     );
     let _ = writeln!(o, "nnunet_fenced_writes_total {}", c.counters.refused_writes.load(Ordering::Relaxed));
-    o
+    let _ = writeln!(
+        o,
+        "# HELP nnunet_persist_failures_total Changes refused because the database could not be written.\n# TYPE nnunet_persist_failures_total counter"
+    );
+    let _ = writeln!(o, "nnunet_persist_failures_total {}", c.counters.persist_failures.load(Ordering::Relaxed));
 }
 
 /// Serves `/metrics` (and `/healthz`) until the process ends.
