@@ -14,7 +14,10 @@ pub enum TokenSource {
     File(PathBuf),
     Env,
     /// `<state-dir>/token`, `generated` on this start.
-    StateDir { path: PathBuf, generated: bool },
+    StateDir {
+        path: PathBuf,
+        generated: bool,
+    },
 }
 
 impl std::fmt::Display for TokenSource {

@@ -1,4 +1,5 @@
-//! The scoring commands of the `nnunet` CLI (SPEC §10.3, §11), thin wrappers over
+//! The scoring commands of the `nnunet` CLI (nnU-Net's `nnunetv2/evaluation/evaluate_predictions.py`,
+//! `nnunetv2/ensembling/ensemble.py`, `nnunetv2/postprocessing/remove_connected_components.py`), thin wrappers over
 //! `nnunet_common::{evaluate, ensemble, postprocess}`:
 //!
 //! - `nnunet evaluate GT_DIR PRED_DIR [--djfile dataset.json] [-o summary.json]`: nnU-Net's

@@ -98,7 +98,7 @@ fn run_json(info: &pb::RunInfo) -> serde_json::Value {
         "run_id": info.run_id, "name": info.name, "dataset": info.dataset_name, "state": info.state, "run_dir": info.run_dir,
         "summary": serde_json::from_str::<serde_json::Value>(&info.summary_json).unwrap_or(serde_json::Value::Null),
         "tasks": info.tasks.iter().map(|t| serde_json::json!({
-            "task_id": t.task_id, "kind": client::kind_name(t.kind), "fold": if t.fold_name.is_empty() { serde_json::json!(t.fold) } else { serde_json::json!(t.fold_name) },
+            "task_id": t.task_id, "kind": client::kind_name(t.kind), "fold": if t.fold_name == "all" { serde_json::json!("all") } else { serde_json::json!(t.fold) },
             "state": t.state, "worker": t.worker_id, "attempt": t.attempt, "error": t.error,
             "epoch": t.last_metrics.as_ref().map(|m| m.epoch + 1), "ema_dice": t.last_metrics.as_ref().map(|m| m.ema_fg_dice),
         })).collect::<Vec<_>>(),

@@ -72,7 +72,8 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
     cfg.heartbeat_interval = Duration::from_secs((a.lease_ttl_secs / 6).clamp(1, 5));
     cfg.threads = a.threads;
     cfg.max_upload_bytes = a.max_upload_mib << 20;
-    cfg.retention = Retention { keep_finished: a.retain_finished_runs, max_age: a.retain_days.map(|d| Duration::from_secs_f64(d * 86_400.0)) };
+    cfg.retention =
+        Retention { keep_finished: a.retain_finished_runs, max_age: a.retain_days.map(|d| Duration::from_secs_f64(d * 86_400.0)) };
     let coord = Coordinator::open(cfg)?;
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
     let addr = listener.local_addr()?;

@@ -58,11 +58,13 @@ pub fn tls_hint(addr: &str, err: &str) -> Option<String> {
     if err.contains("UnknownIssuer") || err.contains("invalid peer certificate") {
         return Some("the coordinator's certificate is not trusted: pass its CA with --tls-ca".into());
     }
-    let plaintext_to_tls = ["h2 protocol error", "frame with invalid size", "connection reset", "broken pipe", "unexpected end of file"];
-    if addr.starts_with("http://") && plaintext_to_tls.iter().any(|p| err.to_ascii_lowercase().contains(p)) {
+    let plaintext_to_tls =
+        ["h2 protocol error", "frame with invalid size", "connection reset", "broken pipe", "unexpected end of file", "transport error"];
+    let lower = err.to_ascii_lowercase();
+    if !addr.starts_with("https://") && plaintext_to_tls.iter().any(|p| lower.contains(p)) {
+        let target = if addr.starts_with("http://") { addr.replacen("http://", "https://", 1) } else { "https://HOST:PORT".into() };
         return Some(format!(
-            "the connection broke during the HTTP/2 handshake; if the coordinator uses TLS, connect to {} with --tls-ca CA.pem",
-            addr.replacen("http://", "https://", 1)
+            "the connection broke during the HTTP/2 exchange; if the coordinator uses TLS, connect to {target} with --tls-ca CA.pem"
         ));
     }
     None
@@ -112,9 +114,11 @@ pub fn explain(s: tonic::Status) -> anyhow::Error {
         tonic::Code::Unauthenticated => {
             anyhow::anyhow!("the coordinator refused the call: {} (pass --token-file or NNUNET_TOKEN)", s.message())
         }
-        tonic::Code::PermissionDenied => anyhow::anyhow!("the coordinator refused the call: {} (this token's role may not do that)", s.message()),
+        tonic::Code::PermissionDenied => {
+            anyhow::anyhow!("the coordinator refused the call: {} (this token's role may not do that)", s.message())
+        }
         tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal => {
-            let hint = tls_hint("http://", s.message()).map(|h| format!(" ({h})")).unwrap_or_default();
+            let hint = tls_hint("", s.message()).map(|h| format!(" ({h})")).unwrap_or_default();
             anyhow::anyhow!("{}: {}{hint}", s.code(), s.message())
         }
         _ => anyhow::anyhow!("{}: {}", s.code(), s.message()),
@@ -239,8 +243,7 @@ pub fn summary_lines(summary_json: &str) -> String {
 pub fn event_line(e: &pb::Event) -> String {
     use pb::event::Body;
     let fold = match fold_label(&e.fold_name, e.fold).as_str() {
-        "-" if e.task_id.is_empty() => "run".to_string(),
-        "-" => "preprocess".to_string(),
+        "-" => "run".to_string(),
         f => format!("fold {f}"),
     };
     match &e.body {

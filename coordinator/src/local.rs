@@ -10,8 +10,8 @@ use crate::state::{EventBody, Run};
 use anyhow::{bail, Context, Result};
 use nnunet_common::Fold;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -352,7 +352,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
         run.budget.iterations_per_epoch,
         run.budget.val_iterations_per_epoch,
         devices.len(),
-        devices.iter().map(|d| d.0.clone() + &d.1.iter().map(|(k, v)| format!(" {k}={v}")).collect::<String>()).collect::<Vec<_>>().join(", "),
+        devices
+            .iter()
+            .map(|d| d.0.clone() + &d.1.iter().map(|(k, v)| format!(" {k}={v}")).collect::<String>())
+            .collect::<Vec<_>>()
+            .join(", "),
         threads
     );
     let run_dir = state_dir.join("runs").join(run.id.as_str());

@@ -65,14 +65,27 @@ fn render_state(st: &State, now: i64) -> String {
         for t in st.tasks.values() {
             if let Some(m) = &t.last_metrics {
                 let worker = t.worker_id.as_ref().map(|w| w.as_str()).unwrap_or("");
-                let _ = writeln!(o, "{name}{{run=\"{}\",fold=\"{}\",worker=\"{}\"}} {}", esc(t.run_id.as_str()), fold_label(t.fold), esc(worker), f(m));
+                let _ = writeln!(
+                    o,
+                    "{name}{{run=\"{}\",fold=\"{}\",worker=\"{}\"}} {}",
+                    esc(t.run_id.as_str()),
+                    fold_label(t.fold),
+                    esc(worker),
+                    f(m)
+                );
             }
         }
     }
     let _ = writeln!(o, "# HELP nnunet_task_attempts Attempts per task.\n# TYPE nnunet_task_attempts gauge");
     for t in st.tasks.values().filter(|t| t.state != TaskState::Pending || t.attempt > 0) {
-        let _ =
-            writeln!(o, "nnunet_task_attempts{{run=\"{}\",fold=\"{}\",kind=\"{}\"}} {}", esc(t.run_id.as_str()), fold_label(t.fold), t.kind.name(), t.attempt);
+        let _ = writeln!(
+            o,
+            "nnunet_task_attempts{{run=\"{}\",fold=\"{}\",kind=\"{}\"}} {}",
+            esc(t.run_id.as_str()),
+            fold_label(t.fold),
+            t.kind.name(),
+            t.attempt
+        );
     }
     o
 }

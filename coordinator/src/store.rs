@@ -121,7 +121,10 @@ impl Store {
         for id in &fx.runs {
             if seen.insert(("r", id.as_str())) {
                 match st.runs.get(id) {
-                    Some(r) => tx.execute("INSERT OR REPLACE INTO runs (id, json) VALUES (?1, ?2)", params![id.as_str(), serde_json::to_string(r)?])?,
+                    Some(r) => tx.execute(
+                        "INSERT OR REPLACE INTO runs (id, json) VALUES (?1, ?2)",
+                        params![id.as_str(), serde_json::to_string(r)?],
+                    )?,
                     None => {
                         tx.execute("DELETE FROM events WHERE run_id=?1", params![id.as_str()])?;
                         tx.execute("DELETE FROM tasks WHERE run_id=?1", params![id.as_str()])?;
@@ -144,9 +147,10 @@ impl Store {
         for id in &fx.workers {
             if seen.insert(("w", id.as_str())) {
                 match st.workers.get(id) {
-                    Some(w) => {
-                        tx.execute("INSERT OR REPLACE INTO workers (id, json) VALUES (?1, ?2)", params![id.as_str(), serde_json::to_string(w)?])?
-                    }
+                    Some(w) => tx.execute(
+                        "INSERT OR REPLACE INTO workers (id, json) VALUES (?1, ?2)",
+                        params![id.as_str(), serde_json::to_string(w)?],
+                    )?,
                     None => tx.execute("DELETE FROM workers WHERE id=?1", params![id.as_str()])?,
                 };
             }

@@ -27,7 +27,13 @@ async fn nan_metrics_replay_and_survive_a_restart() {
         mean_fg_dice: f64::NAN,
         ..Default::default()
     };
-    let report = pb::MetricsReport { worker_id: w.clone(), task_id: t.task_id.clone(), fencing_token: t.fencing_token, metrics: Some(m), ..Default::default() };
+    let report = pb::MetricsReport {
+        worker_id: w.clone(),
+        task_id: t.task_id.clone(),
+        fencing_token: t.fencing_token,
+        metrics: Some(m),
+        ..Default::default()
+    };
     api.report_metrics(report).await.unwrap();
     let replay = |url: String| async move {
         let mut mon = mon(&url, TOKEN).await;
@@ -193,7 +199,17 @@ async fn downloads_stay_inside_the_run_and_stream() {
 async fn input_is_bounded_and_old_state_goes_away() {
     let dir = tempfile::tempdir().unwrap();
     let retention = Retention { keep_finished: Some(2), max_age: None };
-    let h = start(dir.path(), Start { cfg: Box::new(move |c| { c.retention = retention; c.worker_idle_prune = Duration::from_secs(60); }), ..Default::default() }).await;
+    let h = start(
+        dir.path(),
+        Start {
+            cfg: Box::new(move |c| {
+                c.retention = retention;
+                c.worker_idle_prune = Duration::from_secs(60);
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
     let mut mon = mon(&h.url, TOKEN).await;
     let mut api = api(&h.url, TOKEN).await;
     let huge = "x".repeat(1 << 20);
@@ -240,7 +256,8 @@ async fn input_is_bounded_and_old_state_goes_away() {
         h.clock.advance(Duration::from_millis(5));
     }
     h.coord.housekeep_once().await;
-    let left: Vec<String> = mon.list_runs(pb::ListRunsRequest::default()).await.unwrap().into_inner().runs.into_iter().map(|r| r.run_id).collect();
+    let left: Vec<String> =
+        mon.list_runs(pb::ListRunsRequest::default()).await.unwrap().into_inner().runs.into_iter().map(|r| r.run_id).collect();
     assert_eq!(left, ["r2", "r3", "r4"]);
     assert!(!dir.path().join("runs/r1").exists());
 }
@@ -281,7 +298,12 @@ async fn each_role_does_only_its_job() {
     assert!(t.task_id.len() > "r1-pre0-".len() + 7, "task ids carry random bits: {}", t.task_id);
     for who in [b.as_str(), ""] {
         let e = wapi
-            .complete(pb::CompleteRequest { worker_id: who.into(), task_id: t.task_id.clone(), fencing_token: t.fencing_token, ..Default::default() })
+            .complete(pb::CompleteRequest {
+                worker_id: who.into(),
+                task_id: t.task_id.clone(),
+                fencing_token: t.fencing_token,
+                ..Default::default()
+            })
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition, "{who:?}");
@@ -297,8 +319,15 @@ async fn each_role_does_only_its_job() {
     h.clock.advance(Duration::from_secs(3));
     assert_eq!(op.get_run(pb::GetRunRequest { run_id: "r1".into() }).await.unwrap_err().code(), Code::Unauthenticated);
     // Reflection answers only with a token.
-    use tonic_reflection::pb::v1::{server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest, ServerReflectionRequest};
-    let req = || tokio_stream::iter(vec![ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) }]);
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest, ServerReflectionRequest,
+    };
+    let req = || {
+        tokio_stream::iter(vec![ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        }])
+    };
     let e = ServerReflectionClient::new(channel(&h.url).await).server_reflection_info(req()).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     ServerReflectionClient::with_interceptor(channel(&h.url).await, Bearer(vt.clone())).server_reflection_info(req()).await.unwrap();
@@ -345,7 +374,11 @@ async fn tls_mistakes_get_hints() {
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, ca.pem()).unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let conn = |url: String, ca: Option<std::path::PathBuf>| nnunet_coordinator::client::ConnectArgs { coordinator: url, token_file: None, tls_ca: ca };
+    let conn = |url: String, ca: Option<std::path::PathBuf>| nnunet_coordinator::client::ConnectArgs {
+        coordinator: url,
+        token_file: None,
+        tls_ca: ca,
+    };
     let msg = async {
         let mut c = nnunet_coordinator::client::monitor(&conn(h.url.clone(), Some(ca_file.clone()))).await?;
         c.list_runs(pb::ListRunsRequest::default()).await.map_err(nnunet_coordinator::client::explain)?;

@@ -41,7 +41,9 @@ async fn with_tls_a_plaintext_client_is_refused() {
     let plain = h.url.replace("https://", "http://");
     let res = async {
         let ch = tonic::transport::Endpoint::from_shared(plain)?.connect().await?;
-        Ok::<_, Box<dyn std::error::Error>>(MonitorClient::with_interceptor(ch, Bearer(TOKEN.into())).list_runs(pb::ListRunsRequest::default()).await?)
+        Ok::<_, Box<dyn std::error::Error>>(
+            MonitorClient::with_interceptor(ch, Bearer(TOKEN.into())).list_runs(pb::ListRunsRequest::default()).await?,
+        )
     }
     .await;
     assert!(res.is_err(), "a plaintext client must not get an answer from a TLS coordinator");
@@ -99,13 +101,23 @@ async fn a_worker_whose_lease_expired_is_fenced_off() {
     let run_file = dir.path().join("runs").join("r1").join(&path);
     assert!(!run_file.exists(), "a fenced upload must leave nothing behind");
     let c = api
-        .complete(pb::CompleteRequest { worker_id: a.clone(), task_id: ta.task_id.clone(), fencing_token: ta.fencing_token, ..Default::default() })
+        .complete(pb::CompleteRequest {
+            worker_id: a.clone(),
+            task_id: ta.task_id.clone(),
+            fencing_token: ta.fencing_token,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(c.code(), Code::FailedPrecondition);
     // ... even with B's token: the holder is B.
     let c = api
-        .complete(pb::CompleteRequest { worker_id: a.clone(), task_id: tb.task_id.clone(), fencing_token: tb.fencing_token, ..Default::default() })
+        .complete(pb::CompleteRequest {
+            worker_id: a.clone(),
+            task_id: tb.task_id.clone(),
+            fencing_token: tb.fencing_token,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(c.code(), Code::FailedPrecondition, "{c:?}");

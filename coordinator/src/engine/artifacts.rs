@@ -10,7 +10,10 @@ use tokio::io::AsyncWriteExt;
 /// A relative artifact path inside a run directory: no absolute paths, no `..`, not empty.
 pub fn safe_rel_path(p: &str) -> Result<PathBuf, String> {
     let path = Path::new(p);
-    if p.is_empty() || p.len() > crate::domain::limits::PATH || path.is_absolute() || path.components().any(|c| !matches!(c, Component::Normal(_)))
+    if p.is_empty()
+        || p.len() > crate::domain::limits::PATH
+        || path.is_absolute()
+        || path.components().any(|c| !matches!(c, Component::Normal(_)))
     {
         return Err(format!("artifact path {p:?} must be relative to the run directory, without '..'"));
     }
@@ -34,7 +37,11 @@ pub fn upload_allowed(run: &Run, task: &Task, rel: &Path) -> Result<(), String> 
             task.cases.iter().any(|c| {
                 let f = nnunet_common::case::CaseFiles::new(&data, c);
                 let gt_ok = rel.parent() == Some(gt.as_path())
-                    && rel.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix(c.as_str())).is_some_and(|r| r.starts_with('.'));
+                    && rel
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(|n| n.strip_prefix(c.as_str()))
+                        .is_some_and(|r| r.starts_with('.'));
                 rel == f.data || rel == f.seg || rel == f.props || gt_ok
             })
         }
@@ -125,7 +132,9 @@ impl UploadSink {
 
     /// Renames the finished file into place.
     pub async fn commit(mut self) -> Result<PathBuf, UploadError> {
-        tokio::fs::rename(&self.tmp, &self.dest).await.map_err(|e| UploadError::Io(format!("renaming into {}: {e}", self.dest.display())))?;
+        tokio::fs::rename(&self.tmp, &self.dest)
+            .await
+            .map_err(|e| UploadError::Io(format!("renaming into {}: {e}", self.dest.display())))?;
         self.committed = true;
         Ok(self.dest.clone())
     }

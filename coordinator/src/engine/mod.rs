@@ -186,7 +186,11 @@ impl Coordinator {
     }
 
     /// Applies a mutation, persists its effects, publishes its events; undoes it when persisting fails.
-    pub fn apply_blocking<T>(&self, what: &'static str, f: impl FnOnce(&mut State, i64) -> Result<(T, Effects), Refusal>) -> Result<T, ApplyError> {
+    pub fn apply_blocking<T>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&mut State, i64) -> Result<(T, Effects), Refusal>,
+    ) -> Result<T, ApplyError> {
         if self.poisoned.load(Ordering::SeqCst) {
             return Err(ApplyError::Persist("an earlier failure left memory and database apart; restart the coordinator".into()));
         }

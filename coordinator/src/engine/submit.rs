@@ -46,9 +46,10 @@ impl Coordinator {
 
     /// Canonicalizes the dataset folder and creates the run directory (blocking).
     fn prepare_run(&self, spec: RunSpec) -> Result<Run> {
-        let raw = spec.dataset_dir.canonicalize().map_err(|e| {
-            anyhow::anyhow!("dataset folder {} is not readable by the coordinator: {e}", spec.dataset_dir.display())
-        })?;
+        let raw = spec
+            .dataset_dir
+            .canonicalize()
+            .map_err(|e| anyhow::anyhow!("dataset folder {} is not readable by the coordinator: {e}", spec.dataset_dir.display()))?;
         if !raw.join("dataset.json").is_file() {
             bail!("{} has no dataset.json: give an nnU-Net v2 raw dataset folder (DatasetXXX_Name), or convert images and masks first with `nnunet convert`", raw.display());
         }
@@ -102,4 +103,3 @@ impl Coordinator {
         }
     }
 }
-

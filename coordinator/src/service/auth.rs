@@ -82,7 +82,10 @@ impl tonic::service::Interceptor for Auth {
 pub fn require_operator<T>(req: &Request<T>) -> Result<(), Status> {
     match req.extensions().get::<Role>() {
         Some(r) if r.can_operate() => Ok(()),
-        Some(r) => Err(Status::permission_denied(format!("a {} token may not submit, cancel, retry or delete runs (use an operator token)", r.name()))),
+        Some(r) => Err(Status::permission_denied(format!(
+            "a {} token may not submit, cancel, retry or delete runs (use an operator token)",
+            r.name()
+        ))),
         None => Err(Status::permission_denied("no role")),
     }
 }

@@ -43,7 +43,8 @@ impl WorkerApi for WorkerService {
         bounded("shared_root", &r.shared_root, limits::PATH)?;
         let id = WorkerId(format!("w-{}-{}", sanitize(&r.host), crate::domain::random_hex(8)));
         let now = self.0.now_ms();
-        let w = Worker { id: id.clone(), host: r.host, device: r.device, device_name: r.device_name, registered_ms: now, last_seen_ms: now };
+        let w =
+            Worker { id: id.clone(), host: r.host, device: r.device, device_name: r.device_name, registered_ms: now, last_seen_ms: now };
         self.0.apply("register", move |st, _| Ok(((), st.register_worker(w)))).await.map_err(apply_status)?;
         tracing::info!(worker = %id, "worker registered");
         Ok(Response::new(pb::RegisterReply {
@@ -56,7 +57,9 @@ impl WorkerApi for WorkerService {
     async fn lease(&self, req: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseReply>, Status> {
         let w = worker_id(&req.into_inner().worker_id)?;
         match self.0.lease(w).await.map_err(apply_status)? {
-            (Some(order), _) => Ok(Response::new(pb::LeaseReply { task: Some(order_to_proto(&order)), retry_after_ms: 0, shutdown: false })),
+            (Some(order), _) => {
+                Ok(Response::new(pb::LeaseReply { task: Some(order_to_proto(&order)), retry_after_ms: 0, shutdown: false }))
+            }
             (None, idle) => Ok(Response::new(pb::LeaseReply { task: None, retry_after_ms: 500, shutdown: idle })),
         }
     }
@@ -150,7 +153,10 @@ impl WorkerApi for WorkerService {
     async fn download_artifact(&self, req: Request<pb::DownloadRequest>) -> Result<Response<ChunkStream>, Status> {
         let r = req.into_inner();
         let rel = safe_rel_path(&r.path).map_err(Status::invalid_argument)?;
-        let run = self.0.read(|st| st.runs.get(r.run_id.as_str()).cloned()).ok_or_else(|| Status::not_found(format!("unknown run {}", r.run_id)))?;
+        let run = self
+            .0
+            .read(|st| st.runs.get(r.run_id.as_str()).cloned())
+            .ok_or_else(|| Status::not_found(format!("unknown run {}", r.run_id)))?;
         let coord = self.0.clone();
         let c2 = coord.clone();
         let opened = tokio::task::spawn_blocking(move || {

@@ -148,7 +148,15 @@ impl State {
         Ok(fx)
     }
 
-    pub fn fail(&mut self, task_id: &str, token: u64, worker: &WorkerId, error: &str, retryable: bool, now: i64) -> Result<Effects, Refusal> {
+    pub fn fail(
+        &mut self,
+        task_id: &str,
+        token: u64,
+        worker: &WorkerId,
+        error: &str,
+        retryable: bool,
+        now: i64,
+    ) -> Result<Effects, Refusal> {
         let id = self.check_fence(task_id, token, Some(worker))?.id.clone();
         let mut fx = Effects::default();
         self.fail_task(&id, error, retryable, &mut fx, now);

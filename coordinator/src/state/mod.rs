@@ -168,7 +168,15 @@ impl State {
         State { lease_ttl_ms, next_lease: 1, ..Default::default() }
     }
 
-    pub(crate) fn emit(&mut self, fx: &mut Effects, run_id: &RunId, fold: Option<Fold>, task_id: Option<&TaskId>, body: EventBody, now: i64) {
+    pub(crate) fn emit(
+        &mut self,
+        fx: &mut Effects,
+        run_id: &RunId,
+        fold: Option<Fold>,
+        task_id: Option<&TaskId>,
+        body: EventBody,
+        now: i64,
+    ) {
         if let Some(run) = self.runs.get_mut(run_id) {
             let seq = run.next_seq;
             run.next_seq += 1;
@@ -259,8 +267,12 @@ impl State {
         let mut fx = Effects::default();
         let holders: std::collections::BTreeSet<&WorkerId> =
             self.tasks.values().filter(|t| t.state == TaskState::Running).filter_map(|t| t.worker_id.as_ref()).collect();
-        let stale: Vec<WorkerId> =
-            self.workers.values().filter(|w| now - w.last_seen_ms > max_idle_ms && !holders.contains(&w.id)).map(|w| w.id.clone()).collect();
+        let stale: Vec<WorkerId> = self
+            .workers
+            .values()
+            .filter(|w| now - w.last_seen_ms > max_idle_ms && !holders.contains(&w.id))
+            .map(|w| w.id.clone())
+            .collect();
         for id in stale {
             self.workers.remove(&id);
             fx.workers.push(id);
