@@ -396,3 +396,25 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     client::check_run_ok(&info)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::RunArgs;
+    use clap::Parser;
+    use nnunet_common::Fold;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn folds_parse_with_spaces_commas_and_all() {
+        let a = Cli::parse_from(["nnunet", "--folds", "0", "1", "2", "3", "4", "all"]).run;
+        assert_eq!(a.folds, [Fold::Index(0), Fold::Index(1), Fold::Index(2), Fold::Index(3), Fold::Index(4), Fold::All]);
+        assert_eq!(Cli::parse_from(["nnunet", "--folds", "0,all"]).run.folds, [Fold::Index(0), Fold::All]);
+        assert_eq!(Cli::parse_from(["nnunet"]).run.folds, Fold::default_five());
+        assert!(Cli::try_parse_from(["nnunet", "--folds", "x"]).is_err());
+    }
+}

@@ -104,11 +104,16 @@ impl TaskState {
 }
 
 /// What happened to a task, as journaled (`Retrying` is a failed attempt that goes back to the queue).
+/// The aliases read journals written before the states were typed (they stored the wire names).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub enum TaskTransition {
+    #[serde(alias = "RUNNING")]
     Running,
+    #[serde(alias = "DONE")]
     Done,
+    #[serde(alias = "RETRYING")]
     Retrying,
+    #[serde(alias = "FAILED")]
     Failed,
 }
 
@@ -125,12 +130,19 @@ impl TaskTransition {
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
 pub enum RunState {
+    #[serde(alias = "PLANNING")]
     Planning,
+    #[serde(alias = "PREPROCESSING")]
     Preprocessing,
+    #[serde(alias = "TRAINING")]
     Training,
+    #[serde(alias = "FINALIZING")]
     Finalizing,
+    #[serde(alias = "DONE")]
     Done,
+    #[serde(alias = "FAILED")]
     Failed,
+    #[serde(alias = "CANCELLED")]
     Cancelled,
 }
 

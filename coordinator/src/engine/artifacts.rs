@@ -201,3 +201,52 @@ pub fn open_download(run: &Run, rel: &Path) -> Result<Download, String> {
     let size = md.len();
     Ok(Download { file, path, size })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Budget, RunState};
+    use nnunet_common::Fold;
+
+    fn run() -> Run {
+        Run {
+            id: "r".into(),
+            name: "r".into(),
+            dataset_name: "Dataset001_X".into(),
+            raw_dir: "/raw/Dataset001_X".into(),
+            run_dir: "/runs/r".into(),
+            state: RunState::Training,
+            budget: Budget::default(),
+            folds: vec![Fold::Index(0), Fold::All],
+            predict_test: true,
+            preprocess_shards: 1,
+            created_ms: 0,
+            finished_ms: None,
+            summary_json: None,
+            error: None,
+            next_seq: 0,
+        }
+    }
+
+    #[test]
+    fn each_task_writes_only_its_own_paths() {
+        let model = format!("results/Dataset001_X/{}", nnunet_common::paths::model_folder_name());
+        let ok = |t: &Task, p: &str| upload_allowed(&run(), t, Path::new(p)).is_ok();
+        let train_all = Task::new("t".into(), "r".into(), TaskKind::Train, Some(Fold::All), vec![], vec![]);
+        assert!(ok(&train_all, &format!("{model}/fold_all/checkpoint_final.safetensors")));
+        assert!(!ok(&train_all, &format!("{model}/fold_0/checkpoint_final.safetensors")));
+        assert!(!ok(&train_all, &format!("{model}/fold_all/validation/x.nii.gz")));
+        let val0 = Task::new("v".into(), "r".into(), TaskKind::Validate, Some(Fold::Index(0)), vec![], vec![]);
+        assert!(ok(&val0, &format!("{model}/fold_0/validation/summary.json")));
+        assert!(!ok(&val0, &format!("{model}/fold_0/checkpoint_final.safetensors")));
+        let pred = Task::new("p".into(), "r".into(), TaskKind::Predict, Some(Fold::All), vec![], vec![]);
+        assert!(ok(&pred, &format!("{model}/test_predictions/fold_all/c.npz")));
+        assert!(!ok(&pred, &format!("{model}/test_predictions/fold_0/c.npz")));
+        let pre = Task::new("s".into(), "r".into(), TaskKind::Preprocess, None, vec!["c1".into()], vec![]);
+        let data = format!("preprocessed/Dataset001_X/{}", nnunet_common::paths::data_identifier());
+        assert!(ok(&pre, &format!("{data}/c1.npy")) && ok(&pre, &format!("{data}/c1_seg.npy")) && ok(&pre, &format!("{data}/c1.json")));
+        assert!(ok(&pre, "preprocessed/Dataset001_X/gt_segmentations/c1.nii.gz"));
+        assert!(!ok(&pre, "preprocessed/Dataset001_X/gt_segmentations/c10.nii.gz"));
+        assert!(!ok(&pre, &format!("{data}/c2.npy")) && !ok(&pre, "preprocessed/Dataset001_X/nnUNetPlans.json"));
+    }
+}

@@ -376,7 +376,12 @@ impl Coordinator {
 
     /// Runs (active, same dataset folder and folds) that an interrupted `nnunet run` left behind.
     pub fn resumable_run(&self, raw_dir: &str, folds: &[nnunet_common::Fold]) -> Option<Run> {
-        lock(&self.state).runs.values().filter(|r| !r.state.is_terminal() && r.raw_dir == raw_dir && r.folds == folds).last().cloned()
+        lock(&self.state)
+            .runs
+            .values()
+            .filter(|r| !r.state.is_terminal() && r.raw_dir == raw_dir && r.folds == folds)
+            .max_by_key(|r| r.created_ms)
+            .cloned()
     }
 
     /// Whether the run is in `s`.
