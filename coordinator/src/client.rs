@@ -36,7 +36,7 @@ pub async fn channel(addr: &str, tls_ca: Option<&Path>) -> Result<Channel> {
     match nnunet_proto::endpoint(addr, tls_ca)?.connect().await {
         Ok(c) => Ok(c),
         Err(e) => {
-            let chain = format!("{:?}", anyhow::Error::from(e));
+            let chain = format!("{:#}", anyhow::Error::from(e));
             let hint = tls_hint(addr, &chain).unwrap_or_else(|| "is `nnunet serve` running there?".into());
             bail!("cannot reach the coordinator at {addr}: {hint}\n  ({chain})")
         }
@@ -349,7 +349,12 @@ pub fn check_run_ok(info: &pb::RunInfo) -> Result<()> {
                 .filter(|t| !t.error.is_empty())
                 .map(|t| format!("{} fold {}: {}", kind_name(t.kind), fold_label(&t.fold_name, t.fold), t.error))
                 .collect();
-            bail!("run {} ended {s}{}{}", info.run_id, if failed.is_empty() { String::new() } else { format!("\n  ") }, failed.join("\n  "))
+            bail!(
+                "run {} ended {s}{}{}",
+                info.run_id,
+                if failed.is_empty() { String::new() } else { "\n  ".to_string() },
+                failed.join("\n  ")
+            )
         }
     }
 }

@@ -22,6 +22,9 @@ fn fold_label(f: Option<nnunet_common::Fold>) -> String {
     f.map(|f| f.to_string()).unwrap_or_else(|| "-".into())
 }
 
+/// A per-fold gauge: name, help, value.
+type Series = (&'static str, &'static str, fn(&nnunet_common::train_log::EpochMetrics) -> f64);
+
 fn render_state(st: &State, now: i64) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "# HELP nnunet_workers_registered Workers known to the coordinator.\n# TYPE nnunet_workers_registered gauge");
@@ -51,7 +54,7 @@ fn render_state(st: &State, now: i64) -> String {
     for ((run, kind, state), n) in counts {
         let _ = writeln!(o, "nnunet_tasks{{run=\"{}\",kind=\"{kind}\",state=\"{state}\"}} {n}", esc(&run));
     }
-    let series: [(&str, &str, fn(&nnunet_common::train_log::EpochMetrics) -> f64); 7] = [
+    let series: [Series; 7] = [
         ("nnunet_fold_epoch", "Last finished epoch (1-based).", |m| (m.epoch + 1) as f64),
         ("nnunet_fold_train_loss", "Training loss of the last epoch.", |m| m.train_loss),
         ("nnunet_fold_val_loss", "Validation loss of the last epoch.", |m| m.val_loss),

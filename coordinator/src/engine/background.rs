@@ -1,8 +1,6 @@
 //! Housekeeping: lease expiry, finalization, pruning stale workers, retention of finished runs,
 //! and deleting a run with its directory.
 use super::{ApplyError, Coordinator};
-use crate::domain::RunId;
-use crate::state::RunState;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -100,13 +98,8 @@ impl Coordinator {
                 me.housekeep_once().await;
             }
         });
-        let planning: Vec<RunId> = self.read(|st| {
-            st.runs
-                .values()
-                .filter(|r| r.state == RunState::Planning && !st.tasks.values().any(|t| t.run_id == r.id))
-                .map(|r| r.id.clone())
-                .collect()
-        });
+        // Only runs loaded at open: a run submitted meanwhile is planned by its submit.
+        let planning = self.take_replan();
         for id in planning {
             let me = self.clone();
             tokio::task::spawn_blocking(move || me.plan_run(&id));

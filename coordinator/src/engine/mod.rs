@@ -126,6 +126,8 @@ pub struct Coordinator {
     hash_cache: Mutex<HashMap<PathBuf, (u64, i64, String)>>,
     poisoned: AtomicBool,
     tokens: Mutex<TokenCache>,
+    /// Runs a previous coordinator left in PLANNING without tasks: planned again at start.
+    replan: Mutex<Vec<RunId>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -152,6 +154,12 @@ impl Coordinator {
                 t.lease_expires_ms = now + cfg.lease_ttl.as_millis() as i64 * 2;
             }
         }
+        let replan = st
+            .runs
+            .values()
+            .filter(|r| r.state == RunState::Planning && !st.tasks.values().any(|t| t.run_id == r.id))
+            .map(|r| r.id.clone())
+            .collect();
         let (events, _) = broadcast::channel(4096);
         Ok(Arc::new(Coordinator {
             cfg,
@@ -163,6 +171,7 @@ impl Coordinator {
             hash_cache: Mutex::new(HashMap::new()),
             poisoned: AtomicBool::new(false),
             tokens: Mutex::new(TokenCache { loaded: None, roles: HashMap::new() }),
+            replan: Mutex::new(replan),
         }))
     }
 
@@ -384,7 +393,12 @@ impl Coordinator {
             .cloned()
     }
 
-    /// Whether the run is in `s`.
+    /// The runs to plan again (once: the list is emptied).
+    pub(crate) fn take_replan(&self) -> Vec<RunId> {
+        std::mem::take(&mut *lock(&self.replan))
+    }
+
+    /// The state of a run.
     pub fn run_state(&self, run_id: &str) -> Option<RunState> {
         lock(&self.state).runs.get(run_id).map(|r| r.state)
     }
