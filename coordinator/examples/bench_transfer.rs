@@ -2,8 +2,11 @@
 //! (MB/s, 1 MiB chunks, sha256-verified, fenced) and the latency of a metrics report, the per-epoch
 //! cost a training worker pays. Prints a table and writes JSON (first argument, default
 //! bench-results/runner_transfer.json).
-use nnunet_coordinator::server::{self, Coordinator, CoordinatorConfig, ServeOptions};
-use nnunet_coordinator::state::{self, Budget, Run, RunState};
+use nnunet_common::Fold;
+use nnunet_coordinator::domain::{Budget, RunId, RunState};
+use nnunet_coordinator::engine::{Coordinator, CoordinatorConfig};
+use nnunet_coordinator::service::{self, ServeOptions};
+use nnunet_coordinator::state::Run;
 use nnunet_proto::v1 as pb;
 use nnunet_proto::v1::worker_api_client::WorkerApiClient;
 use std::time::{Duration, Instant};
@@ -20,19 +23,14 @@ async fn main() -> anyhow::Result<()> {
     let coord = Coordinator::open(cfg)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(server::serve(
-        coord.clone(),
-        listener,
-        ServeOptions { listen: addr, token: Some(TOKEN.into()), tls: None },
-        std::future::pending(),
-    ));
+    tokio::spawn(service::serve(coord.clone(), listener, ServeOptions::new(addr, Some(TOKEN.into())), std::future::pending()));
     // A run with one task whose inputs exist, so a worker can lease it.
     let ds = "Dataset001_Bench";
     let raw = dir.path().join("raw").join(ds);
     std::fs::create_dir_all(&raw)?;
     std::fs::write(raw.join("dataset.json"), "{}")?;
     let run_dir = dir.path().join("runs/r1");
-    nnunet_coordinator::pipeline::prepare_run_dir(&run_dir, "r1", &raw, ds)?;
+    nnunet_coordinator::pipeline::prepare_run_dir(&run_dir, &RunId::from("r1"), &raw, ds)?;
     let pre = run_dir.join("preprocessed").join(ds);
     std::fs::create_dir_all(&pre)?;
     for f in ["nnUNetPlans.json", "dataset.json", "splits_final.json"] {
@@ -46,16 +44,17 @@ async fn main() -> anyhow::Result<()> {
         run_dir: run_dir.to_string_lossy().into(),
         state: RunState::Planning,
         budget: Budget::default(),
-        folds: vec![0],
+        folds: vec![Fold::Index(0)],
         predict_test: false,
         preprocess_shards: 1,
-        created_ms: state::now_ms(),
+        created_ms: coord.now_ms(),
+        finished_ms: None,
         summary_json: None,
         error: None,
         next_seq: 0,
     };
-    coord.apply(|st| ((), st.add_run(run)))?;
-    coord.apply(|st| ((), st.create_tasks("r1", &["a".into()], 1)))?;
+    coord.apply("bench: run", move |st, now| Ok(((), st.add_run(run, now)))).await?;
+    coord.apply("bench: tasks", |st, now| Ok(((), st.create_tasks(&RunId::from("r1"), &["a".into()], 1, now)))).await?;
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
@@ -73,7 +72,9 @@ async fn main() -> anyhow::Result<()> {
 
     let data: Vec<u8> = (0..size_mb << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     let sha = nnunet_common::hash::sha256_bytes(&data);
-    let path = "results/Dataset001_Bench/blob.bin";
+    // The preprocessing task's own case file: the only kind of path it may write.
+    let path = format!("preprocessed/{ds}/{}/a.npy", nnunet_common::paths::data_identifier());
+    let path = path.as_str();
     let mut up = vec![];
     for _ in 0..3 {
         let chunks: Vec<pb::ArtifactChunk> = data
@@ -89,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
                 data: c.to_vec(),
                 sha256: if (i + 1) << 20 >= data.len() { sha.clone() } else { String::new() },
                 last: (i + 1) << 20 >= data.len(),
+                worker_id: if i == 0 { wid.clone() } else { String::new() },
             })
             .collect();
         let t = Instant::now();

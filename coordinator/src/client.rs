@@ -1,9 +1,10 @@
 //! Client side of the Monitor API for the CLI: connecting (token, TLS), and `submit`, `status`,
 //! `watch`, `logs`, `cancel`, `retry`.
-use crate::server::MAX_MESSAGE;
+use crate::domain::RunState;
 use anyhow::{bail, Context, Result};
 use nnunet_proto::v1 as pb;
 use nnunet_proto::v1::monitor_client::MonitorClient;
+use nnunet_proto::wire::{TokenInterceptor, MAX_MESSAGE_BYTES};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use tonic::service::interceptor::InterceptedService;
@@ -22,18 +23,6 @@ pub struct ConnectArgs {
     pub tls_ca: Option<PathBuf>,
 }
 
-#[derive(Clone)]
-pub struct TokenInterceptor(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl tonic::service::Interceptor for TokenInterceptor {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
-
 pub type Monitor = MonitorClient<InterceptedService<Channel, TokenInterceptor>>;
 
 pub fn read_token(token_file: Option<&Path>) -> Result<Option<String>> {
@@ -44,19 +33,79 @@ pub fn read_token(token_file: Option<&Path>) -> Result<Option<String>> {
 }
 
 pub async fn channel(addr: &str, tls_ca: Option<&Path>) -> Result<Channel> {
-    nnunet_proto::endpoint(addr, tls_ca)?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the coordinator at {addr}; is `nnunet serve` running there?"))
+    match nnunet_proto::endpoint(addr, tls_ca)?.connect().await {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            let chain = format!("{:#}", anyhow::Error::from(e));
+            let hint = tls_hint(addr, &chain).unwrap_or_else(|| "is `nnunet serve` running there?".into());
+            bail!("cannot reach the coordinator at {addr}: {hint}\n  ({chain})")
+        }
+    }
+}
+
+/// An actionable hint for the TLS mistakes that otherwise show as cryptic errors.
+pub fn tls_hint(addr: &str, err: &str) -> Option<String> {
+    if err.contains("CaUsedAsEndEntity") {
+        return Some(
+            "the coordinator's certificate is a CA certificate (e.g. a default `openssl req -x509`), which TLS refuses as a server \
+             certificate. Make a leaf certificate signed by your CA, e.g.: openssl req -new -newkey rsa:2048 -nodes -keyout server.key \
+             -subj /CN=coord -out server.csr && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 365 \
+             -extfile <(printf 'subjectAltName=DNS:coord,IP:127.0.0.1\\nbasicConstraints=CA:FALSE') -out server.pem; then serve with \
+             --tls-cert server.pem --tls-key server.key and connect with --tls-ca ca.pem"
+                .into(),
+        );
+    }
+    if err.contains("UnknownIssuer") || err.contains("invalid peer certificate") {
+        return Some("the coordinator's certificate is not trusted: pass its CA with --tls-ca".into());
+    }
+    let plaintext_to_tls =
+        ["h2 protocol error", "frame with invalid size", "connection reset", "broken pipe", "unexpected end of file", "transport error"];
+    let lower = err.to_ascii_lowercase();
+    if !addr.starts_with("https://") && plaintext_to_tls.iter().any(|p| lower.contains(p)) {
+        let target = if addr.starts_with("http://") { addr.replacen("http://", "https://", 1) } else { "https://HOST:PORT".into() };
+        return Some(format!(
+            "the connection broke during the HTTP/2 exchange; if the coordinator uses TLS, connect to {target} with --tls-ca CA.pem"
+        ));
+    }
+    None
 }
 
 pub async fn monitor(args: &ConnectArgs) -> Result<Monitor> {
     let ch = channel(&args.coordinator, args.tls_ca.as_deref()).await?;
     let token = read_token(args.token_file.as_deref())?;
-    let meta = token.map(|t| format!("Bearer {t}").parse()).transpose().context("token has characters not allowed in a header")?;
-    Ok(MonitorClient::with_interceptor(ch, TokenInterceptor(meta))
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE))
+    Ok(MonitorClient::with_interceptor(ch, TokenInterceptor::new(token.as_deref())?)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// Every run, page by page.
+pub async fn list_all_runs(c: &mut Monitor) -> Result<Vec<pb::RunInfo>> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = c.list_runs(pb::ListRunsRequest { page_size: 200, page_token: token }).await.map_err(explain)?.into_inner();
+        out.extend(page.runs);
+        if page.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        token = page.next_page_token;
+    }
+}
+
+/// Whether a wire run state is final.
+pub fn is_terminal(state: &str) -> bool {
+    RunState::from_name(state).is_some_and(RunState::is_terminal)
+}
+
+/// A task's or event's fold for display: `0`..`4`, `all`, `-` (run level or preprocessing).
+fn fold_label(fold_name: &str, fold: i32) -> String {
+    if !fold_name.is_empty() {
+        fold_name.to_string()
+    } else if fold < 0 {
+        "-".to_string()
+    } else {
+        fold.to_string()
+    }
 }
 
 /// Turns gRPC errors into actionable messages.
@@ -65,7 +114,13 @@ pub fn explain(s: tonic::Status) -> anyhow::Error {
         tonic::Code::Unauthenticated => {
             anyhow::anyhow!("the coordinator refused the call: {} (pass --token-file or NNUNET_TOKEN)", s.message())
         }
-        tonic::Code::Unavailable => anyhow::anyhow!("coordinator unavailable: {}", s.message()),
+        tonic::Code::PermissionDenied => {
+            anyhow::anyhow!("the coordinator refused the call: {} (this token's role may not do that)", s.message())
+        }
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal => {
+            let hint = tls_hint("", s.message()).map(|h| format!(" ({h})")).unwrap_or_default();
+            anyhow::anyhow!("{}: {}{hint}", s.code(), s.message())
+        }
         _ => anyhow::anyhow!("{}: {}", s.code(), s.message()),
     }
 }
@@ -111,13 +166,13 @@ pub fn fold_table(info: &pb::RunInfo) -> String {
                 format!("{:.4}", m.ema_fg_dice),
                 format!("{:.2e}", m.lr),
                 format!("{:.1}", m.epoch_seconds),
-                if t.state == "RUNNING" { fmt_secs(remaining * m.epoch_seconds) } else { "-".into() },
+                if t.state == crate::domain::TaskState::Running.name() { fmt_secs(remaining * m.epoch_seconds) } else { "-".into() },
                 if m.device_memory_peak_bytes > 0 { format!("{:.1}G", m.device_memory_peak_bytes as f64 / 1e9) } else { "-".into() },
             )
         } else {
             Default::default()
         };
-        let fold = if t.fold < 0 { "-".to_string() } else { t.fold.to_string() };
+        let fold = fold_label(&t.fold_name, t.fold);
         out.push_str(&format!(
             "{:<5} {:<9} {:<8} {:>9} {:>9} {:>8} {:>9} {:>9} {:>8} {:>9} {:>9}  {}\n",
             fold,
@@ -187,7 +242,10 @@ pub fn summary_lines(summary_json: &str) -> String {
 /// One line per event, for logs and non-terminal watchers.
 pub fn event_line(e: &pb::Event) -> String {
     use pb::event::Body;
-    let fold = if e.fold < 0 { "run".to_string() } else { format!("fold {}", e.fold) };
+    let fold = match fold_label(&e.fold_name, e.fold).as_str() {
+        "-" => "run".to_string(),
+        f => format!("fold {f}"),
+    };
     match &e.body {
         Some(Body::RunState(s)) => format!("[{}] run is {s}", e.seq),
         Some(Body::TaskState(t)) => format!(
@@ -274,36 +332,29 @@ pub async fn watch(args: &ConnectArgs, run_id: &str, follow: bool, table: Option
             continue;
         }
         let info = client.get_run(pb::GetRunRequest { run_id: run_id.into() }).await.map_err(explain)?.into_inner();
-        let terminal = matches!(info.state.as_str(), "DONE" | "FAILED" | "CANCELLED");
-        if !follow || terminal {
+        if !follow || is_terminal(&info.state) {
             return Ok(info);
         }
     }
 }
 
-pub fn budget_from(epochs: u32, iters: u32, val_iters: u32, save_every: u32, seed: u64, threads: u32) -> pb::Budget {
-    pb::Budget {
-        epochs,
-        iterations_per_epoch: iters,
-        val_iterations_per_epoch: val_iters,
-        save_every,
-        seed,
-        disable_tta: false,
-        num_threads: threads,
-    }
-}
-
 pub fn check_run_ok(info: &pb::RunInfo) -> Result<()> {
-    match info.state.as_str() {
-        "DONE" => Ok(()),
-        s => {
+    match RunState::from_name(&info.state) {
+        Some(RunState::Done) => Ok(()),
+        _ => {
+            let s = &info.state;
             let failed: Vec<String> = info
                 .tasks
                 .iter()
                 .filter(|t| !t.error.is_empty())
-                .map(|t| format!("{} fold {}: {}", kind_name(t.kind), t.fold, t.error))
+                .map(|t| format!("{} fold {}: {}", kind_name(t.kind), fold_label(&t.fold_name, t.fold), t.error))
                 .collect();
-            bail!("run {} ended {s}{}{}", info.run_id, if failed.is_empty() { String::new() } else { format!("\n  ") }, failed.join("\n  "))
+            bail!(
+                "run {} ended {s}{}{}",
+                info.run_id,
+                if failed.is_empty() { String::new() } else { "\n  ".to_string() },
+                failed.join("\n  ")
+            )
         }
     }
 }

@@ -3,12 +3,15 @@
 //! prints progress, supervises the workers (a crashed worker is restarted; its task resumes from
 //! the last checkpoint) and ends with per-fold and cross-validation Dice.
 use crate::client;
-use crate::server::{self, Coordinator, CoordinatorConfig, ServeOptions};
-use crate::state::EventBody;
+use crate::domain::{Budget, RunSpec, RunState};
+use crate::engine::{Coordinator, CoordinatorConfig};
+use crate::service::{self, convert, ServeOptions};
+use crate::state::{EventBody, Run};
 use anyhow::{bail, Context, Result};
-use nnunet_proto::v1 as pb;
+use nnunet_common::Fold;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -45,8 +48,9 @@ pub struct RunArgs {
     /// Write checkpoint_latest every N epochs (and stream it to the coordinator).
     #[arg(long, default_value_t = 1)]
     pub save_every: u32,
-    #[arg(long, value_delimiter = ',', default_values_t = vec![0, 1, 2, 3, 4])]
-    pub folds: Vec<i32>,
+    /// Folds to train (`0 1 2 3 4`, `all` trains on every case), space or comma separated.
+    #[arg(long, value_delimiter = ',', num_args = 1.., default_values_t = Fold::default_five())]
+    pub folds: Vec<Fold>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Coordinator state: database, run directories, results.
@@ -196,34 +200,41 @@ fn spawn_worker(
     cmd.spawn().with_context(|| format!("starting {}", bin.display()))
 }
 
-pub async fn run(args: RunArgs) -> Result<()> {
-    std::fs::create_dir_all(&args.state_dir)?;
-    let state_dir = args.state_dir.canonicalize()?;
-    let (dataset_dir, builtin) = resolve_dataset(&args)?;
-    let worker_bin = worker_binary()?;
-
-    // Devices: one worker per GPU, or N CPU workers sharing the cores.
-    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    let mut devices: Vec<(String, Vec<(String, String)>)> = Vec::new();
+/// One worker per GPU, or N CPU workers sharing the cores: (device, environment) each.
+fn devices(args: &RunArgs, ncpu: usize) -> Vec<(String, Vec<(String, String)>)> {
     if !args.gpus.is_empty() {
-        for g in &args.gpus {
-            devices.push(("cuda:0".into(), vec![("CUDA_VISIBLE_DEVICES".into(), g.to_string())]));
-        }
-    } else {
-        let n = args.workers.unwrap_or(if args.device == "cpu" { 2.min(ncpu).max(1) } else { 1 });
-        for _ in 0..n {
-            devices.push((args.device.clone(), vec![]));
-        }
+        return args.gpus.iter().map(|g| ("cuda:0".to_string(), vec![("CUDA_VISIBLE_DEVICES".to_string(), g.to_string())])).collect();
     }
-    let threads = (ncpu / devices.len()).max(1);
+    let n = args.workers.unwrap_or(if args.device == "cpu" { 2.min(ncpu).max(1) } else { 1 });
+    (0..n).map(|_| (args.device.clone(), vec![])).collect()
+}
 
-    let (epochs, iters, val_iters) = if builtin {
-        (args.epochs.unwrap_or(6), args.iters.unwrap_or(10), args.val_iters.unwrap_or(4))
-    } else {
-        (args.epochs.unwrap_or(1000), args.iters.unwrap_or(250), args.val_iters.unwrap_or(50))
-    };
+/// The run's budget: nnU-Net's defaults, or the built-in dataset's small one.
+fn budget(args: &RunArgs, builtin: bool, threads: usize) -> Budget {
+    use nnunet_common::defaults as d;
+    let (e, i, v) = if builtin { d::BUILTIN_BUDGET } else { (d::EPOCHS, d::ITERATIONS_PER_EPOCH, d::VAL_ITERATIONS_PER_EPOCH) };
+    Budget {
+        epochs: args.epochs.unwrap_or(e),
+        iterations_per_epoch: args.iters.unwrap_or(i),
+        val_iterations_per_epoch: args.val_iters.unwrap_or(v),
+        save_every: args.save_every,
+        seed: args.seed,
+        disable_tta: false,
+        num_threads: threads as u32,
+    }
+}
 
-    let mut cfg = CoordinatorConfig::new(state_dir.clone());
+/// The embedded coordinator on loopback: (coordinator, url, token, stop, server task).
+struct Embedded {
+    coord: Arc<Coordinator>,
+    url: String,
+    token: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<()>>,
+}
+
+async fn start_embedded(args: &RunArgs, state_dir: &Path, ncpu: usize) -> Result<Embedded> {
+    let mut cfg = CoordinatorConfig::new(state_dir.to_path_buf());
     cfg.lease_ttl = Duration::from_secs(args.lease_ttl_secs);
     cfg.heartbeat_interval = Duration::from_secs((args.lease_ttl_secs / 6).clamp(1, 5));
     cfg.threads = ncpu;
@@ -233,53 +244,114 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if !addr.ip().is_loopback() {
         bail!("`nnunet run` listens on loopback only; use `nnunet serve` (with a token) to accept remote workers");
     }
-    let (token, token_src) = server::resolve_token(None, &state_dir)?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serve_coord = coord.clone();
-    let server = tokio::spawn(server::serve(
-        serve_coord,
-        listener,
-        ServeOptions { listen: addr, token: Some(token.clone()), tls: None },
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+    let (token, token_src) = crate::access::resolve_token(None, state_dir)?;
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(service::serve(coord.clone(), listener, ServeOptions::new(addr, Some(token.clone())), async move {
+        if stop_rx.await.is_err() {
+            tracing::debug!("stop sender dropped");
+        }
+    }));
     let url = format!("http://{addr}");
-    eprintln!("coordinator on {url} (state {}, token in {token_src}); watch from another shell with: nnunet watch --coordinator {url} --token-file {}/token RUN", state_dir.display(), state_dir.display());
-    let web = crate::web::Dashboard::for_coordinator(coord.clone(), crate::web::StaticTokens::single(token.clone()));
+    eprintln!(
+        "coordinator on {url} (state {}, token in {token_src}); watch from another shell with: nnunet watch --coordinator {url} --token-file {}/token RUN",
+        state_dir.display(),
+        state_dir.display()
+    );
+    let web = crate::web::Dashboard::for_coordinator(coord.clone(), crate::web::RoleTokens::new(Some(token.clone()), coord.clone()));
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding the dashboard on loopback")?;
     eprintln!("dashboard: http://{}/ (log in with the token in {}/token)", http.local_addr()?, state_dir.display());
     tokio::spawn(crate::metrics_http::serve(coord.clone(), http, Some(web)));
+    Ok(Embedded { coord, url, token, stop, server })
+}
 
-    let mut events = coord.subscribe();
-    // An interrupted `nnunet run` on the same dataset and folds continues where it stopped.
-    let canonical = dataset_dir.canonicalize()?.to_string_lossy().into_owned();
-    let previous = {
-        let st = coord.state.lock().unwrap();
-        let mut runs: Vec<_> =
-            st.runs.values().filter(|r| !r.state.is_terminal() && r.raw_dir == canonical && r.folds == args.folds).cloned().collect();
-        runs.sort_by_key(|r| r.created_ms);
-        runs.pop()
-    };
-    let run = if let Some(prev) = previous {
+/// An interrupted `nnunet run` on the same dataset and folds continues where it stopped;
+/// otherwise a new run is submitted.
+async fn submit_or_resume(coord: &Arc<Coordinator>, spec: RunSpec) -> Result<Run> {
+    let canonical = spec.dataset_dir.canonicalize()?.to_string_lossy().into_owned();
+    if let Some(prev) = coord.resumable_run(&canonical, &spec.folds) {
         eprintln!("resuming unfinished run {} (finished tasks are kept; training resumes from the last checkpoints)", prev.id);
-        coord.apply(|st| ((), st.release_leases(&prev.id, "the previous `nnunet run` was interrupted")))?;
-        prev
-    } else {
-        coord.submit(pb::SubmitRunRequest {
-            dataset_dir: dataset_dir.to_string_lossy().into_owned(),
-            budget: Some(client::budget_from(epochs, iters, val_iters, args.save_every, args.seed, threads as u32)),
-            folds: args.folds.clone(),
-            name: String::new(),
-            preprocess_shards: devices.len() as u32,
-            predict_test: dataset_dir.join("imagesTs").is_dir(),
-        })?
+        let id = prev.id.clone();
+        coord
+            .apply("release leases", move |st, now| Ok(((), st.release_leases(&id, "the previous `nnunet run` was interrupted", now))))
+            .await?;
+        return Ok(prev);
+    }
+    Ok(coord.submit(spec).await?.run)
+}
+
+/// How a supervised run ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Outcome {
+    Finished(RunState),
+    Interrupted,
+}
+
+/// Prints events and restarts crashed workers until the run ends or the user interrupts.
+async fn supervise(e: &Embedded, run: &Run, workers: &mut [WorkerProc], logs: &Path, worker_bin: &Path, threads: usize) -> Result<Outcome> {
+    let mut events = e.coord.subscribe();
+    if let Some(s) = e.coord.run_state(run.id.as_str()).filter(|s| s.is_terminal()) {
+        return Ok(Outcome::Finished(s));
+    }
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Ok(ev) if ev.run_id == run.id => {
+                    println!("{}", client::event_line(&convert::event_to_proto(&ev)));
+                    if let EventBody::RunState(s) = ev.body {
+                        if s.is_terminal() {
+                            return Ok(Outcome::Finished(s));
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => eprintln!("(skipped {n} events)"),
+                Err(_) => return Ok(Outcome::Finished(RunState::Failed)),
+            },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                for (i, w) in workers.iter_mut().enumerate() {
+                    if let Ok(Some(status)) = w.child.try_wait() {
+                        let active = e.coord.run_state(run.id.as_str()).is_some_and(|s| !s.is_terminal());
+                        if active && w.restarts < 5 {
+                            w.restarts += 1;
+                            let log = logs.join(format!("worker-{i}.log"));
+                            eprintln!("worker {i} ({}) exited with {status}; restarting it ({}/5); see {}", w.device, w.restarts, log.display());
+                            w.child = spawn_worker(worker_bin, &e.url, &e.token, &w.device, threads, &w.env, &log)?;
+                        }
+                    }
+                }
+            }
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("interrupted: workers stop; run `nnunet run` again with the same --state-dir to resume");
+                return Ok(Outcome::Interrupted);
+            }
+        }
+    }
+}
+
+pub async fn run(args: RunArgs) -> Result<()> {
+    std::fs::create_dir_all(&args.state_dir)?;
+    let state_dir = args.state_dir.canonicalize()?;
+    let (dataset_dir, builtin) = resolve_dataset(&args)?;
+    let worker_bin = worker_binary()?;
+    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let devices = devices(&args, ncpu);
+    let threads = (ncpu / devices.len()).max(1);
+    let e = start_embedded(&args, &state_dir, ncpu).await?;
+    let spec = RunSpec {
+        dataset_dir: dataset_dir.clone(),
+        budget: budget(&args, builtin, threads),
+        folds: args.folds.clone(),
+        name: String::new(),
+        preprocess_shards: devices.len() as u32,
+        predict_test: dataset_dir.join("imagesTs").is_dir(),
     };
+    let run = submit_or_resume(&e.coord, spec).await?;
+    let folds: Vec<String> = run.folds.iter().map(|f| f.to_string()).collect();
     eprintln!(
-        "run {} on {}: {} fold(s), {} epochs x {} iterations ({} validation), {} worker(s) [{}], {} torch thread(s) each",
+        "run {} on {}: fold(s) {}, {} epochs x {} iterations ({} validation), {} worker(s) [{}], {} torch thread(s) each",
         run.id,
         dataset_dir.display(),
-        run.folds.len(),
+        folds.join(" "),
         run.budget.epochs,
         run.budget.iterations_per_epoch,
         run.budget.val_iterations_per_epoch,
@@ -291,66 +363,62 @@ pub async fn run(args: RunArgs) -> Result<()> {
             .join(", "),
         threads
     );
-
-    let logs = state_dir.join("runs").join(&run.id).join("logs");
+    let run_dir = state_dir.join("runs").join(run.id.as_str());
+    let logs = run_dir.join("logs");
     std::fs::create_dir_all(&logs)?;
     let mut workers = Vec::new();
     for (i, (dev, env)) in devices.iter().enumerate() {
-        let child = spawn_worker(&worker_bin, &url, &token, dev, threads, env, &logs.join(format!("worker-{i}.log")))?;
+        let child = spawn_worker(&worker_bin, &e.url, &e.token, dev, threads, env, &logs.join(format!("worker-{i}.log")))?;
         workers.push(WorkerProc { child, device: dev.clone(), env: env.clone(), restarts: 0 });
     }
-
-    let result = loop {
-        tokio::select! {
-            ev = events.recv() => {
-                match ev {
-                    Ok(e) if e.run_id == run.id => {
-                        println!("{}", client::event_line(&server::event_to_proto(&e)));
-                        if let EventBody::RunState(s) = &e.body {
-                            if s == "DONE" || s == "FAILED" || s == "CANCELLED" {
-                                break s.clone();
-                            }
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => eprintln!("(skipped {n} events)"),
-                    Err(_) => break "FAILED".into(),
-                }
-            }
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {
-                for (i, w) in workers.iter_mut().enumerate() {
-                    if let Ok(Some(status)) = w.child.try_wait() {
-                        let active = coord.state.lock().unwrap().runs.get(&run.id).is_some_and(|r| !r.state.is_terminal());
-                        if active && w.restarts < 5 {
-                            w.restarts += 1;
-                            eprintln!("worker {i} ({}) exited with {status}; restarting it ({}/5); see {}", w.device, w.restarts, logs.join(format!("worker-{i}.log")).display());
-                            w.child = spawn_worker(&worker_bin, &url, &token, &w.device, threads, &w.env, &logs.join(format!("worker-{i}.log")))?;
-                        }
-                    }
-                }
-            }
-            _ = tokio::signal::ctrl_c() => {
-                eprintln!("interrupted: workers stop; run `nnunet run` again with the same --state-dir to resume");
-                break "INTERRUPTED".into();
-            }
-        }
-    };
+    let outcome = supervise(&e, &run, &mut workers, &logs, &worker_bin, threads).await?;
     for w in &mut workers {
-        if result == "DONE" {
-            let _ = tokio::time::timeout(Duration::from_secs(10), w.child.wait()).await;
+        if outcome == Outcome::Finished(RunState::Done) && tokio::time::timeout(Duration::from_secs(10), w.child.wait()).await.is_err() {
+            tracing::debug!("a worker did not exit within 10 s");
         }
-        let _ = w.child.start_kill();
+        if let Err(err) = w.child.start_kill() {
+            tracing::debug!("stopping a worker: {err}");
+        }
     }
-    let info = coord.run_info(&run.id).expect("run exists");
+    let view = e.coord.run_view(run.id.as_str()).context("the run disappeared")?;
+    let info = convert::run_info(&view);
     println!("\n{}", client::fold_table(&info));
-    if builtin && info.state == "DONE" && run.predict_test {
-        match score_builtin_test(&state_dir, &state_dir.join("runs").join(&run.id)) {
+    if builtin && view.run.state == RunState::Done && run.predict_test {
+        match score_builtin_test(&state_dir, &run_dir) {
             Ok(line) => println!("{line}"),
-            Err(e) => eprintln!("could not score the held-out test images: {e:#}"),
+            Err(err) => eprintln!("could not score the held-out test images: {err:#}"),
         }
     }
-    println!("results: {}", state_dir.join("runs").join(&run.id).join("results").display());
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    println!("results: {}", run_dir.join("results").display());
+    if e.stop.send(()).is_err() {
+        tracing::debug!("the server already stopped");
+    }
+    match tokio::time::timeout(Duration::from_secs(5), e.server).await {
+        Ok(Ok(Err(err))) => tracing::warn!("coordinator: {err:#}"),
+        Ok(_) => {}
+        Err(_) => tracing::debug!("the coordinator did not stop within 5 s"),
+    }
     client::check_run_ok(&info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RunArgs;
+    use clap::Parser;
+    use nnunet_common::Fold;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn folds_parse_with_spaces_commas_and_all() {
+        let a = Cli::parse_from(["nnunet", "--folds", "0", "1", "2", "3", "4", "all"]).run;
+        assert_eq!(a.folds, [Fold::Index(0), Fold::Index(1), Fold::Index(2), Fold::Index(3), Fold::Index(4), Fold::All]);
+        assert_eq!(Cli::parse_from(["nnunet", "--folds", "0,all"]).run.folds, [Fold::Index(0), Fold::All]);
+        assert_eq!(Cli::parse_from(["nnunet"]).run.folds, Fold::default_five());
+        assert!(Cli::try_parse_from(["nnunet", "--folds", "x"]).is_err());
+    }
 }

@@ -1,8 +1,8 @@
 //! Prometheus `/metrics` for the coordinator, in the text exposition format, with `run`, `fold`,
 //! `kind` and `worker` labels. Served on its own port (`--metrics-listen`) next to gRPC, with the
 //! web dashboard (`crate::web`) on the other paths.
-use crate::server::Coordinator;
-use crate::state::TaskState;
+use crate::engine::Coordinator;
+use crate::state::{State, TaskState};
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,11 +13,24 @@ fn esc(s: &str) -> String {
 
 /// Renders every metric from the current state.
 pub fn render(c: &Coordinator) -> String {
-    let st = c.state.lock().unwrap();
+    let now = c.now_ms();
+    let mut o = c.read(|st| render_state(st, now));
+    counters(c, &mut o);
+    crate::web::prom::render(c, &mut o);
+    o
+}
+
+fn fold_label(f: Option<nnunet_common::Fold>) -> String {
+    f.map(|f| f.to_string()).unwrap_or_else(|| "-".into())
+}
+
+/// A per-fold gauge: name, help, value.
+type Series = (&'static str, &'static str, fn(&nnunet_common::train_log::EpochMetrics) -> f64);
+
+fn render_state(st: &State, now: i64) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "# HELP nnunet_workers_registered Workers known to the coordinator.\n# TYPE nnunet_workers_registered gauge");
     let _ = writeln!(o, "nnunet_workers_registered {}", st.workers.len());
-    let now = crate::state::now_ms();
     let _ = writeln!(
         o,
         "# HELP nnunet_worker_last_seen_seconds Seconds since the worker's last call.\n# TYPE nnunet_worker_last_seen_seconds gauge"
@@ -26,24 +39,24 @@ pub fn render(c: &Coordinator) -> String {
         let _ = writeln!(
             o,
             "nnunet_worker_last_seen_seconds{{worker=\"{}\",device=\"{}\"}} {:.1}",
-            esc(&w.id),
+            esc(w.id.as_str()),
             esc(&w.device),
             (now - w.last_seen_ms) as f64 / 1000.0
         );
     }
     let _ = writeln!(o, "# HELP nnunet_run_state Run state (1 for the current state).\n# TYPE nnunet_run_state gauge");
     for r in st.runs.values() {
-        let _ = writeln!(o, "nnunet_run_state{{run=\"{}\",state=\"{}\"}} 1", esc(&r.id), r.state.name());
+        let _ = writeln!(o, "nnunet_run_state{{run=\"{}\",state=\"{}\"}} 1", esc(r.id.as_str()), r.state.name());
     }
     let _ = writeln!(o, "# HELP nnunet_tasks Tasks per run, kind and state.\n# TYPE nnunet_tasks gauge");
     let mut counts = std::collections::BTreeMap::new();
     for t in st.tasks.values() {
-        *counts.entry((t.run_id.clone(), t.kind.name(), t.state.name())).or_insert(0) += 1;
+        *counts.entry((t.run_id.to_string(), t.kind.name(), t.state.name())).or_insert(0) += 1;
     }
     for ((run, kind, state), n) in counts {
         let _ = writeln!(o, "nnunet_tasks{{run=\"{}\",kind=\"{kind}\",state=\"{state}\"}} {n}", esc(&run));
     }
-    let series: [(&str, &str, fn(&nnunet_common::train_log::EpochMetrics) -> f64); 7] = [
+    let series: [Series; 7] = [
         ("nnunet_fold_epoch", "Last finished epoch (1-based).", |m| (m.epoch + 1) as f64),
         ("nnunet_fold_train_loss", "Training loss of the last epoch.", |m| m.train_loss),
         ("nnunet_fold_val_loss", "Validation loss of the last epoch.", |m| m.val_loss),
@@ -56,17 +69,33 @@ pub fn render(c: &Coordinator) -> String {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
         for t in st.tasks.values() {
             if let Some(m) = &t.last_metrics {
-                let worker = t.worker_id.as_deref().unwrap_or("");
-                let _ = writeln!(o, "{name}{{run=\"{}\",fold=\"{}\",worker=\"{}\"}} {}", esc(&t.run_id), t.fold, esc(worker), f(m));
+                let worker = t.worker_id.as_ref().map(|w| w.as_str()).unwrap_or("");
+                let _ = writeln!(
+                    o,
+                    "{name}{{run=\"{}\",fold=\"{}\",worker=\"{}\"}} {}",
+                    esc(t.run_id.as_str()),
+                    fold_label(t.fold),
+                    esc(worker),
+                    f(m)
+                );
             }
         }
     }
     let _ = writeln!(o, "# HELP nnunet_task_attempts Attempts per task.\n# TYPE nnunet_task_attempts gauge");
     for t in st.tasks.values().filter(|t| t.state != TaskState::Pending || t.attempt > 0) {
-        let _ =
-            writeln!(o, "nnunet_task_attempts{{run=\"{}\",fold=\"{}\",kind=\"{}\"}} {}", esc(&t.run_id), t.fold, t.kind.name(), t.attempt);
+        let _ = writeln!(
+            o,
+            "nnunet_task_attempts{{run=\"{}\",fold=\"{}\",kind=\"{}\"}} {}",
+            esc(t.run_id.as_str()),
+            fold_label(t.fold),
+            t.kind.name(),
+            t.attempt
+        );
     }
-    drop(st);
+    o
+}
+
+fn counters(c: &Coordinator, o: &mut String) {
     let _ = writeln!(
         o,
         "# HELP nnunet_artifact_bytes_uploaded_total Bytes received from workers.\n# TYPE nnunet_artifact_bytes_uploaded_total counter"
@@ -82,8 +111,11 @@ pub fn render(c: &Coordinator) -> String {
         "# HELP nnunet_fenced_writes_total Writes refused for a stale fencing token.\n# TYPE nnunet_fenced_writes_total counter"
     );
     let _ = writeln!(o, "nnunet_fenced_writes_total {}", c.counters.refused_writes.load(Ordering::Relaxed));
-    crate::web::prom::render(c, &mut o);
-    o
+    let _ = writeln!(
+        o,
+        "# HELP nnunet_persist_failures_total Changes refused because the database could not be written.\n# TYPE nnunet_persist_failures_total counter"
+    );
+    let _ = writeln!(o, "nnunet_persist_failures_total {}", c.counters.persist_failures.load(Ordering::Relaxed));
 }
 
 /// Serves `/metrics` (and `/healthz`) until the process ends; every other path goes to the

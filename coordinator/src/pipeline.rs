@@ -6,19 +6,20 @@
 //!   raw/DatasetXXX_Name -> user's folder (symlink)
 //!   preprocessed/DatasetXXX_Name/       nnU-Net layout: plans, fingerprint, splits, nnUNetPlans_2d/
 //!   results/DatasetXXX_Name/nnUNetTrainer__nnUNetPlans__2d/
-//!     fold_K/                           checkpoints, logs, progress.png, validation/
+//!     fold_K/, fold_all/                checkpoints, logs, progress.png, validation/
 //!     crossval_results_folds_0_1_2_3_4/ merged validation, summary.json, postprocessing.json
 //!     test_predictions/fold_K/          per-fold test probabilities (PREDICT tasks)
 //!     ensemble_test/                    fold ensemble of the test images
 //! ```
 //! Planning (verify, fingerprint, plan, splits) and finalizing (CV summary, postprocessing choice,
 //! test ensemble) run here, once; everything per case or per fold runs on workers.
-use crate::state::{Kind, Run, Task};
+use crate::domain::{RunId, TaskKind as Kind};
+use crate::state::{Run, Task};
 use anyhow::{bail, Context, Result};
 use nnunet_common::paths::DatasetDirs;
+use nnunet_common::Fold;
+use nnunet_proto::wire::RUN_MARKER;
 use std::path::{Path, PathBuf};
-
-pub const RUN_MARKER: &str = ".nnunet-run-id";
 
 pub fn dirs_of(run: &Run) -> DatasetDirs {
     let rd = Path::new(&run.run_dir);
@@ -30,7 +31,12 @@ fn rel(run: &Run, p: &Path) -> String {
     p.strip_prefix(&run.run_dir).unwrap_or(p).to_string_lossy().into_owned()
 }
 
-pub fn prepare_run_dir(run_dir: &Path, run_id: &str, raw: &Path, dataset_name: &str) -> Result<()> {
+/// `fold_K` or `fold_all` under the model folder.
+pub fn fold_dir(dirs: &DatasetDirs, fold: Fold) -> PathBuf {
+    dirs.model_dir().join(fold.dir_name())
+}
+
+pub fn prepare_run_dir(run_dir: &Path, run_id: &RunId, raw: &Path, dataset_name: &str) -> Result<()> {
     for d in ["raw", "preprocessed", "results"] {
         std::fs::create_dir_all(run_dir.join(d)).with_context(|| format!("creating {}", run_dir.join(d).display()))?;
     }
@@ -38,7 +44,7 @@ pub fn prepare_run_dir(run_dir: &Path, run_id: &str, raw: &Path, dataset_name: &
     if !link.exists() {
         std::os::unix::fs::symlink(raw, &link).with_context(|| format!("linking {} -> {}", link.display(), raw.display()))?;
     }
-    nnunet_common::hash::write_atomic(&run_dir.join(RUN_MARKER), run_id.as_bytes())?;
+    nnunet_common::hash::write_atomic(&run_dir.join(RUN_MARKER), run_id.as_str().as_bytes())?;
     Ok(())
 }
 
@@ -60,8 +66,8 @@ pub fn plan(run: &Run, threads: usize) -> Result<Vec<String>> {
     if cases.is_empty() {
         bail!("the dataset has no training cases");
     }
-    for &f in &run.folds {
-        if f < 0 || f as usize >= splits.len() {
+    for f in run.folds.iter().filter_map(|f| f.index()) {
+        if f >= splits.len() {
             bail!("fold {f} requested but splits_final.json has {} folds", splits.len());
         }
     }
@@ -94,10 +100,22 @@ fn raw_case_files(dirs: &DatasetDirs, sub: &str, cases: &[String]) -> Result<Vec
     Ok(out)
 }
 
-fn fold_cases(dirs: &DatasetDirs, fold: i32) -> Result<(Vec<String>, Vec<String>)> {
+/// Training and validation cases of a fold; fold `all` trains and validates on every case
+/// (`nnunetv2/training/nnUNetTrainer/nnUNetTrainer.py::do_split`).
+fn fold_cases(dirs: &DatasetDirs, fold: Fold) -> Result<(Vec<String>, Vec<String>)> {
     let splits: Vec<nnunet_common::splits::Split> = nnunet_common::error::read_json(&dirs.splits_file())?;
-    let s = splits.get(fold as usize).with_context(|| format!("no fold {fold} in splits_final.json"))?;
-    Ok((s.train.clone(), s.val.clone()))
+    match fold {
+        Fold::Index(k) => {
+            let s = splits.get(k as usize).with_context(|| format!("no fold {k} in splits_final.json"))?;
+            Ok((s.train.clone(), s.val.clone()))
+        }
+        Fold::All => {
+            let s = splits.first().context("splits_final.json has no folds")?;
+            let mut all: Vec<String> = s.train.iter().chain(&s.val).cloned().collect();
+            all.sort();
+            Ok((all.clone(), all))
+        }
+    }
 }
 
 fn preprocessed_case_files(dirs: &DatasetDirs, cases: &[String]) -> Vec<PathBuf> {
@@ -131,10 +149,13 @@ pub fn task_inputs(run: &Run, t: &Task) -> Result<Vec<String>> {
         }
         Kind::Train | Kind::Validate => {
             files.extend(global_files(&dirs));
-            let (train, val) = fold_cases(&dirs, t.fold)?;
-            let cases: Vec<String> = if t.kind == Kind::Train { train.into_iter().chain(val.clone()).collect() } else { val.clone() };
+            let fold = t.fold.context("a training task without a fold")?;
+            let (train, val) = fold_cases(&dirs, fold)?;
+            let mut cases: Vec<String> = if t.kind == Kind::Train { train.into_iter().chain(val.clone()).collect() } else { val.clone() };
+            cases.sort();
+            cases.dedup();
             files.extend(preprocessed_case_files(&dirs, &cases));
-            let fold_dir = dirs.fold_dir(t.fold as usize);
+            let fold_dir = fold_dir(&dirs, fold);
             if t.kind == Kind::Validate {
                 let ending = nnunet_common::dataset_json::DatasetJson::load(&dirs.raw.join("dataset.json"))?.file_ending;
                 for c in &val {
@@ -159,7 +180,7 @@ pub fn task_inputs(run: &Run, t: &Task) -> Result<Vec<String>> {
             files.push(model.join("plans.json"));
             files.push(model.join("dataset.json"));
             files.push(dirs.raw.join("dataset.json"));
-            let fold_dir = dirs.fold_dir(t.fold as usize);
+            let fold_dir = fold_dir(&dirs, t.fold.context("a prediction task without a fold")?);
             files.push(fold_dir.join("checkpoint_final.safetensors"));
             files.push(fold_dir.join("checkpoint_final.json"));
             files.extend(raw_case_files(&dirs, "imagesTs", &[])?);
@@ -172,7 +193,7 @@ pub fn task_inputs(run: &Run, t: &Task) -> Result<Vec<String>> {
 pub fn task_checkpoint(run: &Run, t: &Task) -> Option<String> {
     match t.kind {
         Kind::Train => t.checkpoint.clone(),
-        Kind::Validate | Kind::Predict => Some(rel(run, &dirs_of(run).fold_dir(t.fold as usize).join("checkpoint_final.safetensors"))),
+        Kind::Validate | Kind::Predict => Some(rel(run, &fold_dir(&dirs_of(run), t.fold?).join("checkpoint_final.safetensors"))),
         Kind::Preprocess => None,
     }
 }
@@ -191,15 +212,22 @@ pub fn checkpoint_from_upload(rel_path: &Path, dest: &Path) -> Option<(String, O
 }
 
 /// Writes the cross-validation summary (merged validation predictions, Dice, postprocessing) and
-/// returns the JSON a user reports.
+/// returns the JSON a user reports. Fold `all` is not part of the cross-validation (its
+/// validation cases are its training cases), as in nnU-Net.
 pub fn finalize(run: &Run) -> Result<String> {
     let dirs = dirs_of(run);
     let ds = nnunet_common::dataset_json::DatasetJson::load(&dirs.raw.join("dataset.json"))?;
-    let folds: Vec<usize> = run.folds.iter().map(|&f| f as usize).collect();
-    let summary = nnunet_common::crossval::crossval_summary(&dirs.model_dir(), &folds, &dirs.gt_dir(), &ds)?;
-    let mut v = serde_json::to_value(&summary)?;
-    if run.predict_test && folds.len() >= 2 {
-        let fold_dirs: Vec<PathBuf> = folds.iter().map(|f| dirs.model_dir().join("test_predictions").join(format!("fold_{f}"))).collect();
+    let cv_folds: Vec<usize> = run.folds.iter().filter_map(|f| f.index()).collect();
+    let mut v = if cv_folds.is_empty() {
+        serde_json::json!({ "note": "only fold all was trained: there is no cross-validation" })
+    } else {
+        serde_json::to_value(nnunet_common::crossval::crossval_summary(&dirs.model_dir(), &cv_folds, &dirs.gt_dir(), &ds)?)?
+    };
+    if run.folds.contains(&Fold::All) {
+        v["fold_all"] = serde_json::json!(fold_dir(&dirs, Fold::All));
+    }
+    if run.predict_test && run.folds.len() >= 2 {
+        let fold_dirs: Vec<PathBuf> = run.folds.iter().map(|f| dirs.model_dir().join("test_predictions").join(f.dir_name())).collect();
         let out = dirs.model_dir().join("ensemble_test");
         let n = nnunet_common::ensemble::ensemble_folders(&fold_dirs, &out, &ds)?;
         v["test_ensemble"] = serde_json::json!({ "folder": out, "cases": n });

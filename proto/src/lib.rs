@@ -1,6 +1,7 @@
 //! The gRPC contract (`proto/nnunet/v1/nnunet.proto`): the worker API (register, lease, heartbeat,
 //! metrics, artifacts, complete/fail) and the monitor API (list, get, watch, cancel, retry).
-//! Generated types stay at the edges: `coordinator/src/service` and `worker/src/client.rs`.
+//! Generated types stay at the edges: `coordinator/src/service` (plus the CLI client) and the worker's
+//! connection code.
 pub mod wire;
 
 pub mod v1 {
@@ -96,6 +97,8 @@ pub mod chunks {
         pub task_id: String,
         pub fencing_token: u64,
         pub path: String,
+        /// The uploading worker (the coordinator checks it is the lease holder).
+        pub worker_id: String,
     }
 
     /// Chunks of `bytes[start..]`, `chunk_size` each (at least one chunk, even for an empty file).
@@ -116,6 +119,7 @@ pub mod chunks {
                 data: bytes[off..end].to_vec(),
                 sha256: if last { sha256.to_string() } else { String::new() },
                 last,
+                worker_id: if first { header.worker_id.clone() } else { String::new() },
             });
             if last {
                 return out;

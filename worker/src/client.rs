@@ -166,7 +166,7 @@ impl Conn {
             let bytes = bytes.clone();
             let (run_id, task_id, rel_s, sha) = (run_id.clone(), task_id.clone(), rel_s.clone(), sha.clone());
             async move {
-                let header = nnunet_proto::chunks::Header { run_id, task_id, fencing_token: token, path: rel_s };
+                let header = nnunet_proto::chunks::Header { run_id, task_id, fencing_token: token, path: rel_s, ..Default::default() };
                 let chunks = nnunet_proto::chunks::split(&bytes, 0, CHUNK, &header, &sha);
                 api.upload_artifact(tokio_stream::iter(chunks)).await
             }

@@ -6,19 +6,17 @@
 //! - [`auth`]: login form, session cookie, bearer tokens.
 //! - [`sse`]: server-sent events: a run's journal (replay from a sequence number, then live) and a
 //!   snapshot feed for the runs and workers pages.
-//! - [`telemetry`]: workers' heartbeat readings (RSS, NVML); [`prom`]: their `/metrics` lines.
+//! - [`prom`]: `/metrics` lines of workers' heartbeat readings (`crate::telemetry`) and per-epoch values.
 //! - `assets/`: the page, its script and style, and uPlot (MIT, vendored from npm), embedded.
 pub mod auth;
 pub mod backend;
 pub mod model;
 pub mod prom;
 pub mod sse;
-pub mod telemetry;
 #[cfg(test)]
 mod tests;
 
-pub use model::{Access, Backend, StaticTokens, TokenCheck};
-pub use telemetry::Telemetry;
+pub use model::{Access, Backend, RoleTokens, StaticTokens, TokenCheck};
 
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Bytes;
@@ -87,7 +85,8 @@ fn redirect(to: &str, cookie: Option<String>) -> Response<Body> {
 }
 
 fn now_ms() -> i64 {
-    crate::state::now_ms()
+    use crate::clock::Clock;
+    crate::clock::SystemClock.now_ms()
 }
 
 impl Dashboard {
@@ -98,7 +97,7 @@ impl Dashboard {
     }
 
     /// The dashboard of a running coordinator (call inside its tokio runtime).
-    pub fn for_coordinator(c: Arc<crate::server::Coordinator>, tokens: impl TokenCheck) -> Arc<Self> {
+    pub fn for_coordinator(c: Arc<crate::engine::Coordinator>, tokens: impl TokenCheck) -> Arc<Self> {
         Self::new(Arc::new(backend::CoordinatorBackend(c)), Arc::new(tokens))
     }
 
@@ -186,9 +185,9 @@ impl Dashboard {
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let res = match parts.as_slice() {
             ["api", "runs", id, "cancel"] => self.backend.cancel(id).map(|_| format!("run {id} cancelled")),
-            ["api", "runs", id, "folds", k, "retry"] => match k.parse::<i32>() {
+            ["api", "runs", id, "folds", k, "retry"] => match k.parse::<nnunet_common::Fold>() {
                 Ok(fold) => self.backend.retry(id, fold).map(|_| format!("fold {fold} of run {id} re-queued")),
-                Err(_) => return text(StatusCode::BAD_REQUEST, format!("fold {k:?} is not a number")),
+                Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
             },
             _ => return text(StatusCode::NOT_FOUND, "not found"),
         };

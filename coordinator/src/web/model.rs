@@ -2,6 +2,7 @@
 //!
 //! The router only talks to this trait, so the coordinator's internals (state, store, server) can
 //! move without touching the web code: one adapter (`backend.rs`) maps them.
+use nnunet_common::Fold;
 use serde::Serialize;
 
 /// What a presented token may do on the web.
@@ -36,7 +37,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Forwards every new journal event's run id into `tx` until the coordinator stops.
     fn feed(&self, tx: tokio::sync::broadcast::Sender<Wake>);
     fn cancel(&self, run_id: &str) -> Result<(), SteerError>;
-    fn retry(&self, run_id: &str, fold: i32) -> Result<(), SteerError>;
+    fn retry(&self, run_id: &str, fold: Fold) -> Result<(), SteerError>;
 }
 
 /// Who may see the dashboard and who may steer: the coordinator's tokens (and, later, roles).
@@ -89,6 +90,33 @@ impl TokenCheck for StaticTokens {
     }
 }
 
+/// The coordinator's credentials: the legacy admin token and the role tokens (`nnunet token create`).
+/// Viewers see the dashboard; operators and admins may also cancel and retry; worker tokens see
+/// nothing. `None` for the legacy token means authentication is off (`--no-auth`, loopback only).
+pub struct RoleTokens {
+    legacy: Option<String>,
+    coord: std::sync::Arc<crate::engine::Coordinator>,
+}
+
+impl RoleTokens {
+    pub fn new(legacy: Option<String>, coord: std::sync::Arc<crate::engine::Coordinator>) -> Self {
+        RoleTokens { legacy, coord }
+    }
+}
+
+impl TokenCheck for RoleTokens {
+    fn check(&self, token: &str) -> Option<Access> {
+        let role = match &self.legacy {
+            Some(l) if crate::access::same_secret(token, l) => crate::domain::Role::Admin,
+            _ => self.coord.token_role(&crate::access::token_hash(token))?,
+        };
+        role.can_view().then_some(Access { can_steer: role.can_operate() })
+    }
+    fn open(&self) -> bool {
+        self.legacy.is_none()
+    }
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RunView {
     pub id: String,
@@ -96,7 +124,7 @@ pub struct RunView {
     pub dataset: String,
     pub state: String,
     pub created_ms: i64,
-    pub folds: Vec<i32>,
+    pub folds: Vec<Fold>,
     pub epochs: u32,
     pub tasks: Vec<TaskView>,
     /// The CV summary (`cv_summary.json`'s content) once the run is DONE.
@@ -108,7 +136,8 @@ pub struct RunView {
 pub struct TaskView {
     pub id: String,
     pub kind: String,
-    pub fold: i32,
+    /// `None`: preprocessing (not per fold). Serialized as a number or `"all"`.
+    pub fold: Option<Fold>,
     pub state: String,
     pub attempt: u32,
     pub worker: String,
@@ -145,7 +174,8 @@ pub struct WorkerView {
 pub struct EventView {
     pub seq: u64,
     pub ts_ms: i64,
-    pub fold: i32,
+    /// `None`: run level.
+    pub fold: Option<Fold>,
     pub task_id: String,
     /// `run`, `task`, `metrics`, `log` or `summary`.
     pub kind: &'static str,

@@ -1,11 +1,15 @@
 //! `/metrics` lines for what workers and trainers report beyond the base gauges: heartbeat
 //! telemetry (worker RSS, NVML device memory and utilisation), per-class pseudo-Dice, data-loader
 //! wait and step time per epoch. Values a worker could not read are left out, not written as 0.
-use crate::server::Coordinator;
+use crate::engine::Coordinator;
 use std::fmt::Write;
 
 fn esc(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn fold_label(f: Option<nnunet_common::Fold>) -> String {
+    f.map(|f| f.to_string()).unwrap_or_else(|| "-".into())
 }
 
 fn head(o: &mut String, name: &str, help: &str) {
@@ -15,9 +19,12 @@ fn head(o: &mut String, name: &str, help: &str) {
 /// Appends the telemetry and per-epoch series to `o`.
 pub fn render(c: &Coordinator, o: &mut String) {
     let samples = c.telemetry.all();
-    let st = c.state.lock().unwrap();
-    let device = |w: &str| st.workers.get(w).map(|w| w.device.clone()).unwrap_or_default();
-    type Get = fn(&super::telemetry::Sample) -> Option<f64>;
+    c.read(|st| render_state(st, &samples, o));
+}
+
+fn render_state(st: &crate::state::State, samples: &[(String, crate::telemetry::Sample)], o: &mut String) {
+    let device = |w: &str| st.workers.iter().find(|(id, _)| id.as_str() == w).map(|(_, w)| w.device.clone()).unwrap_or_default();
+    type Get = fn(&crate::telemetry::Sample) -> Option<f64>;
     let worker_series: [(&str, &str, Get); 4] = [
         ("nnunet_worker_rss_bytes", "Resident memory of the worker process.", |s| s.rss_bytes.map(|v| v as f64)),
         ("nnunet_worker_device_memory_used_bytes", "Memory in use on the worker's GPU (NVML).", |s| {
@@ -30,7 +37,7 @@ pub fn render(c: &Coordinator, o: &mut String) {
     ];
     for (name, help, get) in worker_series {
         head(o, name, help);
-        for (w, s) in &samples {
+        for (w, s) in samples {
             if let Some(v) = get(s) {
                 let dn = s.device_name.as_deref().unwrap_or("");
                 let _ = writeln!(o, "{name}{{worker=\"{}\",device=\"{}\",device_name=\"{}\"}} {v}", esc(w), esc(&device(w)), esc(dn));
@@ -46,8 +53,15 @@ pub fn render(c: &Coordinator, o: &mut String) {
         head(o, name, help);
         for t in st.tasks.values() {
             if let Some(m) = &t.last_metrics {
-                let w = t.worker_id.as_deref().unwrap_or("");
-                let _ = writeln!(o, "{name}{{run=\"{}\",fold=\"{}\",worker=\"{}\"}} {}", esc(&t.run_id), t.fold, esc(w), f(m));
+                let w = t.worker_id.as_ref().map(|w| w.as_str()).unwrap_or("");
+                let _ = writeln!(
+                    o,
+                    "{name}{{run=\"{}\",fold=\"{}\",worker=\"{}\"}} {}",
+                    esc(t.run_id.as_str()),
+                    fold_label(t.fold),
+                    esc(w),
+                    f(m)
+                );
             }
         }
     }
@@ -55,8 +69,13 @@ pub fn render(c: &Coordinator, o: &mut String) {
     for t in st.tasks.values() {
         if let Some(m) = &t.last_metrics {
             for (i, d) in m.pseudo_dice.iter().enumerate() {
-                let _ =
-                    writeln!(o, "nnunet_fold_pseudo_dice_class{{run=\"{}\",fold=\"{}\",class=\"{}\"}} {d}", esc(&t.run_id), t.fold, i + 1);
+                let _ = writeln!(
+                    o,
+                    "nnunet_fold_pseudo_dice_class{{run=\"{}\",fold=\"{}\",class=\"{}\"}} {d}",
+                    esc(t.run_id.as_str()),
+                    fold_label(t.fold),
+                    i + 1
+                );
             }
         }
     }

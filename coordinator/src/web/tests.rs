@@ -1,7 +1,8 @@
 //! The dashboard over real HTTP on loopback, on a real coordinator (SQLite state and journal).
 use super::*;
-use crate::server::{Coordinator, CoordinatorConfig};
-use crate::state::{Budget, Run, RunState};
+use crate::domain::{Budget, RunState};
+use crate::engine::{Coordinator, CoordinatorConfig};
+use crate::state::Run;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const STEER: &str = "steer-token-0123456789abcdef";
@@ -18,15 +19,16 @@ async fn start() -> (tempfile::TempDir, Arc<Coordinator>, String) {
         run_dir: dir.path().join("runs/r1").to_string_lossy().into_owned(),
         state: RunState::Planning,
         budget: Budget::default(),
-        folds: vec![0, 1, 2, 3, 4],
+        folds: nnunet_common::Fold::default_five(),
         predict_test: false,
         preprocess_shards: 1,
         created_ms: 1,
+        finished_ms: None,
         summary_json: None,
         error: None,
         next_seq: 0,
     };
-    coord.apply(|st| ((), st.add_run(run))).unwrap();
+    coord.apply_blocking("test run", move |st, now| Ok(((), st.add_run(run, now)))).unwrap();
     let tokens = StaticTokens::single(STEER.into()).with(VIEW.into(), Access { can_steer: false });
     let web = Dashboard::for_coordinator(coord.clone(), tokens);
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -197,7 +197,7 @@ function runPage(main, id) {
       c.el.title = st;
     }
     tasks.replaceChildren(...run.tasks.map((t) => h("tr", { "data-task": t.id },
-      h("td", {}, t.fold < 0 ? "-" : t.fold), h("td", {}, t.kind), h("td", {}, stateTag(t.state)), h("td", { class: "num" }, t.attempt),
+      h("td", {}, t.fold == null ? "-" : t.fold), h("td", {}, t.kind), h("td", {}, stateTag(t.state)), h("td", { class: "num" }, t.attempt),
       h("td", {}, t.worker || "-"), h("td", {}, t.device || "-"), h("td", { class: "num" }, t.epoch ? `${t.epoch}/${t.epochs}` : "-"),
       h("td", { class: "err" }, t.error))));
     renderSummary(run.summary);
@@ -228,7 +228,7 @@ function runPage(main, id) {
 
   function logLine(e) {
     const t = new Date(e.ts_ms).toLocaleTimeString();
-    const who = e.fold >= 0 ? `fold ${e.fold}` : "run";
+    const who = e.fold != null ? `fold ${e.fold}` : "run";
     let text = e.text;
     if (e.kind === "task") text = `${e.task_kind} ${e.text}${e.worker ? ` (worker ${e.worker}, attempt ${e.attempt})` : ""}`;
     if (e.kind === "summary") text = "cross-validation summary written";

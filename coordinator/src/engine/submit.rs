@@ -1,0 +1,105 @@
+//! Submitting a run: validating the spec, creating the run directory, planning in the background.
+use super::{ApplyError, Coordinator, RunView};
+use crate::domain::{limits, RunId, RunSpec};
+use crate::state::{Refusal, Run, RunState};
+use anyhow::{bail, Result};
+use nnunet_common::Fold;
+use std::sync::Arc;
+
+/// Checks a spec's bounds (name, path, folds) before anything touches the disk.
+pub fn validate_spec(spec: &RunSpec) -> Result<(), Refusal> {
+    let bad = |m: String| Err(Refusal::Invalid(m));
+    if spec.name.len() > limits::SHORT {
+        return bad(format!("run name is {} bytes; at most {} are allowed", spec.name.len(), limits::SHORT));
+    }
+    if spec.name.chars().any(|c| c.is_control()) {
+        return bad("run name holds control characters".into());
+    }
+    let dir = spec.dataset_dir.as_os_str().len();
+    if dir == 0 || dir > limits::PATH {
+        return bad(format!("dataset folder path must be 1..={} bytes (got {dir})", limits::PATH));
+    }
+    if spec.folds.len() > limits::FOLDS {
+        return bad(format!("{} folds requested; at most {}", spec.folds.len(), limits::FOLDS));
+    }
+    Ok(())
+}
+
+impl Coordinator {
+    /// Creates a run for a raw nnU-Net dataset folder and plans it in the background.
+    pub async fn submit(self: &Arc<Self>, spec: RunSpec) -> Result<RunView, ApplyError> {
+        validate_spec(&spec)?;
+        let me = self.clone();
+        let run = tokio::task::spawn_blocking(move || me.prepare_run(spec))
+            .await
+            .map_err(|e| ApplyError::Persist(e.to_string()))?
+            .map_err(|e| ApplyError::Refused(Refusal::Invalid(format!("{e:#}"))))?;
+        let id = run.id.clone();
+        let r = run.clone();
+        self.apply("submit", move |st, now| Ok(((), st.add_run(r, now)))).await?;
+        tracing::info!(run = %id, dataset = %run.dataset_name, folds = ?run.folds, "run submitted");
+        let me = self.clone();
+        let rid = id.clone();
+        tokio::task::spawn_blocking(move || me.plan_run(&rid));
+        Ok(self.run_view(id.as_str()).expect("just added"))
+    }
+
+    /// Canonicalizes the dataset folder and creates the run directory (blocking).
+    fn prepare_run(&self, spec: RunSpec) -> Result<Run> {
+        let raw = spec
+            .dataset_dir
+            .canonicalize()
+            .map_err(|e| anyhow::anyhow!("dataset folder {} is not readable by the coordinator: {e}", spec.dataset_dir.display()))?;
+        if !raw.join("dataset.json").is_file() {
+            bail!("{} has no dataset.json: give an nnU-Net v2 raw dataset folder (DatasetXXX_Name), or convert images and masks first with `nnunet convert`", raw.display());
+        }
+        let dataset_name = raw.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let now = self.now_ms();
+        let run_id = RunId(format!("run-{}-{}", crate::clock::utc_stamp(now), crate::domain::random_hex(8)));
+        let run_dir = self.run_dir(&run_id);
+        let mut folds: Vec<Fold> = if spec.folds.is_empty() { Fold::default_five() } else { spec.folds.clone() };
+        let mut seen = std::collections::BTreeSet::new();
+        folds.retain(|f| seen.insert(*f));
+        crate::pipeline::prepare_run_dir(&run_dir, &run_id, &raw, &dataset_name)?;
+        Ok(Run {
+            id: run_id,
+            name: if spec.name.is_empty() { dataset_name.clone() } else { spec.name },
+            dataset_name,
+            raw_dir: raw.to_string_lossy().into_owned(),
+            run_dir: run_dir.to_string_lossy().into_owned(),
+            state: RunState::Planning,
+            budget: spec.budget,
+            folds,
+            predict_test: spec.predict_test,
+            preprocess_shards: spec.preprocess_shards,
+            created_ms: now,
+            finished_ms: None,
+            summary_json: None,
+            error: None,
+            next_seq: 0,
+        })
+    }
+
+    /// Verify + fingerprint + plan + splits, written once by the coordinator; then the task graph
+    /// (blocking).
+    pub(crate) fn plan_run(self: &Arc<Self>, run_id: &RunId) {
+        let Some(run) = self.read(|st| st.runs.get(run_id).cloned()) else { return };
+        let res = crate::pipeline::plan(&run, self.cfg.threads);
+        let rid = run_id.clone();
+        let applied = match res {
+            Ok(cases) => {
+                let workers = self.read(|st| st.live_workers(self.now_ms()));
+                let shards = if run.preprocess_shards > 0 { run.preprocess_shards as usize } else { workers.max(1) };
+                tracing::info!(run = %run_id, cases = cases.len(), shards, "planned");
+                self.apply_blocking("create tasks", move |st, now| Ok(((), st.create_tasks(&rid, &cases, shards, now))))
+            }
+            Err(e) => {
+                tracing::warn!(run = %run_id, "planning failed: {e:#}");
+                self.apply_blocking("planning failed", move |st, now| Ok(((), st.run_failed(&rid, format!("planning failed: {e:#}"), now))))
+            }
+        };
+        if let Err(e) = applied {
+            tracing::error!(run = %run_id, "recording the plan failed (it is planned again at the next start): {e}");
+        }
+    }
+}
