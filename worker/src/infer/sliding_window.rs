@@ -1,5 +1,5 @@
-//! Sliding-window prediction of one preprocessed case (SPEC §10.1 steps 2-6;
-//! `nnunetv2/inference/sliding_window_prediction.py`, `predict_from_raw_data.py`).
+//! Sliding-window prediction of one preprocessed case
+//! (`nnunetv2/inference/sliding_window_prediction.py`, `predict_from_raw_data.py`).
 //!
 //! - [`compute_gaussian`]: the importance map, σ = patch/8, scaled so its maximum is 10, rounded to
 //!   fp16 as the reference stores it, zeros replaced by the smallest nonzero value.

@@ -1,7 +1,7 @@
 //! Checkpoints: `checkpoint_{latest,best,final}.safetensors` + a JSON sidecar `checkpoint_*.json`
-//! ([`CheckpointMeta`]) in the fold folder (CONTEXT "On-disk contracts"; nnU-Net's `.pth` holds the same
+//! ([`CheckpointMeta`]) in the fold folder (ARCHITECTURE.md; nnU-Net's `.pth` holds the same
 //! information: weights, optimizer state, grad-scaler state, logging, `_best_ema`, `current_epoch`,
-//! `init_args`, `inference_allowed_mirroring_axes`; SPEC §1.3).
+//! `init_args`, `inference_allowed_mirroring_axes`).
 //!
 //! The safetensors file holds the network weights under the reference `state_dict` names and the SGD
 //! momentum buffers under `optimizer.momentum.<param name>`. Both files are written atomically (temp
@@ -32,10 +32,10 @@ pub struct InitArgs {
     pub configuration_name: String,
     /// The dataset's `dataset.json`, verbatim.
     pub dataset_json: serde_json::Value,
-    pub fold: usize,
+    pub fold: nnunet_common::Fold,
     pub num_input_channels: i64,
     pub num_classes: i64,
-    /// Test-time mirroring axes (SPEC §8.1: `(0, 1)` for 2D).
+    /// Test-time mirroring axes (`(0, 1)` for 2D, `nnUNetTrainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size`).
     pub inference_allowed_mirroring_axes: Vec<usize>,
 }
 

@@ -1,6 +1,7 @@
 //! A synthetic preprocessed dataset in nnU-Net's on-disk layout (plans, dataset.json, splits and
 //! `nnUNetPlans_2d/` cases), for the resume test, the GPU check and the step benchmark. Cases are
-//! noisy images with bright discs labelled 1; plans follow SPEC §4.3 (features `min(512, 32·2^i)`,
+//! noisy images with bright discs labelled 1; plans follow nnU-Net's 2D planner
+//! (`nnunetv2/experiment_planning/experiment_planners/default_experiment_planner.py`: features `min(512, 32·2^i)`,
 //! 3x3 kernels, stride 2 after the first stage).
 use nnunet_common::case::CaseProperties;
 use nnunet_common::plans::ArchKwargs;
