@@ -40,7 +40,9 @@ impl WorkerApi for Fake {
     async fn lease(&self, _: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseReply>, Status> {
         let task = self.0.tasks.lock().unwrap().pop_front();
         let shutdown = task.is_none();
-        Ok(Response::new(pb::LeaseReply { task, shutdown, retry_after_ms: 100, ..Default::default() }))
+        #[allow(clippy::needless_update)] // the contract may gain fields
+        let reply = pb::LeaseReply { task, shutdown, retry_after_ms: 100, ..Default::default() };
+        Ok(Response::new(reply))
     }
     async fn heartbeat(&self, _: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatReply>, Status> {
         Ok(Response::new(pb::HeartbeatReply { ok: true, ..Default::default() }))

@@ -63,7 +63,7 @@ impl TaskCtx {
 
     /// Libtorch threads: `--threads`, else the task's budget, else all cores.
     pub fn threads(&self) -> usize {
-        let b = self.task.budget.clone().unwrap_or_default();
+        let b = self.task.budget.unwrap_or_default();
         if self.threads > 0 {
             self.threads
         } else if b.num_threads > 0 {

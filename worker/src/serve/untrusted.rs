@@ -164,7 +164,8 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(check_task(&good).unwrap(), Fold::All);
-        let variants: Vec<Box<dyn Fn(&mut pb::Task)>> = vec![
+        type Mutation = Box<dyn Fn(&mut pb::Task)>;
+        let variants: Vec<Mutation> = vec![
             Box::new(|t| t.run_id = "../victim".into()),
             Box::new(|t| t.task_id = "a/b".into()),
             Box::new(|t| t.dataset_name = "..".into()),

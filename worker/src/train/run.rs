@@ -216,7 +216,7 @@ impl<'a> Trainer<'a> {
             let Some(train) = self.train_epoch(&mut loaders, lr, &mut console, progress)? else {
                 return stopped(spec, &state, logs, progress, epoch, start_epoch);
             };
-            let Some((val_losses, dice, val_wait)) = self.validate_epoch(&mut loaders, progress)? else {
+            let Some(EpochVal { losses: val_losses, dice, wait: val_wait }) = self.validate_epoch(&mut loaders, progress)? else {
                 return stopped(spec, &state, logs, progress, epoch, start_epoch);
             };
             let mean_fg = nanmean(&dice);
@@ -292,7 +292,7 @@ impl<'a> Trainer<'a> {
 
     /// Validation loss and global pseudo-Dice over the epoch's validation batches, and the time spent
     /// waiting for them; `None` when a stop was requested.
-    fn validate_epoch(&self, loaders: &mut Loaders, progress: &mut dyn Progress) -> anyhow::Result<Option<(Vec<f64>, Vec<f64>, f64)>> {
+    fn validate_epoch(&self, loaders: &mut Loaders, progress: &mut dyn Progress) -> anyhow::Result<Option<EpochVal>> {
         let mut acc = DiceAccumulator::new(self.s.num_classes as usize);
         let (mut losses, mut wait) = (Vec::new(), 0.0);
         if let Some(vl) = loaders.val.as_mut() {
@@ -313,7 +313,7 @@ impl<'a> Trainer<'a> {
                 acc.add_batch(&out0, &targets[0]);
             }
         }
-        Ok(Some((losses, acc.dice_per_class(), wait)))
+        Ok(Some(EpochVal { losses, dice: acc.dice_per_class(), wait }))
     }
 
     /// Writes `checkpoint_final`, removes `checkpoint_latest` (as nnU-Net does) and reports.
@@ -370,6 +370,15 @@ impl<'a> Trainer<'a> {
         };
         checkpoint::save(&spec.fold_dir, kind.file_stem(), &self.net.named_parameters(&self.vs), &self.opt.momentum_buffers(), &mut meta)
     }
+}
+
+/// What one epoch's validation batches measured.
+struct EpochVal {
+    losses: Vec<f64>,
+    /// Global pseudo-Dice per foreground class.
+    dice: Vec<f64>,
+    /// Seconds waiting for batches.
+    wait: f64,
 }
 
 /// What one epoch's training iterations measured.

@@ -22,6 +22,6 @@ pub fn run(ctx: &TaskCtx) -> Result<String> {
 
 /// Prediction options of a task (its budget may disable mirroring).
 fn predict_options(ctx: &TaskCtx, save_probabilities: bool) -> crate::infer::PredictOptions {
-    let b = ctx.task.budget.clone().unwrap_or_default();
+    let b = ctx.task.budget.unwrap_or_default();
     crate::infer::PredictOptions { use_mirroring: !b.disable_tta, save_probabilities, device: ctx.device, ..Default::default() }
 }

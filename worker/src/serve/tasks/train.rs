@@ -115,7 +115,7 @@ fn remove_leftovers(fd: &Path) -> Result<()> {
 
 /// The task's training configuration: nnU-Net's defaults with the run's budget.
 fn config(ctx: &TaskCtx) -> TrainingConfig {
-    let b = ctx.task.budget.clone().unwrap_or_default();
+    let b = ctx.task.budget.unwrap_or_default();
     let mut config = TrainingConfig::nnunet_v2();
     config.epochs = b.epochs as usize;
     config.iterations_per_epoch = b.iterations_per_epoch as usize;
