@@ -8,6 +8,7 @@
 //! and `nnunet-worker validate`: the final validation of one fold from the preprocessed data.
 use crate::infer::{self, PredictOptions};
 use anyhow::{Context, Result};
+use nnunet_common::Fold;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -23,9 +24,9 @@ pub struct PredictArgs {
     /// Model folder: nnUNet_results/DatasetXXX_Name/nnUNetTrainer__nnUNetPlans__2d.
     #[arg(short = 'm', long = "model")]
     pub model: PathBuf,
-    /// Folds to ensemble (their logits are averaged).
-    #[arg(short = 'f', long = "folds", num_args = 1.., default_values_t = vec![0usize, 1, 2, 3, 4])]
-    pub folds: Vec<usize>,
+    /// Folds to ensemble (their logits are averaged): numbers and/or `all` (the folder `fold_all`).
+    #[arg(short = 'f', long = "folds", num_args = 1.., default_values = ["0", "1", "2", "3", "4"])]
+    pub folds: Vec<Fold>,
     /// Disable test-time mirroring (4x faster, slightly less accurate).
     #[arg(long = "disable-tta")]
     pub disable_tta: bool,
@@ -59,8 +60,8 @@ pub fn run_predict(args: PredictArgs) -> Result<()> {
         .with_context(|| format!("predicting {} with {}", args.input.display(), args.model.display()))?;
     let n = report.cases.len();
     println!(
-        "predicted {n} case(s) with fold(s) {:?} in {:.1} s ({:.2} images/s){}; masks in {}",
-        report.folds,
+        "predicted {n} case(s) with fold(s) {} in {:.1} s ({:.2} images/s){}; masks in {}",
+        report.folds.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(" "),
         report.seconds,
         n as f64 / report.seconds.max(1e-9),
         if report.postprocessing.is_empty() { String::new() } else { format!("; postprocessing: {}", report.postprocessing.join(", ")) },
@@ -77,8 +78,9 @@ pub struct ValidateArgs {
     /// Fold folder holding the checkpoint (validation/ is written inside it).
     #[arg(long = "fold-dir")]
     pub fold_dir: PathBuf,
+    /// The fold (a number or `all`).
     #[arg(long = "fold")]
-    pub fold: usize,
+    pub fold: Fold,
     #[arg(long = "device", default_value = "cpu")]
     pub device: String,
     #[arg(long = "disable-tta")]

@@ -3,6 +3,7 @@
 use crate::train::{self, CheckpointKind, FoldSpec, Progress, TrainingConfig};
 use anyhow::Context;
 use nnunet_common::train_log::EpochMetrics;
+use nnunet_common::Fold;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,9 +13,10 @@ pub struct TrainArgs {
     /// Preprocessed dataset: a folder, or a name/id under $nnUNet_preprocessed.
     #[arg(long)]
     pub dataset: String,
-    /// Fold to train (0-4; a larger number uses nnU-Net's random 80:20 split).
-    #[arg(long, default_value_t = 0)]
-    pub fold: usize,
+    /// Fold to train: 0-4 (a larger number uses nnU-Net's random 80:20 split), or `all` (every
+    /// training case, validated on the training cases as nnU-Net's `fold all`; folder `fold_all`).
+    #[arg(long, default_value = "0")]
+    pub fold: Fold,
     /// Epochs (nnU-Net: 1000).
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -48,13 +50,13 @@ pub struct TrainArgs {
     /// On CUDA, run the augmentations batched on the GPU.
     #[arg(long)]
     pub gpu_augmentation: bool,
+    /// Start from these weights instead of random init (ours .safetensors or nnU-Net .pth): every
+    /// weight but the segmentation heads must match in name and shape (nnU-Net's -pretrained_weights).
+    #[arg(long = "pretrained-weights")]
+    pub pretrained_weights: Option<PathBuf>,
     /// Skip the final sliding-window validation of the fold's validation cases (validation/summary.json).
     #[arg(long)]
     pub skip_validation: bool,
-    /// Start from these weights (ours .safetensors or nnU-Net .pth): all but the segmentation heads must
-    /// match in name and shape (nnU-Net's -pretrained_weights). Not used with --continue when a checkpoint exists.
-    #[arg(long = "pretrained-weights")]
-    pub pretrained_weights: Option<PathBuf>,
 }
 
 /// Console progress for the standalone command; SIGTERM/SIGINT request a stop.
@@ -86,58 +88,73 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
-    let pre_root = nnunet_common::paths::preprocessed_root().unwrap_or_else(|_| PathBuf::from("."));
-    let pre =
-        nnunet_common::paths::resolve_dataset(&pre_root, &args.dataset).with_context(|| format!("resolving --dataset {}", args.dataset))?;
+/// The preprocessed dataset folder: `--dataset` as a folder, else a name or id under
+/// `$nnUNet_preprocessed` (never a search of the working directory).
+fn resolve_preprocessed(dataset: &str) -> anyhow::Result<PathBuf> {
+    let as_path = std::path::Path::new(dataset);
+    if as_path.is_dir() {
+        return Ok(as_path.to_path_buf());
+    }
+    let root = nnunet_common::paths::preprocessed_root().map_err(|e| {
+        anyhow::anyhow!(
+            "--dataset {dataset:?} is not a folder, and it cannot be looked up by name: {e} (or pass the dataset folder itself)"
+        )
+    })?;
+    nnunet_common::paths::resolve_dataset(&root, dataset).with_context(|| format!("resolving --dataset {dataset}"))
+}
+
+/// The fold folder: `--out`, else `$nnUNet_results/<dataset>/nnUNetTrainer__nnUNetPlans__2d/fold_K`.
+fn fold_dir(args: &TrainArgs, pre: &std::path::Path) -> anyhow::Result<PathBuf> {
+    if let Some(o) = &args.out {
+        return Ok(o.clone());
+    }
     let name = pre.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "dataset".into());
-    let fold_dir = match &args.out {
-        Some(o) => o.clone(),
-        None => {
-            let res = nnunet_common::paths::results_root().context("no --out given")?;
-            res.join(&name).join(nnunet_common::paths::model_folder_name()).join(format!("fold_{}", args.fold))
+    let res = nnunet_common::paths::results_root().context("no --out given")?;
+    Ok(res.join(&name).join(nnunet_common::paths::model_folder_name()).join(args.fold.dir_name()))
+}
+
+/// nnU-Net's defaults with the command line's overrides.
+fn training_config(args: &TrainArgs) -> TrainingConfig {
+    let mut config = TrainingConfig::nnunet_v2();
+    let set = |v: Option<usize>, field: &mut usize| {
+        if let Some(v) = v {
+            *field = v;
         }
     };
-    // The model folder gets the files inference needs (nnU-Net copies them at training start).
-    if let Some(model_dir) = fold_dir.parent() {
-        std::fs::create_dir_all(model_dir).with_context(|| format!("creating {}", model_dir.display()))?;
-        for (src, dst) in [
-            (format!("{}.json", nnunet_common::paths::PLANS_NAME), "plans.json"),
-            ("dataset.json".into(), "dataset.json"),
-            ("dataset_fingerprint.json".into(), "dataset_fingerprint.json"),
-        ] {
-            let s = pre.join(&src);
-            if s.is_file() {
-                let bytes = std::fs::read(&s).with_context(|| format!("reading {}", s.display()))?;
-                nnunet_common::hash::write_atomic(&model_dir.join(dst), &bytes)?;
-            }
-        }
-    }
-    let device = crate::device::parse_device(&args.device)?;
-    let mut config = TrainingConfig::nnunet_v2();
-    if let Some(v) = args.epochs {
-        config.epochs = v;
-    }
-    if let Some(v) = args.iters {
-        config.iterations_per_epoch = v;
-    }
-    if let Some(v) = args.val_iters {
-        config.val_iterations_per_epoch = v;
-    }
-    if let Some(v) = args.save_every {
-        config.save_every = v;
-    }
+    set(args.epochs, &mut config.epochs);
+    set(args.iters, &mut config.iterations_per_epoch);
+    set(args.val_iters, &mut config.val_iterations_per_epoch);
+    set(args.save_every, &mut config.save_every);
+    set(args.threads, &mut config.torch_threads);
+    set(args.loader_threads, &mut config.loader_threads);
     if let Some(v) = args.seed {
         config.seed = v;
     }
-    if let Some(v) = args.threads {
-        config.torch_threads = v;
-    }
-    if let Some(v) = args.loader_threads {
-        config.loader_threads = v;
-    }
     config.gpu_augmentation = args.gpu_augmentation;
     config.pretrained_weights = args.pretrained_weights.clone();
+    config
+}
+
+/// Copies the files inference needs into the model folder (nnU-Net copies them at training start).
+fn copy_model_files(pre: &std::path::Path, fold_dir: &std::path::Path) -> anyhow::Result<()> {
+    let Some(model_dir) = fold_dir.parent() else { return Ok(()) };
+    std::fs::create_dir_all(model_dir).with_context(|| format!("creating {}", model_dir.display()))?;
+    for (src, dst) in [
+        (format!("{}.json", nnunet_common::paths::PLANS_NAME), "plans.json"),
+        ("dataset.json".into(), "dataset.json"),
+        ("dataset_fingerprint.json".into(), "dataset_fingerprint.json"),
+    ] {
+        let s = pre.join(&src);
+        if s.is_file() {
+            let bytes = std::fs::read(&s).with_context(|| format!("reading {}", s.display()))?;
+            nnunet_common::hash::write_atomic(&model_dir.join(dst), &bytes)?;
+        }
+    }
+    Ok(())
+}
+
+/// A stop flag set by SIGTERM/SIGINT.
+fn stop_on_signals() -> Arc<AtomicBool> {
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
@@ -152,12 +169,22 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     });
+    stop
+}
+
+pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
+    let pre = resolve_preprocessed(&args.dataset)?;
+    let fold_dir = fold_dir(&args, &pre)?;
+    copy_model_files(&pre, &fold_dir)?;
+    let device = crate::device::parse_device(&args.device)?;
+    let config = training_config(&args);
+    let stop = stop_on_signals();
     let spec = FoldSpec { preprocessed_dir: pre.clone(), fold: args.fold, fold_dir: fold_dir.clone(), device, config, resume: args.resume };
     let mut progress = CliProgress { stop };
     let out = train::train_fold(&spec, &mut progress)?;
     if out.stopped_early {
         eprintln!("stopped; continue with --continue (resumes from {})", fold_dir.join("checkpoint_latest.safetensors").display());
-        std::process::exit(143);
+        return Err(crate::error::WorkerError::Stopped.into());
     }
     println!(
         "fold {} done: {} epochs run, best EMA pseudo Dice {:.4}, final checkpoint {}",
@@ -166,7 +193,8 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         out.best_ema,
         out.final_checkpoint.display()
     );
-    // nnU-Net's `nnUNetTrainer.perform_actual_validation`: sliding window over the fold's validation cases.
+    // nnunetv2/training/nnUNetTrainer/nnUNetTrainer.py::perform_actual_validation: sliding window over
+    // the fold's validation cases.
     if !args.skip_validation {
         let opts = crate::infer::PredictOptions { device, ..Default::default() };
         let summary = crate::infer::validate_fold(&pre, args.fold, &fold_dir, &opts)
@@ -210,7 +238,16 @@ pub fn run_bench_step(a: BenchStepArgs) -> anyhow::Result<()> {
         tch::Cuda::cudnn_set_benchmark(true);
     }
     let arch = train::synth::arch_kwargs(a.stages);
-    let s = train::run::bench_steps(&arch, a.channels, a.classes, a.batch, [a.patch, a.patch], device, a.warmup, a.steps)?;
+    let s = train::step::bench_steps(&train::step::BenchStep {
+        arch: &arch,
+        in_channels: a.channels,
+        num_classes: a.classes,
+        batch: a.batch,
+        patch: [a.patch, a.patch],
+        device,
+        warmup: a.warmup,
+        steps: a.steps,
+    })?;
     println!(
         "{}",
         serde_json::json!({"device": crate::device::device_string(device), "cuda_available": tch::Cuda::is_available(),
@@ -256,7 +293,7 @@ pub fn run_synth(a: SynthArgs) -> anyhow::Result<()> {
 }
 
 /// `nnunet-worker bench-aug` (hidden): single-thread throughput of the CPU training augmentation
-/// (the full `nnUNetTrainer.get_training_transforms` pipeline from the enlarged crop to the final patch and the DS targets).
+/// (the full training pipeline from the enlarged crop to the final patch and the DS targets).
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchAugArgs {
     /// Square final patch edge (the crop is the enlarged initial patch, 602 for 512).

@@ -5,7 +5,7 @@
 //! - `nnunet-worker predict ...`: inference with trained folds (what `nnunet predict` runs).
 //! - `nnunet-worker smoke`: a libtorch forward/backward step and the CUDA status.
 use clap::{Parser, Subcommand};
-use nnunet_worker::{cli_predict, cli_train, client, interop};
+use nnunet_worker::{cli_predict, cli_train, error, interop, serve};
 
 /// mimalloc for the Rust side (augmentation buffers, batches, checkpoints): glibc's malloc hands the
 /// megabyte-sized per-sample buffers back to the kernel and page-faults them in again on every sample,
@@ -24,7 +24,7 @@ struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
     #[command(flatten)]
-    serve: client::ServeArgs,
+    serve: serve::ServeArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -42,12 +42,12 @@ enum Cmd {
     /// Time the augmentation pipeline (patches per second).
     BenchAug(cli_train::BenchAugArgs),
     /// Lease tasks from a coordinator (same as giving --coordinator without a subcommand).
-    Serve(client::ServeArgs),
+    Serve(serve::ServeArgs),
     /// Run one libtorch forward/backward/SGD step on CPU and report CUDA availability.
     Smoke,
-    /// Write our model folder as an nnU-Net v2 model zip (nnUNetv2_install_pretrained_model_from_zip).
+    /// Write one of our model folders as an nnU-Net v2 model zip (`nnUNetv2_install_pretrained_model_from_zip` installs it).
     ExportModel(interop::cli::ExportArgs),
-    /// Turn an nnU-Net v2 model zip into our model folder.
+    /// Turn an nnU-Net v2 model zip into a model folder for `predict`.
     ImportModel(interop::cli::ImportArgs),
 }
 
@@ -60,28 +60,26 @@ fn main() {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Some(Cmd::Train(a)) => cli_train::run_train(a),
+        Some(Cmd::ExportModel(a)) => interop::cli::run_export(a),
+        Some(Cmd::ImportModel(a)) => interop::cli::run_import(a),
         Some(Cmd::Predict(a)) => cli_predict::run_predict(a),
         Some(Cmd::Validate(a)) => cli_predict::run_validate(a),
         Some(Cmd::SynthPreprocessed(a)) => cli_train::run_synth(a),
         Some(Cmd::BenchStep(a)) => cli_train::run_bench_step(a),
         Some(Cmd::BenchAug(a)) => cli_train::run_bench_aug(a),
-        Some(Cmd::Serve(a)) => client::run_serve(a),
+        Some(Cmd::Serve(a)) => serve::run_serve(a),
         Some(Cmd::Smoke) => nnunet_worker::device::smoke(),
-        Some(Cmd::ExportModel(a)) => interop::cli::run_export(a),
-        Some(Cmd::ImportModel(a)) => interop::cli::run_import(a),
-        None if cli.serve.coordinator.is_some() => client::run_serve(cli.serve),
+        None if cli.serve.coordinator.is_some() => serve::run_serve(cli.serve),
         None => Err(anyhow::anyhow!("give --coordinator URL to serve a coordinator, or a subcommand (train, predict, smoke); see --help")),
     };
     if let Err(e) = res {
-        if let Some(code) = e.downcast_ref::<client::ExitCode>() {
-            eprintln!("{code}");
-            std::process::exit(code.0);
+        // The one place errors become exit codes (worker/src/error.rs).
+        let code = error::exit_code(&e);
+        match error::classify(&e) {
+            Some(error::WorkerError::Stopped) => eprintln!("{e}"),
+            Some(error::WorkerError::BadInput(bad)) => eprintln!("error: {bad}\n(not retryable: exit {code})"),
+            _ => eprintln!("error: {e:#}"),
         }
-        if let Some(bad) = e.downcast_ref::<client::BadInput>() {
-            eprintln!("error: {bad}\n(not retryable: exit 3)");
-            std::process::exit(3);
-        }
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+        std::process::exit(code);
     }
 }

@@ -55,6 +55,17 @@ impl Conv {
     }
 }
 
+/// The shape of a conv-norm-act block: channels in and out, kernel, stride, conv bias, norm eps.
+#[derive(Debug, Clone, Copy)]
+struct ConvSpec {
+    c_in: i64,
+    c_out: i64,
+    kernel: [i64; 2],
+    stride: [i64; 2],
+    bias: bool,
+    eps: f64,
+}
+
 /// ConvDropoutNormReLU without dropout: `.conv`, `.norm`, then LeakyReLU.
 #[derive(Debug)]
 struct ConvNormAct {
@@ -65,8 +76,8 @@ struct ConvNormAct {
 }
 
 impl ConvNormAct {
-    #[allow(clippy::too_many_arguments)]
-    fn new(p: &Path, c_in: i64, c_out: i64, kernel: [i64; 2], stride: [i64; 2], bias: bool, eps: f64, names: &mut Vec<String>) -> Self {
+    fn new(p: &Path, c: ConvSpec, names: &mut Vec<String>) -> Self {
+        let ConvSpec { c_in, c_out, kernel, stride, bias, eps } = c;
         let conv = Conv::new(&(p / "conv"), c_in, c_out, kernel, stride, bias, names);
         let pn = p / "norm";
         let norm_w = pn.var("weight", &[c_out], Init::Const(1.0));
@@ -92,23 +103,13 @@ struct Stacked {
 }
 
 impl Stacked {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        p: &Path,
-        n: usize,
-        c_in: i64,
-        c_out: i64,
-        kernel: [i64; 2],
-        stride: [i64; 2],
-        bias: bool,
-        eps: f64,
-        names: &mut Vec<String>,
-    ) -> Self {
+    /// `n` blocks of shape `c` (the first with `c`'s input channels and stride, the rest `c_out` -> `c_out`, stride 1).
+    fn new(p: &Path, n: usize, c: ConvSpec, names: &mut Vec<String>) -> Self {
         let pc = p / "convs";
         let blocks = (0..n)
             .map(|i| {
-                let (ci, st) = if i == 0 { (c_in, stride) } else { (c_out, [1, 1]) };
-                ConvNormAct::new(&(&pc / i), ci, c_out, kernel, st, bias, eps, names)
+                let ci = if i == 0 { c } else { ConvSpec { c_in: c.c_out, stride: [1, 1], ..c } };
+                ConvNormAct::new(&(&pc / i), ci, names)
             })
             .collect();
         Stacked { blocks }
@@ -178,17 +179,8 @@ impl PlainConvUNet {
         let mut encoder = Vec::with_capacity(n);
         let mut c_in = in_channels;
         for s in 0..n {
-            encoder.push(Stacked::new(
-                &(&pe / s / 0),
-                arch.n_conv_per_stage[s],
-                c_in,
-                feats[s],
-                kernels[s],
-                strides[s],
-                bias,
-                eps,
-                &mut names,
-            ));
+            let c = ConvSpec { c_in, c_out: feats[s], kernel: kernels[s], stride: strides[s], bias, eps };
+            encoder.push(Stacked::new(&(&pe / s / 0), arch.n_conv_per_stage[s], c, &mut names));
             c_in = feats[s];
         }
 
@@ -212,17 +204,8 @@ impl PlainConvUNet {
                 pt.var("bias", &[skip], Init::Const(0.0))
             });
             transpconvs.push(ConvTranspose { w, b, stride });
-            decoder.push(Stacked::new(
-                &(&pd / "stages" / (s - 1)),
-                arch.n_conv_per_stage_decoder[s - 1],
-                2 * skip,
-                skip,
-                kernels[n - s - 1],
-                [1, 1],
-                bias,
-                eps,
-                &mut n_stages,
-            ));
+            let c = ConvSpec { c_in: 2 * skip, c_out: skip, kernel: kernels[n - s - 1], stride: [1, 1], bias, eps };
+            decoder.push(Stacked::new(&(&pd / "stages" / (s - 1)), arch.n_conv_per_stage_decoder[s - 1], c, &mut n_stages));
             // Seg heads always have a bias (dna: `unet_decoder.py`, `bias=True`).
             seg_layers.push(Conv::new(&(&pd / "seg_layers" / (s - 1)), skip, num_classes, [1, 1], [1, 1], true, &mut n_seg));
         }

@@ -15,6 +15,7 @@
 
 pub mod amp;
 pub mod checkpoint;
+pub mod config;
 pub mod ema;
 pub mod gpu_aug;
 pub mod loader;
@@ -23,7 +24,10 @@ pub mod optim;
 pub mod report;
 pub mod run;
 pub mod schedule;
+pub mod setup;
+pub mod step;
 pub mod synth;
 
 pub use checkpoint::{load_network, CheckpointMeta};
-pub use run::{train_fold, CheckpointKind, FoldSpec, Progress, TrainOutcome, TrainingConfig};
+pub use config::{fold_seed, CheckpointKind, FoldSpec, Progress, TrainOutcome, TrainingConfig};
+pub use run::train_fold;

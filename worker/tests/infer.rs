@@ -5,6 +5,7 @@
 #![recursion_limit = "256"]
 use nnunet_common::imageio::{self, Geometry};
 use nnunet_common::plans::{Configuration2d, Plans};
+use nnunet_common::Fold;
 use nnunet_worker::infer::{self, sliding_window, PredictOptions};
 use nnunet_worker::net::PlainConvUNet;
 use nnunet_worker::train::checkpoint::{self, CheckpointMeta, InitArgs, RngState};
@@ -118,7 +119,7 @@ fn make_model(dir: &Path, n_channels: usize, patch: [usize; 2], folds: &[usize],
                 configuration: config.clone(),
                 configuration_name: "2d".into(),
                 dataset_json: dj_v.clone(),
-                fold: f,
+                fold: Fold::Index(f as u16),
                 num_input_channels: n_channels as i64,
                 num_classes: 2,
                 inference_allowed_mirroring_axes: vec![0, 1],
@@ -231,7 +232,7 @@ fn predict_folder_writes_png_masks_with_original_values_and_input_size() {
     let model = make_model(tmp.path(), 3, [32, 32], &[0, 1], |_, _| {});
     let out = tmp.path().join("out");
     let opts = PredictOptions { save_probabilities: true, ..Default::default() };
-    let report = infer::predict_folder(&model, &[0, 1], &tmp.path().join("in"), &out, &opts).unwrap();
+    let report = infer::predict_folder(&model, &[Fold::Index(0), Fold::Index(1)], &tmp.path().join("in"), &out, &opts).unwrap();
     assert_eq!(report.cases.len(), 3);
     for (name, h, w) in &inputs {
         let mask = imageio::read_seg(&out.join(name)).unwrap();
@@ -252,8 +253,14 @@ fn predict_folder_writes_png_masks_with_original_values_and_input_size() {
     let tmp2 = tempfile::tempdir().unwrap();
     let model = make_model(tmp2.path(), 3, [32, 32], &[0], |vs, _| constant_logits(vs, [-5.0, 5.0]));
     let out2 = tmp2.path().join("out");
-    infer::predict_folder(&model, &[0], &tmp.path().join("in"), &out2, &PredictOptions { use_mirroring: false, ..Default::default() })
-        .unwrap();
+    infer::predict_folder(
+        &model,
+        &[Fold::Index(0)],
+        &tmp.path().join("in"),
+        &out2,
+        &PredictOptions { use_mirroring: false, ..Default::default() },
+    )
+    .unwrap();
     let (name, _, _) = &inputs[0];
     let mask = imageio::read_seg(&out2.join(name)).unwrap();
     assert!(mask.data.iter().all(|&v| v == 255.0));
@@ -271,7 +278,7 @@ fn nifti_input_gives_nifti_output_with_the_input_affine() {
     let data: Vec<f32> = (0..3 * 20 * 27).map(|i| ((i * 7919) % 97) as f32 + 1.0).collect();
     imageio::write_nifti_f32(&input.join("vol_007_0000.nii.gz"), [3, 20, 27], &data, &geom).unwrap();
     let out = tmp.path().join("out");
-    let report = infer::predict_folder(&model, &[0], &input, &out, &PredictOptions::default()).unwrap();
+    let report = infer::predict_folder(&model, &[Fold::Index(0)], &input, &out, &PredictOptions::default()).unwrap();
     assert_eq!(report.cases, vec!["vol_007".to_string()]);
     let written = imageio::read_nifti(&out.join("vol_007.nii.gz")).unwrap();
     let original = imageio::read_nifti(&input.join("vol_007_0000.nii.gz")).unwrap();
@@ -300,7 +307,10 @@ fn bad_inputs_get_clear_messages() {
     let out = tmp.path().join("out");
 
     // A fold that was never trained.
-    let err = format!("{:#}", infer::predict_folder(&model, &[0, 3], &input, &out, &PredictOptions::default()).unwrap_err());
+    let err = format!(
+        "{:#}",
+        infer::predict_folder(&model, &[Fold::Index(0), Fold::Index(3)], &input, &out, &PredictOptions::default()).unwrap_err()
+    );
     assert!(err.contains("fold 3 is missing") && err.contains("0 1"), "{err}");
 
     // A checkpoint whose bytes do not match the sidecar's sha256.
@@ -309,16 +319,19 @@ fn bad_inputs_get_clear_messages() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0x55;
     std::fs::write(&w, bytes).unwrap();
-    let err = format!("{:#}", infer::predict_folder(&model, &[0, 1], &input, &out, &PredictOptions::default()).unwrap_err());
+    let err = format!(
+        "{:#}",
+        infer::predict_folder(&model, &[Fold::Index(0), Fold::Index(1)], &input, &out, &PredictOptions::default()).unwrap_err()
+    );
     assert!(err.contains("fold 1") && err.contains("sha256"), "{err}");
 
-    // A gray image for an RGB model; the first (valid) case is written, nothing partial for the bad one.
+    // A gray image for an RGB model: every input is checked before anything is written, so the
+    // output folder is not even created (no empty or partial output).
     image::GrayImage::from_fn(40, 30, |x, _| image::Luma([x as u8])).save(input.join("b_gray.png")).unwrap();
-    let err = format!("{:#}", infer::predict_folder(&model, &[0], &input, &out, &PredictOptions::default()).unwrap_err());
+    let err = format!("{:#}", infer::predict_folder(&model, &[Fold::Index(0)], &input, &out, &PredictOptions::default()).unwrap_err());
     assert!(err.contains("b_gray.png") && err.contains("1 channel(s)") && err.contains("trained on 3"), "{err}");
-    assert!(out.join("a.png").is_file());
-    assert!(!out.join("b_gray.png").exists());
-    no_partial_files(&out);
+    assert!(!out.exists(), "a failed prediction leaves no output folder");
+    no_partial_files(tmp.path());
 }
 
 #[test]
@@ -385,7 +398,7 @@ fn validate_fold_exports_in_raw_geometry_and_evaluates() {
     }
     let model = make_model(tmp.path(), 1, [32, 32], &[0], |vs, _| constant_logits(vs, [-5.0, 5.0]));
     let fold_dir = model.join("fold_0");
-    let summary = infer::validate_fold(&pre, 0, &fold_dir, &PredictOptions::default()).unwrap();
+    let summary = infer::validate_fold(&pre, Fold::Index(0), &fold_dir, &PredictOptions::default()).unwrap();
     // Everything is predicted foreground: Dice = 2|gt| / (|gt| + H·W) per validation case.
     let n = (h * w) as f64;
     let want: Vec<f64> = [2, 3].iter().map(|&i| 2.0 * fg_sizes[i] as f64 / (fg_sizes[i] as f64 + n)).collect();
@@ -396,4 +409,34 @@ fn validate_fold_exports_in_raw_geometry_and_evaluates() {
     let gt = imageio::read_nifti(&gt_dir.join("c2.nii.gz")).unwrap();
     assert_eq!(written.shape, gt.shape);
     assert_eq!(written.geometry.affine, gt.geometry.affine);
+}
+
+#[test]
+fn a_bad_input_leaves_an_existing_output_folder_as_it_was_and_fold_all_predicts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = make_model(tmp.path(), 3, [32, 32], &[0], |vs, _| constant_logits(vs, [-5.0, 5.0]));
+    // A model trained with `--fold all` lives in fold_all.
+    std::fs::rename(model.join("fold_0"), model.join("fold_all")).unwrap();
+    let input = tmp.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8 * 5, y as u8 * 7, 100])).save(input.join("a.png")).unwrap();
+    image::GrayImage::from_fn(40, 30, |x, _| image::Luma([x as u8])).save(input.join("b_gray.png")).unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("mine.txt"), b"the user's").unwrap();
+    let err = format!("{:#}", infer::predict_folder(&model, &[Fold::All], &input, &out, &PredictOptions::default()).unwrap_err());
+    assert!(err.contains("b_gray.png"), "{err}");
+    let names = |d: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&out), vec!["mine.txt"]);
+    assert_eq!(names(tmp.path()), vec!["in", "nnUNetTrainer__nnUNetPlans__2d", "out"], "no staging folder left");
+    std::fs::remove_file(input.join("b_gray.png")).unwrap();
+    let report = infer::predict_folder(&model, &[Fold::All], &input, &out, &PredictOptions::default()).unwrap();
+    assert_eq!(report.folds, vec![Fold::All]);
+    assert_eq!(names(&out), vec!["a.png", "mine.txt"]);
+    let err = format!("{:#}", infer::predict_folder(&model, &[Fold::Index(0)], &input, &out, &PredictOptions::default()).unwrap_err());
+    assert!(err.contains("fold 0 is missing") && err.contains("all"), "{err}");
 }

@@ -35,7 +35,7 @@ pub fn is_nnunet_checkpoint(stem: &Path) -> bool {
 /// `{stem}.pth` exists, from an nnU-Net checkpoint with `model_dir`'s plans.json and dataset.json.
 pub fn load_network_any(
     model_dir: &Path,
-    fold: usize,
+    fold: nnunet_common::Fold,
     stem: &Path,
     device: tch::Device,
 ) -> Result<(tch::nn::VarStore, PlainConvUNet, CheckpointMeta)> {

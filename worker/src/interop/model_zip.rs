@@ -59,7 +59,13 @@ pub fn fold_pth(ckpt_stem: &Path, plans: &serde_json::Value) -> Result<(Out, Vec
             Out::Dict(vec![
                 ("plans".into(), json_to_out(plans)),
                 ("configuration".into(), Out::Str(a.configuration_name.clone())),
-                ("fold".into(), Out::Int(a.fold as i64)),
+                (
+                    "fold".into(),
+                    match a.fold.index() {
+                        Some(k) => Out::Int(k as i64),
+                        None => Out::Str("all".into()),
+                    },
+                ),
                 ("dataset_json".into(), json_to_out(&a.dataset_json)),
                 ("device".into(), Out::Device("cpu".into())),
             ]),
@@ -165,7 +171,7 @@ pub fn export_model(model_dir: &Path, folds: Option<&[usize]>, checkpoint_name: 
 #[derive(Debug)]
 pub struct Imported {
     pub model_folder_in_zip: String,
-    pub folds: Vec<usize>,
+    pub folds: Vec<nnunet_common::Fold>,
     pub trainer_name: String,
 }
 
@@ -224,7 +230,7 @@ pub fn import_model(zip_path: &Path, out_dir: &Path) -> Result<Imported> {
     }
     let mut folds = Vec::new();
     let mut trainer_name = String::new();
-    let mut fold_entries: Vec<(usize, String, String)> = names
+    let mut fold_entries: Vec<(nnunet_common::Fold, String, String)> = names
         .iter()
         .filter_map(|n| {
             let rest = n.strip_prefix(&format!("{folder}/fold_"))?;
@@ -238,7 +244,7 @@ pub fn import_model(zip_path: &Path, out_dir: &Path) -> Result<Imported> {
         bail!("{}: {folder} holds no fold_K/checkpoint_final.pth", zip_path.display());
     }
     for (fold, stem, entry) in &fold_entries {
-        let fold_dir = tmp.path().join(format!("fold_{fold}"));
+        let fold_dir = tmp.path().join(fold.dir_name());
         let pth_path = fold_dir.join(format!("{stem}.pth"));
         nnunet_common::hash::write_atomic(&pth_path, &read(entry)?)?;
         let l = nnunet_model::load_fold(tmp.path(), *fold, &pth_path, tch::Device::Cpu)

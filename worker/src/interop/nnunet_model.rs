@@ -226,7 +226,7 @@ pub fn meta_for(
     ck: &NnunetCheckpoint,
     config: Configuration2d,
     dataset_json: serde_json::Value,
-    fold: usize,
+    fold: nnunet_common::Fold,
     c: (i64, i64),
 ) -> CheckpointMeta {
     let epoch = ck.current_epoch.unwrap_or(0).max(0) as usize;
@@ -265,7 +265,7 @@ pub struct LoadedFold {
 }
 
 /// Loads `model_dir/fold_{fold}/{checkpoint}.pth` with `model_dir`'s plans.json and dataset.json.
-pub fn load_fold(model_dir: &Path, fold: usize, pth_path: &Path, device: tch::Device) -> Result<LoadedFold> {
+pub fn load_fold(model_dir: &Path, fold: nnunet_common::Fold, pth_path: &Path, device: tch::Device) -> Result<LoadedFold> {
     let ck = read_checkpoint(pth_path)?;
     check_trainer(&ck.trainer_name).with_context(|| format!("{}", pth_path.display()))?;
     let plans_path = model_dir.join("plans.json");

@@ -65,24 +65,6 @@ impl GradScaler {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    #[test]
-    fn unscale_detects_inf_and_backs_off() {
-        let mut s = GradScaler::with_state(Device::Cpu, 8.0, 0);
-        let g = Tensor::from_slice(&[16.0f32, 8.0]);
-        assert!(!s.unscale(&[g.shallow_clone()]));
-        assert_eq!(Vec::<f32>::try_from(&g).unwrap(), vec![2.0, 1.0]);
-        s.update();
-        assert_eq!(s.state(), (8.0, 1));
-        let bad = Tensor::from_slice(&[f32::INFINITY]);
-        assert!(s.unscale(&[bad]));
-        s.update();
-        assert_eq!(s.state(), (4.0, 0));
-    }
-}
-
 extern "C" {
     fn nnunet_autocast_is_enabled_cuda() -> bool;
     fn nnunet_autocast_set_enabled_cuda(b: bool);
@@ -112,4 +94,22 @@ pub fn autocast<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
         nnunet_autocast_set_enabled_cuda(prev);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn unscale_detects_inf_and_backs_off() {
+        let mut s = GradScaler::with_state(Device::Cpu, 8.0, 0);
+        let g = Tensor::from_slice(&[16.0f32, 8.0]);
+        assert!(!s.unscale(&[g.shallow_clone()]));
+        assert_eq!(Vec::<f32>::try_from(&g).unwrap(), vec![2.0, 1.0]);
+        s.update();
+        assert_eq!(s.state(), (8.0, 1));
+        let bad = Tensor::from_slice(&[f32::INFINITY]);
+        assert!(s.unscale(&[bad]));
+        s.update();
+        assert_eq!(s.state(), (4.0, 0));
+    }
 }

@@ -1,5 +1,5 @@
 //! Checkpoints: `checkpoint_{latest,best,final}.safetensors` + a JSON sidecar `checkpoint_*.json`
-//! ([`CheckpointMeta`]) in the fold folder (CONTEXT "On-disk contracts"; nnU-Net's `.pth` holds the same
+//! ([`CheckpointMeta`]) in the fold folder (ARCHITECTURE.md; nnU-Net's `.pth` holds the same
 //! information: weights, optimizer state, grad-scaler state, logging, `_best_ema`, `current_epoch`,
 //! `init_args`, `inference_allowed_mirroring_axes`; `nnUNetTrainer.save_checkpoint`).
 //!
@@ -32,7 +32,7 @@ pub struct InitArgs {
     pub configuration_name: String,
     /// The dataset's `dataset.json`, verbatim.
     pub dataset_json: serde_json::Value,
-    pub fold: usize,
+    pub fold: nnunet_common::Fold,
     pub num_input_channels: i64,
     pub num_classes: i64,
     /// Test-time mirroring axes (`configure_rotation_dummyDA_mirroring_and_inital_patch_size`: `(0, 1)` for 2D).

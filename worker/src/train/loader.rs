@@ -272,7 +272,9 @@ impl Drop for BatchLoader {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         for h in handles {
-            let _ = h.join();
+            if h.join().is_err() {
+                tracing::warn!("a batch loader thread panicked");
+            }
         }
     }
 }

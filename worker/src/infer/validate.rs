@@ -1,0 +1,88 @@
+//! The final validation of one fold from the preprocessed data.
+use super::export::{class_values, export_case, write_outputs, CaseOutput};
+use super::model::{report_progress, window_params, Fold};
+use super::options::PredictOptions;
+use super::sliding_window;
+use crate::net::PlainConvUNet;
+use anyhow::{bail, Context, Result};
+use nnunet_common::case::CaseFiles;
+use nnunet_common::dataset_json::DatasetJson;
+use nnunet_common::evaluate::{self, Summary};
+use nnunet_common::imageio::Geometry;
+use nnunet_common::npy;
+use nnunet_common::plans::Plans;
+use std::path::Path;
+use std::time::Instant;
+use tch::Tensor;
+
+/// The final validation of one fold (`nnUNetTrainer.perform_actual_validation`): predicts the fold's
+/// validation cases from the preprocessed data, exports them to `fold_dir/validation/{case}{ending}`
+/// (label values, raw geometry) and evaluates them against `gt_segmentations` into
+/// `validation/summary.json`.
+pub fn validate_fold(preprocessed_dir: &Path, fold: nnunet_common::Fold, fold_dir: &Path, opts: &PredictOptions) -> Result<Summary> {
+    let start = Instant::now();
+    let plans = Plans::load(&preprocessed_dir.join("nnUNetPlans.json"))
+        .with_context(|| format!("reading the plans of {}", preprocessed_dir.display()))?;
+    let dj = DatasetJson::load(&preprocessed_dir.join("dataset.json"))
+        .with_context(|| format!("reading the dataset.json of {}", preprocessed_dir.display()))?;
+    let data_dir = preprocessed_dir.join(nnunet_common::paths::data_identifier());
+    let ids =
+        nnunet_common::case::list_cases(&data_dir).with_context(|| format!("listing preprocessed cases in {}", data_dir.display()))?;
+    let splits = nnunet_common::splits::load(&preprocessed_dir.join("splits_final.json"))?;
+    let split = crate::train::setup::fold_split(&splits, &ids, fold);
+    let stem = fold_dir.join(&opts.checkpoint_name);
+    let model_dir = fold_dir.parent().unwrap_or(fold_dir);
+    let (vs, net, meta) = crate::interop::load_network_any(model_dir, fold, &stem, opts.device)
+        .with_context(|| format!("loading fold {fold} from {}", stem.display()))?;
+    let loaded = vec![Fold { fold, _vs: vs, net, meta }];
+    let params = window_params(&loaded, opts)?;
+    let config = loaded[0].meta.init_args.configuration.clone();
+    let nets: Vec<&PlainConvUNet> = vec![&loaded[0].net];
+    let out_dir = fold_dir.join("validation");
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let values = class_values(&dj, false);
+    let ending = dj.file_ending.clone();
+    for (i, case) in split.val.iter().enumerate() {
+        let files = CaseFiles::new(&data_dir, case);
+        if !files.is_complete() {
+            bail!(
+                "validation case {case} of fold {fold} is not preprocessed in {} (missing .npy/.json); run `nnunet preprocess`",
+                data_dir.display()
+            );
+        }
+        let props = files.load_props()?;
+        let (shape, data) = npy::read_npy::<f32>(&files.data)?;
+        if shape.len() != 4 {
+            bail!("{}: expected (C, Z, X, Y), found shape {shape:?}", files.data.display());
+        }
+        let x = Tensor::from_slice(&data).reshape(shape.iter().map(|&s| s as i64).collect::<Vec<_>>());
+        let logits = sliding_window::predict_case_logits(&nets, &x, &params);
+        let exported = export_case(&logits, &props, &plans, &config, opts.save_probabilities)?;
+        let geometry = props.raw_geometry.clone().unwrap_or_else(|| Geometry {
+            spacing: [999.0, 1.0, 1.0],
+            affine: None,
+            format: ending.trim_start_matches('.').to_string(),
+        });
+        let o = CaseOutput {
+            case,
+            exported: &exported,
+            geometry: &geometry,
+            ending: &ending,
+            values: &values,
+            pp_steps: &[],
+            save_probabilities: opts.save_probabilities,
+        };
+        write_outputs(&out_dir, &o)?;
+        report_progress(i, split.val.len(), case, start);
+    }
+    let gt = evaluate::default_gt_dir(preprocessed_dir);
+    let summary = evaluate::evaluate_folders(&gt, &out_dir, &dj.foreground_labels(), &ending, dj.ignore_label())
+        .with_context(|| format!("evaluating fold {fold} validation against {}", gt.display()))?;
+    eprintln!(
+        "fold {fold}: mean validation Dice {:.4} ({} cases, {:.1} s)",
+        summary.foreground_mean.dice,
+        split.val.len(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(summary)
+}

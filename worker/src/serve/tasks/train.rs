@@ -1,0 +1,178 @@
+//! TRAIN: trains the task's fold, resuming from the coordinator's last checkpoint; epochs are
+//! reported as they finish and checkpoints streamed by the background [`Uploader`].
+use crate::serve::context::{TaskCtx, Workspace};
+use crate::serve::uploader::Uploader;
+use crate::serve::{staging, untrusted};
+use crate::train::{self, CheckpointKind, CheckpointMeta, FoldSpec, Progress, TrainingConfig};
+use anyhow::{anyhow, bail, Context, Result};
+use nnunet_common::train_log::EpochMetrics;
+use nnunet_proto::v1 as pb;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+struct GrpcProgress<'a> {
+    ctx: &'a TaskCtx,
+    ws: &'a Workspace,
+    fold_dir: PathBuf,
+    uploader: Uploader,
+}
+
+impl Progress for GrpcProgress<'_> {
+    fn on_epoch(&mut self, m: &EpochMetrics) -> Result<()> {
+        let ctx = self.ctx;
+        let req = pb::MetricsReport {
+            worker_id: ctx.conn.id(),
+            task_id: ctx.task.task_id.clone(),
+            lease_id: ctx.task.lease_id,
+            fencing_token: ctx.task.fencing_token,
+            metrics: Some(nnunet_proto::convert::metrics_to_proto(m)),
+        };
+        ctx.rt
+            .block_on(ctx.conn.call("metrics", |mut api| {
+                let req = req.clone();
+                async move { api.report_metrics(req).await }
+            }))
+            .map_err(|s| anyhow!(crate::error::WorkerError::LeaseLost(format!("metrics refused: {}", s.message()))))?;
+        Ok(())
+    }
+
+    fn on_checkpoint(&mut self, kind: CheckpointKind, files: &[PathBuf]) -> Result<()> {
+        // Weights first, then logs and plot, the JSON sidecar last: the coordinator records the
+        // checkpoint when the sidecar lands. Files are hard-linked into a staging folder
+        // (checkpoints are replaced by rename, never rewritten, so the link keeps this version).
+        let mut files: Vec<PathBuf> = files.to_vec();
+        for extra in ["progress.png", "training_log.jsonl", "training_log.txt"] {
+            let p = self.fold_dir.join(extra);
+            if p.exists() && !files.contains(&p) {
+                files.push(p);
+            }
+        }
+        // TensorBoard event files (nnunet_common::tensorboard) travel with the logs.
+        for e in std::fs::read_dir(&self.fold_dir)?.flatten() {
+            if e.file_name().to_string_lossy().contains(nnunet_common::tensorboard::FILE_MARKER) && !files.contains(&e.path()) {
+                files.push(e.path());
+            }
+        }
+        files.sort_by_key(|p| {
+            let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            (n.starts_with("checkpoint") && n.ends_with(".json"), !n.ends_with(".safetensors"), n)
+        });
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let staged = self.fold_dir.join(format!(".outbox-{kind:?}-{}", SEQ.fetch_add(1, Ordering::Relaxed)));
+        let jobs = stage(&staged, &files, |f| self.ctx.rel(self.ws, f));
+        let jobs = match jobs {
+            Ok(j) => j,
+            Err(e) => {
+                if let Err(rm) = std::fs::remove_dir_all(&staged) {
+                    tracing::warn!("could not remove {}: {rm}", staged.display());
+                }
+                return Err(e);
+            }
+        };
+        let priority = match kind {
+            CheckpointKind::Final => 0,
+            CheckpointKind::Latest => 1,
+            CheckpointKind::Best => 2,
+        };
+        self.uploader.submit(priority, staged, jobs)
+    }
+
+    fn log(&mut self, line: &str) {
+        self.ctx.log(line.to_string());
+    }
+
+    fn should_stop(&self) -> bool {
+        self.ctx.stop.load(Ordering::SeqCst) || self.ctx.lost.load(Ordering::SeqCst)
+    }
+}
+
+/// Links (or copies) `files` into `staged`; returns (staged file, path relative to the run) pairs.
+fn stage(staged: &Path, files: &[PathBuf], rel: impl Fn(&Path) -> String) -> Result<Vec<(PathBuf, String)>> {
+    std::fs::create_dir_all(staged).with_context(|| format!("creating {}", staged.display()))?;
+    let mut jobs = Vec::new();
+    for f in files {
+        let link = staged.join(f.file_name().ok_or_else(|| anyhow!("{} has no file name", f.display()))?);
+        if std::fs::hard_link(f, &link).is_err() {
+            std::fs::copy(f, &link).with_context(|| format!("staging {}", f.display()))?;
+        }
+        jobs.push((link, rel(f)));
+    }
+    Ok(jobs)
+}
+
+/// The coordinator's last checkpoint is the truth: local checkpoints and logs of an earlier attempt
+/// go, and so do staged uploads a killed worker process left behind.
+fn remove_leftovers(fd: &Path) -> Result<()> {
+    let Ok(rd) = std::fs::read_dir(fd) else { return Ok(()) };
+    for e in rd.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let p = e.path();
+        let res = if n.starts_with(".outbox-") {
+            std::fs::remove_dir_all(&p)
+        } else if n.starts_with("checkpoint_") || n.starts_with("training_log") {
+            std::fs::remove_file(&p)
+        } else {
+            continue;
+        };
+        res.with_context(|| format!("removing the earlier attempt's {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// The task's training configuration: nnU-Net's defaults with the run's budget.
+fn config(ctx: &TaskCtx) -> TrainingConfig {
+    let b = ctx.task.budget.unwrap_or_default();
+    let mut config = TrainingConfig::nnunet_v2();
+    config.epochs = b.epochs as usize;
+    config.iterations_per_epoch = b.iterations_per_epoch as usize;
+    config.val_iterations_per_epoch = b.val_iterations_per_epoch as usize;
+    config.save_every = b.save_every.max(1) as usize;
+    config.seed = train::fold_seed(b.seed, ctx.fold);
+    config.torch_threads = ctx.threads();
+    config
+}
+
+fn announce(ctx: &TaskCtx, scratch: &Path) -> Result<()> {
+    if ctx.task.checkpoint.is_empty() {
+        ctx.log(format!("training fold {} from scratch on {}", ctx.fold, crate::device::device_string(ctx.device)));
+        return Ok(());
+    }
+    let sidecar = untrusted::resolve_inside(scratch, "checkpoint", &ctx.task.checkpoint)?.with_extension("json");
+    let epoch = std::fs::read(&sidecar)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<CheckpointMeta>(&b).ok())
+        .map(|m| m.epoch.to_string())
+        .unwrap_or_else(|| "?".into());
+    let line = format!("resuming fold {} from checkpoint at epoch {epoch}", ctx.fold);
+    tracing::info!("{line}");
+    ctx.log(line);
+    Ok(())
+}
+
+pub fn run(ctx: &TaskCtx) -> Result<String> {
+    let scratch = ctx.scratch();
+    let fd = ctx.fold_dir(&scratch);
+    remove_leftovers(&fd)?;
+    let ws = staging::prepare(ctx)?;
+    std::fs::create_dir_all(&fd).with_context(|| format!("creating {}", fd.display()))?;
+    announce(ctx, &scratch)?;
+    let spec = FoldSpec {
+        preprocessed_dir: ctx.dirs(&ws.root).preprocessed,
+        fold: ctx.fold,
+        fold_dir: fd.clone(),
+        device: ctx.device,
+        config: config(ctx),
+        resume: true,
+    };
+    let uploader = Uploader::new(ctx.conn.clone(), ctx.task.clone(), ctx.rt.clone());
+    let mut progress = GrpcProgress { ctx, ws: &ws, fold_dir: fd, uploader };
+    let outcome = train::train_fold(&spec, &mut progress);
+    let flushed = progress.uploader.flush();
+    let outcome = outcome?;
+    flushed?;
+    if outcome.stopped_early {
+        ctx.check_stop()?;
+        bail!("training stopped early");
+    }
+    Ok(serde_json::json!({ "epochs_run": outcome.epochs_run, "best_ema": outcome.best_ema }).to_string())
+}

@@ -1,0 +1,150 @@
+//! Streams checkpoints to the coordinator from a background thread, so training never waits for
+//! the network. One pending slot per checkpoint kind: a newer `latest` (or `best`) replaces one
+//! that has not started uploading yet, so a slow link costs freshness, not training time. The
+//! final checkpoint is always uploaded, and the task completes only after everything is flushed.
+//! Every staged folder is removed once uploaded, superseded or abandoned after an error.
+use crate::error::WorkerError;
+use crate::serve::connection::Conn;
+use crate::serve::transfer;
+use anyhow::{anyhow, Result};
+use nnunet_proto::v1 as pb;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+/// One staged checkpoint: the folder of hard links, and (local file, path relative to the run) pairs.
+pub type Job = (PathBuf, Vec<(PathBuf, String)>);
+
+#[derive(Default)]
+struct Queue {
+    /// Pending jobs by priority (0 final, 1 latest, 2 best).
+    pending: BTreeMap<u8, Job>,
+    closed: bool,
+    error: Option<String>,
+}
+
+type Shared = Arc<(Mutex<Queue>, Condvar)>;
+
+/// The background checkpoint uploader of one training task.
+pub struct Uploader {
+    shared: Shared,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn lock(m: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Removes a staged folder (its files are links to, or copies of, the fold's checkpoint files).
+fn remove_staged(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!("could not remove the staged checkpoint {}: {e}", dir.display());
+        }
+    }
+}
+
+fn upload_job(conn: &Conn, task: &pb::Task, rt: &tokio::runtime::Handle, files: &[(PathBuf, String)]) -> Result<u64> {
+    let mut bytes = 0;
+    for (local, rel) in files {
+        bytes += std::fs::metadata(local).map(|m| m.len()).unwrap_or(0);
+        rt.block_on(transfer::upload(conn, task, local, rel))?;
+    }
+    Ok(bytes)
+}
+
+fn worker_loop(sh: Shared, conn: Conn, task: pb::Task, rt: tokio::runtime::Handle) {
+    loop {
+        let (staged, files) = {
+            let (m, cv) = &*sh;
+            let mut q = lock(m);
+            while q.pending.is_empty() && !q.closed {
+                q = cv.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+            match q.pending.pop_first() {
+                Some((_, job)) => job,
+                None => return,
+            }
+        };
+        let t = Instant::now();
+        let res = upload_job(&conn, &task, &rt, &files);
+        remove_staged(&staged);
+        match res {
+            Ok(bytes) => {
+                tracing::info!("checkpoint streamed to the coordinator: {:.1} MB in {:.2}s", bytes as f64 / 1e6, t.elapsed().as_secs_f64())
+            }
+            Err(e) => {
+                let mut q = lock(&sh.0);
+                q.error = Some(format!("{e:#}"));
+                for (_, (dir, _)) in std::mem::take(&mut q.pending) {
+                    remove_staged(&dir);
+                }
+                return;
+            }
+        }
+    }
+}
+
+impl Uploader {
+    pub fn new(conn: Conn, task: pb::Task, rt: tokio::runtime::Handle) -> Self {
+        let shared: Shared = Arc::default();
+        let sh = shared.clone();
+        let thread = std::thread::spawn(move || worker_loop(sh, conn, task, rt));
+        Uploader { shared, thread: Some(thread) }
+    }
+
+    /// Queues a staged checkpoint (priority 0 final, 1 latest, 2 best).
+    pub fn submit(&self, priority: u8, staged: PathBuf, files: Vec<(PathBuf, String)>) -> Result<()> {
+        let (m, cv) = &*self.shared;
+        let mut q = lock(m);
+        if let Some(e) = &q.error {
+            remove_staged(&staged);
+            return Err(anyhow!(WorkerError::LeaseLost(format!("checkpoint upload failed: {e}"))));
+        }
+        if let Some((old, _)) = q.pending.insert(priority, (staged, files)) {
+            remove_staged(&old); // superseded before it started
+        }
+        if priority == 0 {
+            // The final checkpoint supersedes any latest one not yet sent.
+            if let Some((old, _)) = q.pending.remove(&1) {
+                remove_staged(&old);
+            }
+        }
+        cv.notify_all();
+        Ok(())
+    }
+
+    /// Uploads what is pending and stops; the first upload error, if any.
+    pub fn flush(&mut self) -> Result<()> {
+        {
+            let (m, cv) = &*self.shared;
+            lock(m).closed = true;
+            cv.notify_all();
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().map_err(|_| anyhow!("checkpoint upload thread panicked"))?;
+        }
+        match lock(&self.shared.0).error.take() {
+            Some(e) => Err(anyhow!(WorkerError::LeaseLost(format!("checkpoint upload failed: {e}")))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Uploader {
+    /// A task that ends without flushing (an error or a panic): stop the thread after the job in
+    /// flight and remove what is still staged.
+    fn drop(&mut self) {
+        if self.thread.is_none() {
+            return;
+        }
+        let (m, cv) = &*self.shared;
+        let mut q = lock(m);
+        q.closed = true;
+        for (_, (dir, _)) in std::mem::take(&mut q.pending) {
+            remove_staged(&dir);
+        }
+        cv.notify_all();
+    }
+}
