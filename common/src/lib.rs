@@ -33,6 +33,7 @@ pub mod imageio;
 pub mod metrics;
 pub mod npy;
 pub mod paths;
+pub mod planners;
 pub mod planning;
 pub mod plans;
 pub mod postprocess;
