@@ -152,6 +152,8 @@ struct Setup {
     train_cases: Vec<Arc<CaseData>>,
     val_cases: Vec<Arc<CaseData>>,
     aug: AugConfig,
+    /// The dataset's ignore label (`labels.ignore`), masked out of the loss and the pseudo-Dice.
+    ignore_label: Option<i64>,
 }
 
 fn setup(spec: &FoldSpec) -> anyhow::Result<Setup> {
@@ -206,7 +208,8 @@ fn setup(spec: &FoldSpec) -> anyhow::Result<Setup> {
         mask_channels,
         ds_scales: arch.deep_supervision_scales(),
     };
-    Ok(Setup { plans_2d, dataset_json, num_classes, in_channels, train_cases, val_cases, aug })
+    let ignore_label = ds.ignore_label();
+    Ok(Setup { plans_2d, dataset_json, num_classes, in_channels, train_cases, val_cases, aug, ignore_label })
 }
 
 fn available_cores() -> usize {
@@ -346,7 +349,7 @@ fn run_epochs(
     let cuda = device.is_cuda();
     let batch_size = s.plans_2d.batch_size;
     let ds_weights = loss::deep_supervision_weights(s.aug.ds_scales.len().max(1));
-    let batch_dice = s.plans_2d.batch_dice;
+    let loss_spec = loss::LossSpec { batch_dice: s.plans_2d.batch_dice, ignore_label: s.ignore_label };
     let loader_threads = if cfg.loader_threads > 0 { cfg.loader_threads } else { available_cores().min(12) };
     let gpu_aug = cfg.gpu_augmentation && cuda;
     let train_cfg = LoaderConfig {
@@ -399,7 +402,7 @@ fn run_epochs(
             opt.zero_grad();
             let l = crate::train::amp::autocast(cuda, || {
                 let outs = net.forward_ds(&x);
-                loss::deep_supervision_loss(&outs, &targets, &ds_weights, batch_dice)
+                loss::deep_supervision_loss(&outs, &targets, &ds_weights, loss_spec)
             });
             match scaler.as_deref_mut() {
                 Some(sc) => {
@@ -424,7 +427,7 @@ fn run_epochs(
         }
 
         // Validation: loss and global pseudo-Dice over all validation batches (SPEC §7.4).
-        let mut acc = DiceAccumulator::new(s.num_classes as usize);
+        let mut acc = DiceAccumulator::new(s.num_classes as usize, s.ignore_label);
         let mut val_losses = Vec::new();
         if let Some(vl) = val_loader.as_mut() {
             let _guard = tch::no_grad_guard();
@@ -438,7 +441,7 @@ fn run_epochs(
                 let (x, targets) = to_device(&batch, device);
                 let (l, out0) = crate::train::amp::autocast(cuda, || {
                     let outs = net.forward_ds(&x);
-                    (loss::deep_supervision_loss(&outs, &targets, &ds_weights, batch_dice), outs[0].shallow_clone())
+                    (loss::deep_supervision_loss(&outs, &targets, &ds_weights, loss_spec), outs[0].shallow_clone())
                 });
                 val_losses.push(l.double_value(&[]));
                 acc.add_batch(&out0, &targets[0]);
@@ -600,7 +603,8 @@ pub fn bench_steps(
             t0 = Instant::now();
         }
         opt.zero_grad();
-        let l = crate::train::amp::autocast(cuda, || loss::deep_supervision_loss(&net.forward_ds(&x), &targets, &w, true));
+        let l =
+            crate::train::amp::autocast(cuda, || loss::deep_supervision_loss(&net.forward_ds(&x), &targets, &w, loss::LossSpec::batch()));
         match scaler.as_mut() {
             Some(sc) => {
                 sc.scale(&l).backward();
