@@ -1,6 +1,6 @@
 //! Per-transform cost of the CPU training augmentation at nnU-Net's 512² plan (602² crop), one thread.
 //! `cargo bench -p nnunet-common --bench augment_ops` prints a table: milliseconds per call when the
-//! transform fires (over all channels), its firing probability (SPEC §8.1) and the expected cost per
+//! transform fires (over all channels), its firing probability (`nnUNetTrainer.get_training_transforms`) and the expected cost per
 //! sample. `AUG_CHANNELS=3` for an RGB image (default 1). The end-to-end number (and the comparison
 //! with the reference pipeline) is `scripts/bench_train.sh`.
 use nnunet_common::augment::{augment_train, intensity, resize, spatial, AugConfig, Image, Seg};

@@ -1,7 +1,8 @@
 //! One preprocessed case on disk (ARCHITECTURE.md, "Preprocessed storage"):
 //! `{case}.npy` float32 (C, Z, X, Y), `{case}_seg.npy` int8 (1, Z, X, Y) with -1 outside the
 //! nonzero mask, `{case}.json` [`CaseProperties`]. `.npy` can be memory-mapped by the loader.
-use crate::{error, npy, Result};
+use crate::plans::{Configuration2d, Plans};
+use crate::{error, hash, npy, Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -73,4 +74,44 @@ pub fn list_cases(data_dir: &Path) -> Result<Vec<String>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// What the preprocessed arrays depend on: the 2d configuration, the transpose and the
+/// intensity properties (CT normalization). Hashed into `nnUNetPlans_2d/.plans_sha256`.
+pub fn plans_digest(plans: &Plans, config: &Configuration2d) -> Result<String> {
+    // Only what the preprocessed arrays depend on: the Residual Encoder presets share the default
+    // plans' data (same data_identifier) although their patch, batch and network differ.
+    let v = serde_json::json!({
+        "data_identifier": config.data_identifier,
+        "preprocessor_name": config.preprocessor_name,
+        "spacing": config.spacing,
+        "normalization_schemes": config.normalization_schemes,
+        "use_mask_for_norm": config.use_mask_for_norm,
+        "resampling_fn_data": config.resampling_fn_data,
+        "resampling_fn_data_kwargs": config.resampling_fn_data_kwargs,
+        "resampling_fn_seg": config.resampling_fn_seg,
+        "resampling_fn_seg_kwargs": config.resampling_fn_seg_kwargs,
+        "transpose_forward": plans.transpose_forward,
+        "intensity": plans.foreground_intensity_properties_per_channel,
+    });
+    let bytes = serde_json::to_vec(&v).map_err(|e| Error::Invalid(format!("cannot hash the plans: {e}")))?;
+    Ok(hash::sha256_bytes(&bytes))
+}
+
+/// Resume must not mix cases preprocessed under different plans: when the plans changed (or the
+/// folder predates the marker) every case file is removed, as nnU-Net removes the folder on each run.
+pub fn invalidate_if_plans_changed(data_dir: &Path, digest: &str) -> Result<()> {
+    let marker = data_dir.join(".plans_sha256");
+    let old = std::fs::read_to_string(&marker).ok();
+    if old.as_deref().map(str::trim) == Some(digest) {
+        return Ok(());
+    }
+    let rd = std::fs::read_dir(data_dir).map_err(|e| Error::io(data_dir, e))?;
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".npy") || name.ends_with(".json") {
+            std::fs::remove_file(e.path()).map_err(|err| Error::io(e.path(), err))?;
+        }
+    }
+    hash::write_atomic(&marker, digest.as_bytes())
 }

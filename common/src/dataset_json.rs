@@ -1,4 +1,5 @@
-//! `dataset.json` in nnU-Net v2's form (SPEC §1.2), plus nnunet-rs's extra key
+//! `dataset.json` in nnU-Net v2's form (`nnunetv2/dataset_conversion/generate_dataset_json.py::
+//! generate_dataset_json`), plus nnunet-rs's extra key
 //! `nnunetrs_label_mapping` that records how the user's original mask values map to labels, so
 //! predictions can be written back in the user's values.
 use crate::{error, Result};

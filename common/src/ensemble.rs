@@ -1,4 +1,4 @@
-//! Ensembling of saved probabilities (SPEC §10.3; `nnunetv2/ensembling/ensemble.py`).
+//! Ensembling of saved probabilities (`nnunetv2/ensembling/ensemble.py::ensemble_folders`).
 //!
 //! `nnunet predict --save-probabilities` writes, next to each mask, `{case}.npz` with the member
 //! `probabilities` (float32, (K, Z, X, Y) in the original geometry, readable by `numpy.load`) and a
@@ -93,7 +93,7 @@ pub fn ensemble_folders_with(inputs: &[PathBuf], output: &Path, save_probabiliti
         return Err(Error::Invalid("ensembling needs at least two input folders".into()));
     }
     let list = |d: &Path| -> Result<Vec<String>> {
-        let mut v = crate::evaluate::list_files(d, ".npz")?;
+        let mut v = crate::masks::list_files(d, ".npz")?;
         v.sort();
         Ok(v)
     };
@@ -140,7 +140,7 @@ pub fn ensemble_folders_with(inputs: &[PathBuf], output: &Path, save_probabiliti
             let classes = argmax_channels(shape[0], &probs);
             let case = name.trim_end_matches(".npz");
             let mask = output.join(format!("{case}{}", sidecar.mask_ending));
-            crate::postprocess::write_labels(
+            crate::masks::write_labels(
                 &mask,
                 [shape[1], shape[2], shape[3]],
                 &class_to_values(&classes, &sidecar.class_values),

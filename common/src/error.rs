@@ -48,5 +48,5 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Resu
 /// Writes JSON atomically (temp file, fsync, rename), pretty-printed like nnU-Net's `save_json`.
 pub fn write_json<T: serde::Serialize>(path: &std::path::Path, value: &T) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(value).map_err(|e| Error::Json { path: path.into(), source: e })?;
-    crate::hash::write_atomic(path, &bytes)
+    crate::atomic::write_with(path, |w| std::io::Write::write_all(w, &bytes)).map_err(|(p, e)| Error::io(p, e))
 }

@@ -1,7 +1,8 @@
-//! Dataset fingerprint, nnU-Net v2's `DatasetFingerprintExtractor` (SPEC §3): per case, read,
+//! Dataset fingerprint, nnU-Net v2's `DatasetFingerprintExtractor`
+//! (`nnunetv2/experiment_planning/dataset_fingerprint/fingerprint_extractor.py`): per case, read,
 //! crop to nonzero, record spacing, cropped shape and relative size, and draw
 //! `int(1e8 // n_cases)` foreground intensities per channel with replacement using
-//! `RandomState(1234)` (reproduced exactly: [`crate::splits::NumpyRandomState`]). Statistics
+//! `RandomState(1234)` (reproduced exactly: [`crate::np_random::NumpyRandomState`]). Statistics
 //! over the concatenated samples: mean, median, population std, min, max, 0.5/99.5 percentiles
 //! (numpy linear interpolation).
 //!
@@ -9,12 +10,15 @@
 //! budget of 1e8 samples per channel costs a value histogram, not 400 MB per channel.
 use crate::dataset_json::DatasetJson;
 use crate::imageio::{self, ImageData};
+use crate::np_random::NumpyRandomState;
+use crate::parallel::run_parallel;
 use crate::plans::IntensityProperties;
-use crate::splits::NumpyRandomState;
+pub use crate::raw::{raw_training_cases, RawCase};
+use crate::stats;
 use crate::{error, Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// `dataset_fingerprint.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -39,45 +43,6 @@ impl Fingerprint {
 /// nnU-Net's total foreground sample budget (`10e7` in the source).
 pub const FOREGROUND_SAMPLE_BUDGET: f64 = 1e8;
 
-/// One training case of a raw dataset.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RawCase {
-    pub id: String,
-    /// Channel files `{id}_{XXXX}{ending}`, sorted.
-    pub images: Vec<PathBuf>,
-    pub label: PathBuf,
-}
-
-/// `get_filenames_of_train_images_and_targets`: case ids from `imagesTr/` (file names minus
-/// `_XXXX` + file ending), sorted; labels in `labelsTr/{id}{ending}`.
-pub fn raw_training_cases(raw_dataset_dir: &Path, dataset_json: &DatasetJson) -> Result<Vec<RawCase>> {
-    let ending = &dataset_json.file_ending;
-    let img_dir = raw_dataset_dir.join("imagesTr");
-    let rd = std::fs::read_dir(&img_dir).map_err(|e| Error::io(&img_dir, e))?;
-    let mut by_case: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || !name.ends_with(ending.as_str()) || name.len() < ending.len() + 5 {
-            continue;
-        }
-        let id = &name[..name.len() - ending.len() - 5];
-        by_case.entry(id.to_string()).or_default().push(e.path());
-    }
-    let mut out = Vec::with_capacity(by_case.len());
-    for (id, mut images) in by_case {
-        images.sort();
-        let label = raw_dataset_dir.join("labelsTr").join(format!("{id}{ending}"));
-        out.push(RawCase { id, images, label });
-    }
-    if out.is_empty() {
-        return Err(Error::Invalid(format!(
-            "no training images ending in {ending:?} found in {}; is this an nnU-Net raw dataset (imagesTr/CASE_0000{ending})?",
-            img_dir.display()
-        )));
-    }
-    Ok(out)
-}
-
 /// Per-case fingerprint contribution.
 #[derive(Debug, Clone)]
 pub struct CaseFingerprint {
@@ -88,10 +53,10 @@ pub struct CaseFingerprint {
     pub sample_counts: Vec<HashMap<u32, u64>>,
 }
 
-/// `analyze_case` on arrays: crop, then draw `num_samples` foreground values per channel with
+/// `DatasetFingerprintExtractor.analyze_case` on arrays: crop, then draw `num_samples` foreground values per channel with
 /// replacement (`RandomState(1234).choice`).
 pub fn analyze_case(image: &ImageData, seg: &ImageData, num_samples: usize) -> CaseFingerprint {
-    let crop = crate::preprocess::crop_to_nonzero(image, Some(seg));
+    let crop = crate::crop::crop_to_nonzero(image, Some(seg));
     let [c, z, x, y] = crop.data_shape;
     let n = z * x * y;
     let mut rs = NumpyRandomState::new(1234);
@@ -123,7 +88,8 @@ pub fn analyze_case(image: &ImageData, seg: &ImageData, num_samples: usize) -> C
     }
 }
 
-/// Statistics of a multiset of f32 values given as value -> count (SPEC §3).
+/// Statistics of a multiset of f32 values given as value -> count (`DatasetFingerprintExtractor.run`:
+/// mean, median, std, min, max, 0.5/99.5 percentiles of the concatenated samples).
 pub fn intensity_properties(counts: &HashMap<u32, u64>) -> IntensityProperties {
     let mut vals: Vec<(f32, u64)> = counts.iter().map(|(&b, &c)| (f32::from_bits(b), c)).collect();
     vals.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
@@ -152,12 +118,7 @@ pub fn intensity_properties(counts: &HashMap<u32, u64>) -> IntensityProperties {
         }
         vals.last().unwrap().0 as f64
     };
-    let pct = |q: f64| -> f64 {
-        let idx = q / 100.0 * (total - 1) as f64;
-        let lo = idx.floor() as u64;
-        let hi = (lo + 1).min(total - 1);
-        crate::planning::lerp(kth(lo), kth(hi), idx - lo as f64)
-    };
+    let pct = |q: f64| stats::percentile_by_rank(total, q, kth);
     // numpy computes these on float32 arrays; round like it does so the JSON reads the same
     let f = |x: f64| x as f32 as f64;
     IntensityProperties {
@@ -189,7 +150,7 @@ pub fn combine(cases: &[CaseFingerprint], num_channels: usize) -> Fingerprint {
     Fingerprint {
         spacings: cases.iter().map(|c| c.spacing.clone()).collect(),
         shapes_after_crop: cases.iter().map(|c| c.shape_after_crop.clone()).collect(),
-        median_relative_size_after_cropping: crate::planning::percentile(&rel, 50.0),
+        median_relative_size_after_cropping: stats::percentile(&rel, 50.0),
         foreground_intensity_properties_per_channel: props,
     }
 }
@@ -200,7 +161,7 @@ pub fn extract(raw_dataset_dir: &Path, n_threads: usize, show_progress: bool) ->
     let dj = DatasetJson::load(&raw_dataset_dir.join("dataset.json"))?;
     let cases = raw_training_cases(raw_dataset_dir, &dj)?;
     let num_samples = (FOREGROUND_SAMPLE_BUDGET / cases.len() as f64).floor() as usize;
-    let results = crate::preprocess::run_parallel(&cases, n_threads, show_progress, "fingerprint", |case| {
+    let results = run_parallel(&cases, n_threads, show_progress, "fingerprint", |case| {
         let img = imageio::read_case_images(&case.images)?;
         let seg = imageio::read_seg(&case.label)?;
         if img.shape[1..] != seg.shape[1..] {

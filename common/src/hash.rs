@@ -24,11 +24,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// The temporary name used while writing `path`; recognisable so stale ones can be cleaned up.
-pub fn temp_path(path: &Path) -> std::path::PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-}
+pub use crate::atomic::temp_path;
 
 /// Writes `bytes` to `path` atomically: temp file in the same folder, fsync, rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -37,23 +33,39 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Like [`write_atomic`], with a closure that streams the content.
 pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    crate::atomic::write_with(path, fill).map_err(|(p, e)| Error::io(p, e))
+}
+
+/// Removes stale temporary files (`.{name}.tmp-{pid}`) left by an interrupted run. Workers may
+/// share the folder (the coordinator shards cases), so a temp file is only stale when its writer's
+/// pid is not alive on this host and it has not been touched for 5 minutes.
+pub fn remove_stale_temps(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some((_, pid)) = name.rsplit_once(".tmp-") else { continue };
+        if !name.starts_with('.') {
+            continue;
+        }
+        let alive = pid.parse::<u32>().map(|p| Path::new(&format!("/proc/{p}")).exists()).unwrap_or(false);
+        let age = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).map(|d| d.as_secs()).unwrap_or(0);
+        if !alive && age >= 300 {
+            if let Err(err) = std::fs::remove_file(e.path()) {
+                tracing::warn!("could not remove the stale temporary file {}: {err}", e.path().display());
+            }
         }
     }
-    let tmp = temp_path(path);
-    let res = (|| {
-        let f = std::fs::File::create(&tmp)?;
-        let mut w = std::io::BufWriter::new(f);
-        fill(&mut w)?;
-        let f = w.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
+}
+
+/// Copies `src` to `dst` atomically unless `dst` already has the same size.
+pub fn copy_if_changed(src: &Path, dst: &Path) -> Result<()> {
+    let same = match (std::fs::metadata(src), std::fs::metadata(dst)) {
+        (Ok(a), Ok(b)) => a.len() == b.len(),
+        _ => false,
+    };
+    if !same {
+        let bytes = std::fs::read(src).map_err(|e| Error::io(src, e))?;
+        write_atomic(dst, &bytes)?;
     }
     Ok(())
 }

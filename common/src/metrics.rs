@@ -1,5 +1,5 @@
 //! Per-label confusion counts and overlap metrics, with nnU-Net v2's handling of empty masks
-//! (SPEC §11, `nnunetv2/evaluation/evaluate_predictions.py::compute_tp_fp_fn_tn`, `compute_metrics`).
+//! (`nnunetv2/evaluation/evaluate_predictions.py::compute_tp_fp_fn_tn`, `compute_metrics`).
 //!
 //! Segmentations are flat label arrays (`i32`, any shape flattened in the same order). Voxels whose
 //! reference value equals the ignore label are excluded from every count. When a label is absent

@@ -121,7 +121,7 @@ pub fn parse_header(bytes: &[u8]) -> std::result::Result<Header, String> {
 }
 
 fn check_descr<T: Element>(descr: &str) -> std::result::Result<(), String> {
-    let norm = |d: &str| d.replace('=', "<").replace('|', "<");
+    let norm = |d: &str| d.replace(['=', '|'], "<");
     if norm(descr) != norm(T::DESCR) {
         return Err(format!("dtype {descr} where {} was expected", T::DESCR));
     }

@@ -14,6 +14,7 @@
 //! reused as is.
 use crate::dataset_json::DatasetJson;
 use crate::fingerprint::Fingerprint;
+use crate::paths::DatasetDirs;
 use crate::planning::{self, Topology, FEATUREMAP_MIN_EDGE_LENGTH, MIN_BATCH_SIZE, REFERENCE_BS_2D};
 use crate::plans::{Configuration2d, Plans};
 use crate::{Error, Result};
@@ -199,16 +200,53 @@ pub fn resenc_patch_and_batch(
         topo = get_topology(spacing, &planning::shrink_patch(spacing, median, &topo));
         est = estimate(&topo);
     }
-    let bs = planning::round_half_even(reference / est * REFERENCE_BS_2D);
+    let bs = crate::stats::round_half_even(reference / est * REFERENCE_BS_2D);
     let prod_patch: f64 = topo.patch_size.iter().map(|&x| x as f64).product();
     // max_dataset_covered = 1: at most the whole dataset per batch
-    let cap = planning::round_half_even(approx_n_voxels / prod_patch);
+    let cap = crate::stats::round_half_even(approx_n_voxels / prod_patch);
     let bs = (bs.min(cap) as i64).max(MIN_BATCH_SIZE as i64) as usize;
     (topo, bs)
 }
 
 fn get_topology(spacing: &[f64], patch: &[usize]) -> Topology {
     planning::get_pool_and_conv_props(spacing, patch, FEATUREMAP_MIN_EDGE_LENGTH)
+}
+
+/// Verify + fingerprint + plan + splits (`nnUNetv2_plan_and_preprocess -pl PLANNER` without the
+/// preprocessing): writes `dataset_fingerprint.json`, the planner's plans file (`dirs.plans_name`
+/// must be the planner's: [`Planner::plans_name`]),
+/// `splits_final.json` (respecting a user file in the raw folder) and the `dataset.json` copy.
+pub fn plan_dataset(
+    dirs: &DatasetDirs,
+    planner: Planner,
+    gpu_memory_target_gb: Option<f64>,
+    n_threads: usize,
+    show_progress: bool,
+) -> Result<Plans> {
+    crate::verify::verify_dataset(&dirs.raw)?.into_result()?;
+    let dj = DatasetJson::load(&dirs.raw.join("dataset.json"))?;
+    std::fs::create_dir_all(&dirs.preprocessed).map_err(|e| Error::io(&dirs.preprocessed, e))?;
+    let fp: Fingerprint = crate::fingerprint::extract(&dirs.raw, n_threads, show_progress)?;
+    fp.save(&dirs.fingerprint_file())?;
+    if dirs.plans_name != planner.plans_name() {
+        return Err(Error::Invalid(format!(
+            "planner {planner} writes {}.json, but the dataset folders are set for {}",
+            planner.plans_name(),
+            dirs.plans_name
+        )));
+    }
+    let gpu = gpu_memory_target_gb.unwrap_or(planner.default_gpu_memory_gb());
+    let plans = plan_2d_with_memory(planner, &fp, &dj, &dirs.name, gpu)?;
+    plans.save(&dirs.plans_file())?;
+    // Settle the preprocessed folder for these plans now, while planning is the only writer:
+    // shards preprocessed concurrently afterwards (by several workers) then all find the marker.
+    let data_dir = dirs.data_dir();
+    std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
+    crate::case::invalidate_if_plans_changed(&data_dir, &crate::case::plans_digest(&plans, &plans.config_2d()?)?)?;
+    let ids: Vec<String> = crate::raw::raw_training_cases(&dirs.raw, &dj)?.into_iter().map(|c| c.id).collect();
+    crate::splits::load_or_create(&dirs.preprocessed, &dirs.raw, &ids)?;
+    crate::hash::copy_if_changed(&dirs.raw.join("dataset.json"), &dirs.preprocessed.join("dataset.json"))?;
+    Ok(plans)
 }
 
 #[cfg(test)]

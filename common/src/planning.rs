@@ -1,4 +1,4 @@
-//! Experiment planning for the 2D configuration, nnU-Net v2's `ExperimentPlanner` (SPEC §4.1-4.5):
+//! Experiment planning for the 2D configuration, nnU-Net v2's `ExperimentPlanner`:
 //! target spacing (median, with the anisotropy rule), transpose, median shape, initial patch
 //! (2048² clipped to the median shape), `get_pool_and_conv_props`, the VRAM loop, batch size (5%
 //! cap, minimum 2), normalization per channel name and `use_mask_for_norm`.
@@ -7,11 +7,13 @@
 use crate::dataset_json::DatasetJson;
 use crate::fingerprint::Fingerprint;
 use crate::plans::{ArchKwargs, Architecture, Configuration2d, Normalization, Plans, ResamplingKwargs};
+use crate::resample::compute_new_shape;
+use crate::stats::{percentile, round_half_even};
 use crate::{Error, Result};
 use serde_json::json;
 use std::collections::BTreeMap;
 
-/// SPEC §4.1 constants.
+/// `ExperimentPlanner.__init__` constants (`default_experiment_planner.py`).
 pub const BASE_NUM_FEATURES: usize = 32;
 pub const MAX_FEATURES_2D: usize = 512;
 pub const FEATUREMAP_MIN_EDGE_LENGTH: usize = 4;
@@ -21,33 +23,7 @@ pub const REFERENCE_BS_2D: f64 = 12.0;
 pub const DEFAULT_GPU_MEMORY_GB: f64 = 8.0;
 pub const MIN_BATCH_SIZE: usize = 2;
 pub const MAX_DATASET_COVERED: f64 = 0.05;
-pub const ANISO_THRESHOLD: f64 = 3.0;
-
-/// `np.percentile(v, q)` with the default linear interpolation.
-pub fn percentile(v: &[f64], q: f64) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    percentile_sorted(&s, q)
-}
-
-/// Linear-interpolation percentile of an already sorted slice.
-pub fn percentile_sorted(s: &[f64], q: f64) -> f64 {
-    assert!(!s.is_empty(), "percentile of an empty array");
-    let idx = q / 100.0 * (s.len() - 1) as f64;
-    let lo = idx.floor() as usize;
-    let hi = (lo + 1).min(s.len() - 1);
-    lerp(s[lo], s[hi], idx - lo as f64)
-}
-
-/// numpy's `_lerp`, which switches formula at t >= 0.5 for monotonicity.
-pub fn lerp(a: f64, b: f64, t: f64) -> f64 {
-    let d = b - a;
-    if t >= 0.5 {
-        b - d * (1.0 - t)
-    } else {
-        a + d * t
-    }
-}
+pub use crate::resample::ANISO_THRESHOLD;
 
 fn median_axis0(rows: &[Vec<f64>]) -> Vec<f64> {
     let dims = rows[0].len();
@@ -65,7 +41,7 @@ fn argmax(v: &[f64]) -> usize {
     best
 }
 
-/// `determine_fullres_target_spacing` (SPEC §4.2), in the original (untransposed) axis order.
+/// `ExperimentPlanner.determine_fullres_target_spacing`, in the original (untransposed) axis order.
 pub fn fullres_target_spacing(fp: &Fingerprint) -> Vec<f64> {
     let spacings = &fp.spacings;
     let sizes: Vec<Vec<f64>> = fp.shapes_after_crop.iter().map(|s| s.iter().map(|&x| x as f64).collect()).collect();
@@ -97,21 +73,6 @@ pub fn transpose_from_spacing(target_spacing: &[f64]) -> (Vec<usize>, Vec<usize>
     (fwd, bwd)
 }
 
-/// `compute_new_shape`: `round(old_spacing / new_spacing * old_shape)` (Python's round: half to even).
-pub fn compute_new_shape(old_shape: &[usize], old_spacing: &[f64], new_spacing: &[f64]) -> Vec<usize> {
-    old_shape.iter().zip(old_spacing).zip(new_spacing).map(|((&k, &i), &j)| round_half_even(i / j * k as f64) as usize).collect()
-}
-
-/// Python 3's `round()` (banker's rounding).
-pub fn round_half_even(x: f64) -> f64 {
-    let r = x.round();
-    if (x - x.trunc()).abs() == 0.5 {
-        2.0 * (x / 2.0).round()
-    } else {
-        r
-    }
-}
-
 /// Output of `get_pool_and_conv_props`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Topology {
@@ -122,7 +83,7 @@ pub struct Topology {
     pub must_be_divisible_by: Vec<usize>,
 }
 
-/// `network_topology.py::get_pool_and_conv_props` (SPEC §4.3), max_numpool unlimited.
+/// `network_topology.py::get_pool_and_conv_props`, max_numpool unlimited.
 pub fn get_pool_and_conv_props(spacing: &[f64], patch_size: &[usize], min_fm: usize) -> Topology {
     let dim = spacing.len();
     let mut cur_sp = spacing.to_vec();
@@ -182,7 +143,7 @@ pub fn features_per_stage(n_stages: usize) -> Vec<usize> {
     (0..n_stages).map(|i| (BASE_NUM_FEATURES << i.min(20)).min(MAX_FEATURES_2D)).collect()
 }
 
-/// PlainConvUNet's `compute_conv_feature_map_size(patch)` without deep supervision (SPEC §4.4):
+/// PlainConvUNet's `compute_conv_feature_map_size(patch)` without deep supervision:
 /// the sum of the output element counts of every conv, transposed conv and the final seg head.
 pub fn conv_feature_map_size(
     patch: &[usize],
@@ -302,7 +263,7 @@ pub fn plan_inputs(fp: &Fingerprint, dataset_json: &DatasetJson) -> Result<PlanI
     })
 }
 
-/// `get_plans_for_configuration` for 2D: returns (patch, topology, batch size, estimate).
+/// `ExperimentPlanner.get_plans_for_configuration` for 2D: returns (patch, topology, batch size, estimate).
 pub fn plan_patch_and_batch(
     spacing: &[f64],
     median_shape: &[f64],
@@ -328,7 +289,8 @@ pub fn plan_patch_and_batch(
     (topo, bs)
 }
 
-/// Normalization schemes and `use_mask_for_norm` per channel (SPEC §4.5).
+/// Normalization schemes and `use_mask_for_norm` per channel
+/// (`ExperimentPlanner.determine_normalization_scheme_and_whether_mask_is_used_for_norm`).
 pub fn normalization_and_mask(dataset_json: &DatasetJson, median_relative_size_after_cropping: f64) -> (Vec<Normalization>, Vec<bool>) {
     let schemes: Vec<Normalization> = dataset_json.channel_names_ordered().iter().map(|n| Normalization::for_channel_name(n)).collect();
     let mask = schemes
@@ -347,7 +309,7 @@ pub fn reader_writer_name(file_ending: &str) -> &'static str {
     }
 }
 
-/// The 2D plan (SPEC §4.2-4.5): `nnUNetPlans.json` with the `2d` configuration only.
+/// The 2D plan (`ExperimentPlanner.plan_experiment`, 2d only): `nnUNetPlans.json` with the `2d` configuration only.
 pub fn plan_2d(fp: &Fingerprint, dataset_json: &DatasetJson, dataset_name: &str, gpu_memory_target_gb: f64) -> Result<Plans> {
     if fp.spacings.is_empty() || fp.spacings.len() != fp.shapes_after_crop.len() {
         return Err(Error::Invalid(format!(
@@ -442,10 +404,12 @@ mod tests {
         (t.patch_size.clone(), bs, t.pool_op_kernel_sizes.len())
     }
 
-    /// SPEC §13's table (v2 defaults, 8 GB), row by row.
+    /// The 2d plans nnU-Net v2's `ExperimentPlanner` writes for these datasets (v2 defaults, 8 GB), row by row.
     #[test]
     fn spec_table_rows() {
-        let rows: &[(usize, usize, usize, [usize; 2], usize, usize)] = &[
+        // (median H, median W, cases, patch, batch size, stages)
+        type Row = (usize, usize, usize, [usize; 2], usize, usize);
+        let rows: &[Row] = &[
             (512, 512, 1000, [512, 512], 12, 8),
             (512, 512, 100, [512, 512], 5, 8),
             (384, 384, 1000, [384, 384], 22, 7),
@@ -479,14 +443,5 @@ mod tests {
         let t = get_pool_and_conv_props(&[3.0, 1.0], &[64, 256], 4);
         assert_eq!(t.pool_op_kernel_sizes[1], vec![1, 2]);
         assert_eq!(t.conv_kernel_sizes[0], vec![1, 3]);
-    }
-
-    #[test]
-    fn percentile_and_rounding_match_numpy() {
-        assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 50.0), 2.5);
-        assert!((percentile(&[5.0, 1.0, 3.0], 10.0) - 1.4).abs() < 1e-12);
-        assert_eq!(round_half_even(2.5), 2.0);
-        assert_eq!(round_half_even(3.5), 4.0);
-        assert_eq!(round_half_even(-0.4), 0.0);
     }
 }

@@ -1,4 +1,5 @@
-//! `nnUNetPlans.json`, typed (SPEC §4.4). Field names are nnU-Net v2's, so our plans file and the
+//! `nnUNetPlans.json`, typed (`ExperimentPlanner.plan_experiment` writes it;
+//! `nnunetv2/utilities/plans_handling/plans_handler.py` reads it). Field names are nnU-Net v2's, so our plans file and the
 //! reference's can be compared key by key and a reference plans file can be loaded as-is.
 //! Only the `2d` configuration is produced by nnunet-rs; other configurations are kept verbatim.
 use crate::{error, Result};
@@ -102,7 +103,8 @@ pub struct ArchKwargs {
     pub nonlin_kwargs: serde_json::Value,
 }
 
-/// Normalization schemes, named exactly as nnU-Net's classes (SPEC §4.5, §5.2).
+/// Normalization schemes, named exactly as nnU-Net's classes
+/// (`nnunetv2/preprocessing/normalization/map_channel_name_to_normalization.py`).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub enum Normalization {
     #[serde(rename = "ZScoreNormalization")]
@@ -154,7 +156,7 @@ impl Plans {
 
 impl ArchKwargs {
     /// Deep-supervision scales per decoder output, highest resolution first: `1 / cumprod(strides)`
-    /// without the last entry (SPEC §7.2).
+    /// without the last entry (`nnUNetTrainer._get_deep_supervision_scales`).
     pub fn deep_supervision_scales(&self) -> Vec<Vec<f64>> {
         let dims = self.strides[0].len();
         let mut cum = vec![1usize; dims];

@@ -71,12 +71,16 @@ fn register_font() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         for style in [plotters::style::FontStyle::Normal, plotters::style::FontStyle::Bold] {
-            let _ = plotters::style::register_font("sans-serif", style, FONT);
+            // The font is embedded and valid; a failure would only make the plot's text fall back.
+            if plotters::style::register_font("sans-serif", style, FONT).is_err() {
+                tracing::warn!("could not register the embedded plot font; progress.png text may be missing");
+            }
         }
     });
 }
 
-/// Draws `progress.png` like nnU-Net's `plot_progress_png` (SPEC §7.4): (1) train/val loss and the
+/// Draws `progress.png` like nnU-Net's
+/// `nnunetv2/training/logging/nnunet_logger.py::nnUNetLogger.plot_progress_png`: (1) train/val loss and the
 /// pseudo-Dice with its EMA (right axis), (2) epoch duration, (3) learning rate.
 pub fn plot_progress(path: &std::path::Path, history: &[EpochMetrics]) -> crate::Result<()> {
     use plotters::prelude::*;

@@ -306,7 +306,7 @@ fn nnunet_v1_task_is_converted_to_v2() {
 fn nnunet_v2_png_dataset_is_converted_to_nifti() {
     let t = tempfile::tempdir().unwrap();
     let ds = t.path().join("Dataset120_Road");
-    // nnU-Net's own RGB PNG layout: ONE _0000.png holding 3 channels (SPEC §1.2).
+    // nnU-Net's own RGB PNG layout: ONE _0000.png holding 3 channels (NaturalImage2DIO).
     rgb_png(&ds.join("imagesTr/r1_0000.png"), 4, 3, |x, _| [x as u8, 9, 200]);
     gray_png(&ds.join("labelsTr/r1.png"), 4, 3, |x, _| (x > 1) as u8);
     let dj = serde_json::json!({"channel_names": {"0": "R", "1": "G", "2": "B"}, "labels": {"background": 0, "road": 1}, "numTraining": 1, "file_ending": ".png"});

@@ -1,13 +1,16 @@
-//! The scoring commands of the `nnunet` CLI (SPEC §10.3, §11), thin wrappers over
-//! `nnunet_common::{evaluate, ensemble, postprocess}`:
+//! The scoring commands of the `nnunet` CLI (nnU-Net v2's `nnunetv2/evaluation/evaluate_predictions.py`,
+//! `nnunetv2/ensembling/ensemble.py`, `nnunetv2/postprocessing/remove_connected_components.py`), thin
+//! wrappers over `nnunet_common::{evaluate, ensemble, postprocess, crossval}`:
 //!
-//! - `nnunet evaluate GT_DIR PRED_DIR [--djfile dataset.json] [-o summary.json]`: nnU-Net's
-//!   `nnUNetv2_evaluate_folder`; writes `summary.json` in nnU-Net's layout.
+//! - `nnunet evaluate GT_DIR PRED_DIR [--djfile dataset.json] [-o summary.json] [--strict]`: nnU-Net's
+//!   `nnUNetv2_evaluate_folder`; writes `summary.json` in nnU-Net's layout. Reference cases without
+//!   a prediction are named in a warning (nnU-Net skips them silently); `--strict` refuses them.
 //! - `nnunet ensemble -i DIR1 DIR2 ... -o OUT [--save-probabilities]`: `nnUNetv2_ensemble`.
 //! - `nnunet postprocess determine -i PRED -r GT --djfile dataset.json` and
 //!   `nnunet postprocess apply -i IN -o OUT --pp postprocessing.json`.
 //! - `nnunet cv-summary -m MODEL_DIR -r GT [--folds ...]`: the cross-validation summary.
 use anyhow::{bail, Context, Result};
+use nnunet_common::crossval::{self, CvSummary};
 use nnunet_common::dataset_json::DatasetJson;
 use nnunet_common::{ensemble, evaluate, postprocess};
 use std::path::{Path, PathBuf};
@@ -27,6 +30,10 @@ pub struct EvaluateArgs {
     /// Output file (default PRED_DIR/summary.json).
     #[arg(short = 'o', long = "output")]
     pub output: Option<PathBuf>,
+    /// Refuse to evaluate when a reference case has no prediction (default: evaluate the
+    /// predictions present and name the missing cases in a warning).
+    #[arg(long)]
+    pub strict: bool,
 }
 
 /// The file ending of the first image file in `dir` (".png", ".nii.gz", ...).
@@ -66,6 +73,20 @@ pub fn run_evaluate(args: EvaluateArgs) -> Result<()> {
     };
     if labels.is_empty() {
         bail!("no foreground labels to evaluate: give --djfile dataset.json or --labels 1 2 ...");
+    }
+    let missing = evaluate::missing_predictions(&args.gt_dir, &args.pred_dir, &ending)?;
+    if !missing.is_empty() {
+        let what = format!(
+            "{} reference case(s) in {} have no prediction in {}: {}",
+            missing.len(),
+            args.gt_dir.display(),
+            args.pred_dir.display(),
+            missing.join(", ")
+        );
+        if args.strict {
+            bail!("{what}; predict them, or evaluate without --strict to score the predictions present");
+        }
+        eprintln!("warning: {what}; they are not part of the summary (--strict makes this an error)");
     }
     let out = args.output.clone().unwrap_or_else(|| args.pred_dir.join("summary.json"));
     let s = evaluate::compute_metrics_on_folder(&args.gt_dir, &args.pred_dir, Some(&out), &labels, &ending, ignore)?;
@@ -164,9 +185,9 @@ pub struct CvSummaryArgs {
     pub folds: Vec<usize>,
 }
 
-/// Cross-validation summary of a model folder; see [`evaluate::crossval_summary`].
-pub fn cv_summary(model_dir: &Path, folds: &[usize], gt_dir: &Path, dataset_json: &DatasetJson) -> Result<serde_json::Value> {
-    Ok(evaluate::crossval_summary(model_dir, folds, gt_dir, dataset_json)?)
+/// Cross-validation summary of a model folder; see [`crossval::crossval_summary`].
+pub fn cv_summary(model_dir: &Path, folds: &[usize], gt_dir: &Path, dataset_json: &DatasetJson) -> Result<CvSummary> {
+    Ok(crossval::crossval_summary(model_dir, folds, gt_dir, dataset_json)?)
 }
 
 pub fn run_cv_summary(args: CvSummaryArgs) -> Result<()> {

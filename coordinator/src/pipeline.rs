@@ -46,7 +46,7 @@ pub fn prepare_run_dir(run_dir: &Path, run_id: &str, raw: &Path, dataset_name: &
 pub fn plan(run: &Run, threads: usize) -> Result<Vec<String>> {
     let dirs = dirs_of(run);
     nnunet_common::verify::verify_dataset(&dirs.raw)?.into_result()?;
-    nnunet_common::preprocess::plan_dataset(&dirs, 8.0, threads, false)?;
+    nnunet_common::preprocess::plan_dataset(&dirs, nnunet_common::planners::Planner::Default, None, threads, false)?;
     let model_dir = dirs.model_dir();
     std::fs::create_dir_all(&model_dir)?;
     std::fs::copy(dirs.plans_file(), model_dir.join("plans.json"))?;
@@ -196,7 +196,7 @@ pub fn finalize(run: &Run) -> Result<String> {
     let dirs = dirs_of(run);
     let ds = nnunet_common::dataset_json::DatasetJson::load(&dirs.raw.join("dataset.json"))?;
     let folds: Vec<usize> = run.folds.iter().map(|&f| f as usize).collect();
-    let summary = nnunet_common::evaluate::crossval_summary(&dirs.model_dir(), &folds, &dirs.gt_dir(), &ds)?;
+    let summary = nnunet_common::crossval::crossval_summary(&dirs.model_dir(), &folds, &dirs.gt_dir(), &ds)?;
     let mut v = serde_json::to_value(&summary)?;
     if run.predict_test && folds.len() >= 2 {
         let fold_dirs: Vec<PathBuf> = folds.iter().map(|f| dirs.model_dir().join("test_predictions").join(format!("fold_{f}"))).collect();

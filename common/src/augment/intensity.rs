@@ -1,4 +1,5 @@
-//! Intensity augmentations of bg2 used by nnU-Net v2 (SPEC §8.1 steps 2-8), per channel, in place.
+//! Intensity augmentations of batchgeneratorsv2 used by nnU-Net v2 (steps 2-8 of
+//! `nnUNetTrainer.get_training_transforms`), per channel, in place.
 use super::fastmath::{ln_pos, multiversion, pow_unit, stats, Moments};
 use super::resize::{bilinear, nearest_exact, round_half_even};
 use super::Image;

@@ -1,5 +1,6 @@
 //! The nnU-Net v2 (≥ 2.5, batchgeneratorsv2) training augmentation pipeline for 2D patches, on CPU
-//! `f32` arrays in pure Rust (SPEC §8.1; `nnUNetTrainer.get_training_transforms`).
+//! `f32` arrays in pure Rust (`nnunetv2/training/nnUNetTrainer/nnUNetTrainer.py::
+//! nnUNetTrainer.get_training_transforms`).
 //!
 //! Order and probabilities (per sample): spatial rotation/scaling (p 0.2 / 0.2) to the final patch,
 //! Gaussian noise (0.1), Gaussian blur (0.2), multiplicative brightness (0.15), contrast (0.15),
@@ -57,7 +58,8 @@ pub struct Seg {
 pub struct AugConfig {
     /// Final patch size (H, W).
     pub patch: [usize; 2],
-    /// Rotation range in radians (SPEC §7.3: ±π, or ±15° when the patch aspect ratio is > 1.5).
+    /// Rotation range in radians (`nnUNetTrainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size`:
+    /// ±π, or ±15° when the patch aspect ratio is > 1.5).
     pub rotation: (f64, f64),
     /// Mirrored axes (0 = H, 1 = W); nnU-Net 2D: both.
     pub mirror_axes: Vec<usize>,
@@ -75,7 +77,7 @@ impl AugConfig {
         (-a, a)
     }
 
-    /// The enlarged patch the loader crops for training (SPEC §7.3, `compute_initial_patch_size.py`
+    /// The enlarged patch the loader crops for training (`nnunetv2/training/data_augmentation/compute_initial_patch_size.py`
     /// with scale range (0.85, 1.25)): rotate the patch corner vector by `min(max|rot|, 90°)`, take the
     /// per-axis max of |rotated| and the original, divide by 0.85, truncate. 512² -> 602².
     pub fn initial_patch_size(patch: [usize; 2], rotation: (f64, f64)) -> [usize; 2] {
@@ -117,7 +119,7 @@ pub fn bg_contrast<R: Rng + ?Sized>(rng: &mut R, range: (f64, f64)) -> f64 {
     }
 }
 
-/// Every random decision of one training sample (SPEC §8.1), drawn by [`plan_sample`] in the
+/// Every random decision of one training sample (`get_training_transforms`), drawn by [`plan_sample`] in the
 /// pipeline's order; [`apply_plan`] is then deterministic. `None` = the transform did not fire;
 /// per-channel entries are `None` where the channel's own coin said no.
 #[derive(Debug, Clone, PartialEq)]
@@ -210,7 +212,7 @@ pub fn apply_plan(image: &Image, seg: &Seg, cfg: &AugConfig, plan: &SamplePlan) 
     finish(img, sg, cfg)
 }
 
-/// The full training pipeline (SPEC §8.1) applied to one sample of the initial (enlarged) patch size:
+/// The full training pipeline (`get_training_transforms`) applied to one sample of the initial (enlarged) patch size:
 /// [`plan_sample`] then [`apply_plan`].
 pub fn augment_train<R: Rng + ?Sized>(image: &Image, seg: &Seg, cfg: &AugConfig, rng: &mut R) -> Augmented {
     let plan = plan_sample(rng, cfg, image.channels);

@@ -4,11 +4,10 @@
 use super::fastmath::multiversion;
 use super::Seg;
 
-/// Python's `round` (half to even), used by bg2 for output sizes.
+/// Python's `round` (half to even, [`crate::stats::round_half_even`]) as a size, used by bg2 for
+/// output sizes (negative values become 0).
 pub fn round_half_even(x: f64) -> usize {
-    let r = x.round();
-    let r = if (x - x.trunc()).abs() == 0.5 { 2.0 * (x / 2.0).round() } else { r };
-    r.max(0.0) as usize
+    crate::stats::round_half_even(x).max(0.0) as usize
 }
 
 /// Source index of `nearest-exact`: `min(floor((dst + 0.5) * in/out), in - 1)`.

@@ -1,4 +1,5 @@
-//! Spatial augmentation (SPEC §8.1 step 1, bg2 `transforms/spatial/spatial.py::SpatialTransform` with
+//! Spatial augmentation (step 1 of `nnUNetTrainer.get_training_transforms`, batchgeneratorsv2
+//! `transforms/spatial/spatial.py::SpatialTransform` with
 //! `random_crop=False`, no elastic deformation) and mirroring (step 9).
 //!
 //! Geometry, read off bg2: the output grid is centred on the input centre. Output pixel `(i, j)` has

@@ -1,6 +1,7 @@
 //! Image reading and writing behind one type, [`ImageData`]: PNG (8/16-bit), TIFF (8/16-bit,
 //! float32), BMP, JPEG, gray/RGB/RGBA, and NIfTI 2D/3D. Arrays are (C, Z, X, Y) in nnU-Net's
-//! numpy order (SimpleITK's reversed axes), float32, as nnU-Net's readers return them (SPEC §1.2).
+//! numpy order (SimpleITK's reversed axes), float32, as nnU-Net's readers return them
+//! (`nnunetv2/imageio/simpleitk_reader_writer.py::SimpleITKIO.read_images`).
 use serde::{Deserialize, Serialize};
 
 /// Geometry of a raw file, kept to write predictions back in the user's format.
@@ -25,10 +26,10 @@ pub struct ImageData {
 }
 
 mod natural;
-mod nifti_io;
+mod nifti;
 
 pub use natural::{read_natural, read_png_palette_indices, write_seg_natural};
-pub use nifti_io::{read_nifti, write_nifti_f32, write_nifti_image, write_nifti_seg};
+pub use nifti::{read_nifti, write_nifti_f32, write_nifti_image, write_nifti_seg};
 
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! Natural 2D images: PNG (8/16-bit), TIFF (8/16/32-bit integer, float32/64), BMP and JPEG, gray,
 //! gray+alpha, RGB and RGBA, read the way nnU-Net's NaturalImage2DIO reads them
-//! (v2: `imageio/natural_image_reader_writer.py`, SPEC §1.2): an (H, W) image becomes
+//! (`nnunetv2/imageio/natural_image_reader_writer.py::NaturalImage2DIO.read_images`): an (H, W) image becomes
 //! (1, 1, H, W), an (H, W, C) image becomes (C, 1, H, W), float32, spacing (999, 1, 1).
 //!
 //! TIFF goes through the `tiff` crate directly because `image` refuses single-channel float

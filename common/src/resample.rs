@@ -1,4 +1,4 @@
-//! Resampling as nnU-Net v2 does it (SPEC §5.3, `preprocessing/resampling/default_resampling.py`):
+//! Resampling as nnU-Net v2 does it (`nnunetv2/preprocessing/resampling/default_resampling.py`):
 //! `resample_data_or_seg_to_shape` with the separate-z rule, data through skimage
 //! `resize(order, mode='edge', anti_aliasing=False, clip=True)`, segmentations through
 //! batchgenerators' `resize_segmentation` (per-label one-hot, order 1, >= 0.5), z through
@@ -9,6 +9,17 @@
 //! one scipy uses for mode 'nearest'), and sampled at `(i + 0.5) * in/out - 0.5`,
 //! `[0, n-1]`. Tensor-product B-splines are separable, so we prefilter and interpolate one axis at a
 //! time (same result up to float rounding). Everything runs in f64 like skimage.
+
+use crate::stats::round_half_even;
+
+/// Spacing ratio above which an axis is resampled separately (`nnunetv2/configuration.py::ANISO_THRESHOLD`).
+pub const ANISO_THRESHOLD: f64 = 3.0;
+
+/// `default_resampling.py::compute_new_shape`: `round(old_spacing / new_spacing * old_shape)`
+/// (Python's round: half to even).
+pub fn compute_new_shape(old_shape: &[usize], old_spacing: &[f64], new_spacing: &[f64]) -> Vec<usize> {
+    old_shape.iter().zip(old_spacing).zip(new_spacing).map(|((&k, &i), &j)| round_half_even(i / j * k as f64) as usize).collect()
+}
 
 /// 3D array (Z, X, Y) in f64, C order.
 #[derive(Clone, Debug)]
@@ -22,6 +33,7 @@ fn strides(shape: [usize; 3]) -> [usize; 3] {
 }
 
 /// Applies `f(line_in) -> line_out (len new_len)` to every 1-d line along `axis`.
+#[allow(clippy::needless_range_loop)] // index arithmetic over three axes reads best with explicit indices
 fn map_lines(a: &Vol, axis: usize, new_len: usize, mut f: impl FnMut(&[f64], &mut [f64])) -> Vol {
     let mut shape = a.shape;
     shape[axis] = new_len;
@@ -134,6 +146,7 @@ fn zoom_line(input: &[f64], out: &mut [f64], order: u32) {
 
 /// skimage `resize(img, new_shape, order, mode='edge', clip=True, anti_aliasing=False)` on a 3D
 /// (or, with a singleton axis left alone, 2D) volume.
+#[allow(clippy::needless_range_loop)] // index arithmetic over three axes reads best with explicit indices
 fn resize(a: &Vol, new_shape: [usize; 3], order: u32) -> Vol {
     let (mn, mx) = a.v.iter().fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
     let mut cur = a.clone();
@@ -154,6 +167,7 @@ fn resize(a: &Vol, new_shape: [usize; 3], order: u32) -> Vol {
 /// Order-1 `ndimage.zoom(grid_mode=True, mode='nearest')` evaluated the way scipy's C loop does
 /// (non-separable: per output voxel, the sum over the 2^3 corners in C order of
 /// `value * w_z * w_x * w_y`, last weight `1 - w0`), so thresholds at 0.5 tie-break bit-identically.
+#[allow(clippy::needless_range_loop)] // index arithmetic over three axes reads best with explicit indices
 fn zoom_order1_exact(a: &Vol, new_shape: [usize; 3]) -> Vol {
     let per_axis = |d: usize| -> Vec<(i64, [f64; 2])> {
         let (n, m) = (a.shape[d], new_shape[d]);
@@ -199,7 +213,7 @@ fn zoom_order1_exact(a: &Vol, new_shape: [usize; 3]) -> Vol {
 /// batchgenerators (>= 0.25.5) `resize_segmentation(seg, new_shape, order)`: each label's indicator is
 /// resized and the per-voxel argmax over labels wins (`_resample_seg_by_argmax`, seg_tiebreak
 /// 'nearest': an exact tie is settled by the nearest-neighbour label when it is among the tied
-/// ones). Older batchgenerators used `indicator >= 0.5`, later labels overwriting (SPEC §5.3); the
+/// ones). Older batchgenerators used `indicator >= 0.5`, later labels overwriting; the
 /// reference we compare with ships the argmax version.
 fn resize_segmentation(a: &Vol, new_shape: [usize; 3], order: u32) -> Vol {
     if order == 0 {
@@ -250,7 +264,7 @@ pub fn separate_z_axis(spacing: &[f64], new_spacing: &[f64]) -> Option<usize> {
     let lowres = |sp: &[f64]| -> Option<Option<usize>> {
         let mx = sp.iter().cloned().fold(f64::MIN, f64::max);
         let mn = sp.iter().cloned().fold(f64::MAX, f64::min);
-        if mx / mn > super::super::planning::ANISO_THRESHOLD {
+        if mx / mn > ANISO_THRESHOLD {
             let axes: Vec<usize> = (0..sp.len()).filter(|&i| mx / sp[i] == 1.0).collect();
             Some(if axes.len() == 1 { Some(axes[0]) } else { None })
         } else {
