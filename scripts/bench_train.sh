@@ -7,7 +7,7 @@
 #      SGD nesterov, clip 12), interleaved ours/reference for ROUNDS rounds, best of each (the machine is shared, so
 #      only interleaved numbers are comparable). With REF_PROBE_JSON (or PROBE=1) the peer harness's
 #      `nnUNetv2_train ... -device cpu` probe (../shared/peer/run_nnunetv2.sh -P, median train_step_s) is added;
-#   2. augmented training patches per second per core (512 patch from the 602 crop, full SPEC 8.1 pipeline, one thread):
+#   2. augmented training patches per second per core (512 patch from the 602 crop, full get_training_transforms pipeline, one thread):
 #      ours = `nnunet-worker bench-aug`; reference = nnUNetTrainer.get_training_transforms (batchgeneratorsv2) with
 #      torch.set_num_threads(1) (scripts/bench_train_ref_aug.py in the peer venv).
 #      Interleaved ours/reference for AUG_ROUNDS rounds, gray (1 channel) and RGB (3 channels); the ratio is median over

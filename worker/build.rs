@@ -1,4 +1,4 @@
-//! Link settings for every binary and test of the worker crate (SPEC-adjacent: ECOSYSTEM.md §3.2):
+//! Link settings for every binary and test of the worker crate (torch from the project venv, `scripts/setup.sh`):
 //! an rpath to torch's lib dir so the binary runs without LD_LIBRARY_PATH, and `--no-as-needed
 //! -ltorch` (which pulls libtorch_cuda when it exists) so CUDA is found when a GPU is present.
 fn main() {

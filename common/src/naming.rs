@@ -28,6 +28,12 @@ pub fn split_channel_file<'a>(name: &'a str, ending: &str) -> Option<(&'a str, u
     split_channel_stem(name.strip_suffix(ending)?)
 }
 
+/// Files the OS or editors leave behind (hidden files, `Thumbs.db`, `desktop.ini`): not part of a
+/// dataset; verification warns about them, conversion skips them.
+pub fn is_system_file(name: &str) -> bool {
+    name.starts_with('.') || name == "Thumbs.db" || name == "desktop.ini"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -197,3 +197,36 @@ pub fn run_cv_summary(args: CvSummaryArgs) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nnunet_common::imageio::write_seg_natural;
+
+    /// A reference case without a prediction is named (and left out) by default, refused with --strict.
+    #[test]
+    fn evaluate_reports_missing_predictions_and_strict_refuses() {
+        let gt = tempfile::tempdir().unwrap();
+        let pred = tempfile::tempdir().unwrap();
+        let mask = [0u16, 1, 1, 0];
+        for case in ["a", "b"] {
+            write_seg_natural(&gt.path().join(format!("{case}.png")), 2, 2, &mask, "png").unwrap();
+        }
+        write_seg_natural(&pred.path().join("a.png"), 2, 2, &mask, "png").unwrap();
+        let args = |strict| EvaluateArgs {
+            gt_dir: gt.path().to_path_buf(),
+            pred_dir: pred.path().to_path_buf(),
+            djfile: None,
+            labels: vec![1],
+            output: None,
+            strict,
+        };
+        let err = run_evaluate(args(true)).unwrap_err().to_string();
+        assert!(err.contains("1 reference case(s)") && err.contains("b.png"), "{err}");
+        assert!(!pred.path().join("summary.json").exists(), "--strict writes nothing");
+        run_evaluate(args(false)).unwrap();
+        let s = evaluate::Summary::load(&pred.path().join("summary.json")).unwrap();
+        assert_eq!(s.metric_per_case.len(), 1);
+        assert_eq!(s.foreground_mean.dice, 1.0);
+    }
+}

@@ -140,8 +140,8 @@ impl Budget {
 }
 
 impl Default for Budget {
-    /// nnU-Net's schedule (SPEC §7.1), except `save_every`: a distributed run checkpoints every
-    /// epoch so a lost worker costs at most one epoch (ECOSYSTEM §2.9).
+    /// nnU-Net's schedule (`nnUNetTrainer.__init__`), except `save_every`: a distributed run checkpoints every
+    /// epoch so a lost worker costs at most one epoch.
     fn default() -> Self {
         Budget {
             epochs: 1000,

@@ -19,6 +19,20 @@ Values (defaults in deploy/k8s/values.env; --values FILE and then --set override
     storage_class       StorageClass of the state volume (empty: the cluster default)
     storage_size        size of the state volume (datasets, checkpoints, results)
     config.KEY          override one line of deploy/config.env in the ConfigMap
+  scheduling (worker_* for the worker pods, coordinator_* for the coordinator and submit pods):
+    worker_node_selector, coordinator_node_selector   nodeSelector, k=v,k2=v2
+    worker_tolerations, coordinator_tolerations       key=value:Effect or key:Effect, comma-separated
+    worker_affinity, coordinator_affinity             an Affinity object as one-line JSON
+    runtime_class       runtimeClassName of the worker pods (e.g. nvidia)
+    priority_class, coordinator_priority_class        priorityClassName
+    queue_name          Kueue LocalQueue of the worker Job (label kueue.x-k8s.io/queue-name)
+  storage:
+    storage_access_mode ReadWriteOnce, or ReadWriteMany (workers then read the volume in place)
+    existing_claim      an existing PVC to use as the state volume instead of nnunet-state
+  monitoring:
+    service_monitor     1: a Prometheus-operator ServiceMonitor for the coordinator's /metrics
+    service_monitor_labels, service_monitor_interval  its labels (k=v,...) and scrape interval (30s)
+    grafana_dashboard   1: deploy/grafana/nnunet-coordinator.json as a sidecar-labelled ConfigMap
 
 --token-file F also emits the Secret `nnunet-token` from F (otherwise create it with kubectl, see
 deploy/README.md; never commit a token). Needs PyYAML only. Exit code 2 on a bad value.
@@ -34,25 +48,29 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import knobs  # noqa: E402
+from knobs import RenderError  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 BASE = HERE / "base"
 VALUES = HERE / "values.env"
 
 GPU = "nvidia.com/gpu"
+GPU_TOLERATION = {"key": GPU, "operator": "Exists", "effect": "NoSchedule"}
+DASHBOARD = HERE.parent / "grafana" / "nnunet-coordinator.json"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+STATE_MOUNT = "/var/lib/nnunet"
 # ConfigMap keys that only mean something to the Slurm script (the pods use fixed paths and ports:
 # the volume at /var/lib/nnunet, the Secret at /etc/nnunet/token, gRPC 50051, metrics 9464)
 SLURM_ONLY = {"NNUNET_STATE_DIR", "NNUNET_TOKEN_FILE", "NNUNET_LOG_DIR", "NNUNET_PORT", "NNUNET_METRICS_PORT",
-              "NNUNET_COORDINATOR_HOST", "NNUNET_LISTEN_HOST"}
+              "NNUNET_COORDINATOR_HOST", "NNUNET_LISTEN_HOST", "NNUNET_FOLDS", "NNUNET_TRAIN_ARGS"}
 K8S_FIXED = {"NNUNET_STATE_DIR": "/var/lib/nnunet", "NNUNET_TOKEN_FILE": "/etc/nnunet/token"}
 
 QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 IMAGE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$")
 CONFIG_KEY = re.compile(r"^[A-Z_][A-Z0-9_]*$")
-
-
-class RenderError(Exception):
-    pass
 
 
 def read_env(path: Path) -> dict[str, str]:
@@ -86,6 +104,7 @@ def check_values(v: dict[str, str]) -> None:
     need(v["registry"] == "" or bool(IMAGE_PART.match(v["registry"])), f"registry '{v['registry']}' is not valid")
     need(v["storage_class"] == "" or bool(DNS_LABEL.match(v["storage_class"].replace(".", "-"))),
          f"storage_class '{v['storage_class']}' is not a valid name")
+    knobs.check(v)
 
 
 def image(v: dict[str, str], name: str) -> str:
@@ -115,6 +134,10 @@ def render(values: dict[str, str], config: dict[str, str], token: str | None = N
             "data": {"token": base64.b64encode(token.encode()).decode()},
         })
 
+    docs.extend(extras(values, docs))
+    claim = values["existing_claim"] or "nnunet-state"
+    if values["existing_claim"]:
+        docs = [d for d in docs if d["kind"] != "PersistentVolumeClaim"]
     ns = values["namespace"]
     for d in docs:
         md = d.setdefault("metadata", {})
@@ -129,36 +152,67 @@ def render(values: dict[str, str], config: dict[str, str], token: str | None = N
 
         if d["kind"] == "PersistentVolumeClaim":
             d["spec"]["resources"]["requests"]["storage"] = values["storage_size"]
+            d["spec"]["accessModes"] = [values["storage_access_mode"]]
             if values["storage_class"]:
                 d["spec"]["storageClassName"] = values["storage_class"]
         elif d["kind"] == "Deployment" and md["name"] == "nnunet-coordinator":
-            c = containers(d)[0]
+            pod = d["spec"]["template"]["spec"]
+            c = pod["containers"][0]
             c["image"] = image(values, values["coordinator_image"])
             c["resources"] = {"requests": {"cpu": values["coordinator_cpu"], "memory": values["coordinator_memory"]},
                               "limits": {"memory": values["coordinator_memory"]}}
+            next(v for v in pod["volumes"] if v["name"] == "state")["persistentVolumeClaim"]["claimName"] = claim
+            knobs.schedule(pod, values, "coordinator")
         elif d["kind"] == "Job" and md["name"] == "nnunet-submit":
             containers(d)[0]["image"] = image(values, values["coordinator_image"])
+            knobs.schedule(d["spec"]["template"]["spec"], values, "coordinator")
         elif d["kind"] == "Job" and md["name"] == "nnunet-workers":
-            n = int(values["workers"])
-            d["spec"]["completions"] = n
-            d["spec"]["parallelism"] = n
-            pod = d["spec"]["template"]["spec"]
-            c = pod["containers"][0]
-            c["image"] = image(values, values["worker_image"])
-            for ic in pod.get("initContainers", []):
-                ic["image"] = image(values, values["coordinator_image"])
-            req = {"cpu": values["worker_cpu"], "memory": values["worker_memory"]}
-            lim = {"memory": values["worker_memory"]}
-            if values["gpus_per_worker"] == "1":
-                req[GPU] = lim[GPU] = "1"
-            else:
-                # CPU workers: no GPU request, no GPU toleration, --device cpu
-                pod.pop("tolerations", None)
-                for e in c["env"]:
-                    if e["name"] == "NNUNET_WORKER_DEVICE":
-                        e["value"] = "cpu"
-            c["resources"] = {"requests": req, "limits": lim}
+            workers_job(d, values, claim)
     return docs
+
+
+def workers_job(d: dict, values: dict[str, str], claim: str) -> None:
+    n = int(values["workers"])
+    d["spec"]["completions"] = n
+    d["spec"]["parallelism"] = n
+    if values["queue_name"]:
+        # Kueue admits (unsuspends) the Job once its LocalQueue has quota for all its pods
+        d["metadata"]["labels"][QUEUE_LABEL] = values["queue_name"]
+    pod = d["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    c["image"] = image(values, values["worker_image"])
+    for ic in pod.get("initContainers", []):
+        ic["image"] = image(values, values["coordinator_image"])
+    req = {"cpu": values["worker_cpu"], "memory": values["worker_memory"]}
+    lim = {"memory": values["worker_memory"]}
+    gpu = values["gpus_per_worker"] == "1"
+    if gpu:
+        req[GPU] = lim[GPU] = "1"
+    else:
+        # CPU workers: no GPU request, no GPU toleration, --device cpu
+        for e in c["env"]:
+            if e["name"] == "NNUNET_WORKER_DEVICE":
+                e["value"] = "cpu"
+    c["resources"] = {"requests": req, "limits": lim}
+    knobs.schedule(pod, values, "worker", GPU_TOLERATION if gpu else None)
+    if values["runtime_class"]:
+        pod["runtimeClassName"] = values["runtime_class"]
+    if values["storage_access_mode"] == "ReadWriteMany":
+        # the state volume at the coordinator's path: the worker finds the run directory there and
+        # reads the preprocessed cases in place instead of downloading them (it never writes there)
+        pod["volumes"].append({"name": "state", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        c["volumeMounts"].append({"name": "state", "mountPath": STATE_MOUNT, "readOnly": True})
+
+
+def extras(values: dict[str, str], docs: list[dict]) -> list[dict]:
+    """The optional monitoring objects: ServiceMonitor, Grafana dashboard ConfigMap."""
+    out = []
+    if values["service_monitor"] == "1":
+        svc = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "nnunet-coordinator")
+        out.append(knobs.service_monitor(values, svc))
+    if values["grafana_dashboard"] == "1":
+        out.append(knobs.dashboard_configmap(DASHBOARD))
+    return out
 
 
 class _Dumper(yaml.SafeDumper):
@@ -174,8 +228,9 @@ _Dumper.add_representer(str, _str)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    head, _, rest = __doc__.partition("\n\n")
+    ap = argparse.ArgumentParser(description=head, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a value (see below) or config.KEY")
     ap.add_argument("--values", type=Path, help="a KEY=VALUE file applied over deploy/k8s/values.env")
     ap.add_argument("--config", type=Path, default=HERE.parent / "config.env", help="default: deploy/config.env")
     ap.add_argument("--token-file", type=Path, help="also emit the Secret nnunet-token from this file")

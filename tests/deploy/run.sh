@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# All deployment tests: the offline Kubernetes/Docker checks (scripts/k8s-validate.sh, pytest), the pods'
-# commands run as local processes (tests/deploy/test_k8s_pods.py), and the
-# Slurm tests on a real single-node Slurm (scripts/slurm-up.sh, tests/deploy/test_slurm.sh, then
-# scripts/slurm-down.sh). Needs root (apt-get, Slurm daemons) and the release or debug binaries.
+# All deployment tests: the offline Kubernetes/Docker/Apptainer/Grafana checks (scripts/k8s-validate.sh,
+# pytest), the pods' commands run as local processes with the dashboard checked against the live
+# /metrics (tests/deploy/test_k8s_pods.py), and the Slurm tests (gang job, its preemption, the job
+# array and an array task's preemption) on a real single-node Slurm (scripts/slurm-up.sh,
+# tests/deploy/test_slurm.sh, then scripts/slurm-down.sh). Needs root (apt-get, Slurm daemons) and the release or debug binaries.
 # Exit code 0 iff everything passed.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -18,6 +19,9 @@ REPO = Path(__file__).resolve().parents[2]
 RENDER = REPO / "deploy" / "k8s" / "render.py"
 sys.path.insert(0, str(RENDER.parent))
 import render  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from promql import SERVICE_MONITOR_SCHEMA  # noqa: E402
 
 # 1.33: backoffLimitPerIndex/podFailurePolicy GA (the oldest release the README supports);
 # 1.37: the newest schemas kubernetes-validate 1.37.0 ships.
@@ -60,15 +64,89 @@ def cpu_docs() -> list[dict]:
     return docs_of(out)
 
 
-# ---------------------------------------------------------------- schema validation (offline)
-@pytest.mark.parametrize("version", K8S_VERSIONS)
-@pytest.mark.parametrize("variant", ["default_docs", "cpu_docs"])
-def test_manifests_validate_against_kubernetes_schemas(variant, version, request):
-    docs = request.getfixturevalue(variant)
-    assert {d["kind"] for d in docs} >= {"Namespace", "ConfigMap", "PersistentVolumeClaim", "Deployment", "Service", "Job"}
-    for d in docs:
+# every knob of deploy/k8s/values.env set to a non-default value
+AFFINITY = ('{"podAntiAffinity":{"preferredDuringSchedulingIgnoredDuringExecution":[{"weight":100,"podAffinityTerm":'
+            '{"topologyKey":"kubernetes.io/hostname","labelSelector":{"matchLabels":{"app.kubernetes.io/component":"worker"}}}}]}}')
+COORD_AFFINITY = ('{"nodeAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":{"nodeSelectorTerms":[{"matchExpressions":'
+                  '[{"key":"node-role.kubernetes.io/infra","operator":"Exists"}]}]}}}')
+ALL_KNOBS = {
+    "worker_node_selector": "nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3,topology.kubernetes.io/zone=eu-1a",
+    "coordinator_node_selector": "node-role.kubernetes.io/infra=",
+    "worker_tolerations": "dedicated=gpu:NoSchedule,cloud.example.com/spot:NoExecute",
+    "coordinator_tolerations": "node-role.kubernetes.io/infra:NoSchedule",
+    "worker_affinity": AFFINITY,
+    "coordinator_affinity": COORD_AFFINITY,
+    "runtime_class": "nvidia",
+    "priority_class": "batch-low",
+    "coordinator_priority_class": "batch-high",
+    "queue_name": "team-a",
+    "storage_access_mode": "ReadWriteMany",
+    "storage_class": "cephfs",
+    "service_monitor": "1",
+    "service_monitor_labels": "release=kube-prometheus-stack",
+    "service_monitor_interval": "15s",
+    "grafana_dashboard": "1",
+}
+
+
+def sets(knobs: dict[str, str]) -> list[str]:
+    return [a for k, v in knobs.items() for a in ("--set", f"{k}={v}")]
+
+
+@pytest.fixture(scope="module")
+def knob_docs() -> list[dict]:
+    rc, out, err = run_render(*sets(ALL_KNOBS))
+    assert rc == 0, err
+    return docs_of(out)
+
+
+@pytest.fixture(scope="module")
+def claim_docs() -> list[dict]:
+    """CPU workers on an existing ReadWriteMany claim, with every scheduling knob."""
+    knobs = {**ALL_KNOBS, "gpus_per_worker": "0", "existing_claim": "team-nfs"}
+    rc, out, err = run_render(*sets(knobs))
+    assert rc == 0, err
+    return docs_of(out)
+
+
+def validate(d: dict, version: str) -> None:
+    """Strict schema validation: Kubernetes' own schemas, our subset of the ServiceMonitor CRD."""
+    if d["kind"] == "ServiceMonitor":
+        jsonschema.validate(d, SERVICE_MONITOR_SCHEMA)
+    else:
         # raises ValidationError (unknown field in strict mode, wrong type, missing required field)
         kubernetes_validate.validate(d, version, strict=True)
+
+
+# ---------------------------------------------------------------- schema validation (offline)
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("variant", ["default_docs", "cpu_docs", "knob_docs", "claim_docs"])
+def test_manifests_validate_against_kubernetes_schemas(variant, version, request):
+    docs = request.getfixturevalue(variant)
+    assert {d["kind"] for d in docs} >= {"Namespace", "ConfigMap", "Deployment", "Service", "Job"}
+    for d in docs:
+        validate(d, version)
+
+
+def test_validation_catches_broken_knobs(knob_docs):
+    """The strict validation sees into the knobs' objects: a misspelt affinity field, a toleration with
+    a bad operator type and a misspelt ServiceMonitor field are rejected."""
+    job = yaml.safe_load(yaml.safe_dump(by_kind(knob_docs, "Job", "nnunet-workers")))
+    job["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecutionn"] = []
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate(job, "1.37.0")
+    job = yaml.safe_load(yaml.safe_dump(by_kind(knob_docs, "Job", "nnunet-workers")))
+    job["spec"]["template"]["spec"]["tolerations"][0]["tolerationSeconds"] = "soon"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate(job, "1.37.0")
+    sm = yaml.safe_load(yaml.safe_dump(by_kind(knob_docs, "ServiceMonitor")))
+    sm["spec"]["endpoints"][0]["intervall"] = "30s"
+    with pytest.raises(jsonschema.ValidationError):
+        validate(sm, "1.37.0")
+    sm["spec"]["endpoints"][0].pop("intervall")
+    sm["spec"]["endpoints"][0]["interval"] = "30 seconds"
+    with pytest.raises(jsonschema.ValidationError):
+        validate(sm, "1.37.0")
 
 
 def test_validation_catches_a_broken_manifest(default_docs):
@@ -274,6 +352,134 @@ def test_kustomization_lists_every_base_file():
     assert env == (REPO / "deploy" / "config.env").resolve()
 
 
+# ---------------------------------------------------------------- cluster knobs
+def test_scheduling_knobs_reach_the_right_pods(knob_docs):
+    workers = pod_spec(by_kind(knob_docs, "Job", "nnunet-workers"))
+    assert workers["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "topology.kubernetes.io/zone": "eu-1a"}
+    assert workers["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},  # GPU workers always
+        {"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"},
+        {"key": "cloud.example.com/spot", "operator": "Exists", "effect": "NoExecute"},
+    ]
+    assert workers["affinity"] == json.loads(AFFINITY)
+    assert workers["runtimeClassName"] == "nvidia"
+    assert workers["priorityClassName"] == "batch-low"
+    for d in (by_kind(knob_docs, "Deployment", "nnunet-coordinator"), by_kind(knob_docs, "Job", "nnunet-submit")):
+        spec = pod_spec(d)
+        assert spec["nodeSelector"] == {"node-role.kubernetes.io/infra": ""}
+        assert spec["tolerations"] == [{"key": "node-role.kubernetes.io/infra", "operator": "Exists", "effect": "NoSchedule"}]
+        assert spec["affinity"] == json.loads(COORD_AFFINITY)
+        assert spec["priorityClassName"] == "batch-high"
+        assert "runtimeClassName" not in spec  # no GPU there: the default runtime
+
+
+def test_defaults_set_no_knob(default_docs):
+    for d in default_docs:
+        if d["kind"] in ("Deployment", "Job"):
+            spec = pod_spec(d)
+            assert not {"nodeSelector", "affinity", "runtimeClassName", "priorityClassName"} & set(spec), d["metadata"]["name"]
+            assert render.QUEUE_LABEL not in d["metadata"]["labels"]
+    # GPU workers keep the toleration of the GPU operator's taint; nothing else tolerates anything
+    assert pod_spec(by_kind(default_docs, "Job", "nnunet-workers"))["tolerations"] == [render.GPU_TOLERATION]
+    assert "tolerations" not in pod_spec(by_kind(default_docs, "Deployment"))
+    assert not [d for d in default_docs if d["kind"] == "ServiceMonitor" or d["metadata"]["name"] == "nnunet-grafana-dashboard"]
+    assert by_kind(default_docs, "PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadWriteOnce"]
+
+
+def test_kueue_queue_label_is_on_the_worker_job_only(knob_docs):
+    job = by_kind(knob_docs, "Job", "nnunet-workers")
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    # Kueue admits a Job by its own label (not the pod template's); the submit Job stays unqueued
+    assert "kueue.x-k8s.io/queue-name" not in job["spec"]["template"]["metadata"]["labels"]
+    assert "kueue.x-k8s.io/queue-name" not in by_kind(knob_docs, "Job", "nnunet-submit")["metadata"]["labels"]
+    # Kueue needs requests for its quota: every container of the Job has them
+    for c in pod_spec(job)["containers"] + pod_spec(job)["initContainers"]:
+        assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
+
+
+def test_cpu_workers_keep_custom_tolerations_but_not_the_gpu_one(claim_docs):
+    spec = pod_spec(by_kind(claim_docs, "Job", "nnunet-workers"))
+    assert [t["key"] for t in spec["tolerations"]] == ["dedicated", "cloud.example.com/spot"]
+
+
+def test_read_write_many_volume_is_shared_read_only_with_the_workers(knob_docs):
+    pvc = by_kind(knob_docs, "PersistentVolumeClaim", "nnunet-state")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"] and pvc["spec"]["storageClassName"] == "cephfs"
+    coord = pod_spec(by_kind(knob_docs, "Deployment", "nnunet-coordinator"))
+    cmount = next(m for m in coord["containers"][0]["volumeMounts"] if m["name"] == "state")
+    workers = pod_spec(by_kind(knob_docs, "Job", "nnunet-workers"))
+    vol = next(v for v in workers["volumes"] if v["name"] == "state")
+    assert vol["persistentVolumeClaim"] == {"claimName": "nnunet-state", "readOnly": True}
+    wmount = next(m for m in workers["containers"][0]["volumeMounts"] if m["name"] == "state")
+    # the same path as the coordinator's: the worker finds the run directory there and reads in place
+    assert wmount["mountPath"] == cmount["mountPath"] and wmount["readOnly"] is True
+    assert not any(m["name"] == "state" for m in workers["initContainers"][0]["volumeMounts"])
+
+
+def test_existing_claim_replaces_the_generated_volume(claim_docs):
+    assert not [d for d in claim_docs if d["kind"] == "PersistentVolumeClaim"]
+    for d in (by_kind(claim_docs, "Deployment"), by_kind(claim_docs, "Job", "nnunet-workers")):
+        vol = next(v for v in pod_spec(d)["volumes"] if v["name"] == "state")
+        assert vol["persistentVolumeClaim"]["claimName"] == "team-nfs"
+
+
+def test_service_monitor_scrapes_the_coordinator_metrics_port(knob_docs):
+    sm = by_kind(knob_docs, "ServiceMonitor", "nnunet-coordinator")
+    svc = by_kind(knob_docs, "Service", "nnunet-coordinator")
+    assert sm["metadata"]["namespace"] == svc["metadata"]["namespace"] == "nnunet"
+    assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    # it selects the Service by the Service's labels ...
+    sel = sm["spec"]["selector"]["matchLabels"]
+    assert sel and all(svc["metadata"]["labels"].get(k) == v for k, v in sel.items())
+    # ... and no other Service of the rendered objects
+    assert [d["metadata"]["name"] for d in knob_docs if d["kind"] == "Service"] == ["nnunet-coordinator"]
+    (ep,) = sm["spec"]["endpoints"]
+    assert ep["interval"] == "15s" and ep["path"] == "/metrics" and ep["scheme"] == "http"
+    # the named Service port leads to the container port the coordinator serves /metrics on
+    sport = next(p for p in svc["spec"]["ports"] if p["name"] == ep["port"])
+    (c,) = pod_spec(by_kind(knob_docs, "Deployment"))["containers"]
+    cport = next(p for p in c["ports"] if p["name"] == sport["targetPort"])
+    assert f"--metrics-listen=0.0.0.0:{cport['containerPort']}" in c["args"]
+
+
+def test_grafana_dashboard_configmap_holds_the_dashboard_file(knob_docs):
+    cm = by_kind(knob_docs, "ConfigMap", "nnunet-grafana-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    (name, text), = cm["data"].items()
+    assert text == (REPO / "deploy" / "grafana" / name).read_text()
+    assert json.loads(text)["uid"] == "nnunet-rs-coordinator"
+
+
+def test_readme_data_pod_for_a_shared_volume_is_valid_and_restricted(default_docs):
+    """The pod deploy/README.md shows for moving data through a ReadWriteMany volume."""
+    readme = (REPO / "deploy" / "README.md").read_text()
+    pod = yaml.safe_load(readme.split("<<'POD'\n", 1)[1].split("\nPOD\n", 1)[0])
+    pod["metadata"]["namespace"] = "nnunet"
+    for v in K8S_VERSIONS:
+        kubernetes_validate.validate(pod, v, strict=True)
+    spec = pod["spec"]
+    assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    (c,) = spec["containers"]
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False and c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    coord = pod_spec(by_kind(default_docs, "Deployment"))
+    assert c["image"] == coord["containers"][0]["image"]
+    assert spec["volumes"][0]["persistentVolumeClaim"]["claimName"] == by_kind(default_docs, "PersistentVolumeClaim")["metadata"]["name"]
+    assert c["volumeMounts"][0]["mountPath"] == "/var/lib/nnunet"
+
+
+@pytest.mark.parametrize("bad", [
+    "worker_node_selector=novalue", "worker_node_selector=a b=c", "worker_tolerations=gpu:NoScheduleX",
+    "coordinator_tolerations=:NoSchedule", "worker_affinity={not json", "worker_affinity={\"nodeAffinityy\":{}}",
+    "worker_affinity=[]", "runtime_class=Bad_Name", "priority_class=UPPER", "queue_name=a b",
+    "storage_access_mode=ReadOnlyMany", "existing_claim=bad/name", "service_monitor=yes", "grafana_dashboard=2",
+    "service_monitor_labels=x", "service_monitor_interval=30 s",
+])
+def test_bad_knobs_are_refused(bad):
+    rc, out, err = run_render("--set", bad)
+    assert rc == 2 and out == "" and err.startswith("render.py: "), (rc, err)
+    assert bad.split("=")[0] in err, err
+
+
 # ---------------------------------------------------------------- the pods' scripts, for real
 def _nnunet_bin() -> Path | None:
     cands = [REPO / "target" / p / "nnunet" for p in ("release", "debug")]
@@ -362,3 +568,14 @@ def test_submit_job_and_worker_init_scripts_against_a_real_coordinator(default_d
     # now the init container lets the worker start
     p = subprocess.run(["sh", "-c", wait], env=env, capture_output=True, text=True, timeout=30)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_help_and_readme_name_every_value():
+    rc, out, err = run_render("--help")
+    assert rc == 0, err
+    values = render.read_env(render.VALUES)
+    readme = (REPO / "deploy" / "README.md").read_text()
+    for k in values:
+        assert k in out, f"render.py --help does not document '{k}'"
+    for k in set(values) & set(ALL_KNOBS) - {"storage_class"}:  # the cluster knobs table
+        assert f"`{k}`" in readme, f"deploy/README.md does not document the knob '{k}'"

@@ -3,7 +3,8 @@ submit Job's script and the worker Job's args (CPU variant) from the rendered ma
 in-cluster names replaced by loopback addresses and temp dirs. The worker gets --no-shared-fs, as in a
 pod it cannot see the coordinator's volume: it downloads its inputs through the gRPC API. The run
 trains all five folds (1 epoch x 1 iteration, tiny synthetic data) and writes its CV summary; the
-coordinator's /metrics (from --metrics-listen) answers.
+coordinator's /metrics (from --metrics-listen), scraped at the path and port the rendered ServiceMonitor
+names, exports every metric and label the Grafana dashboard (rendered as its ConfigMap) queries.
 
 Needs target/{release,debug}/nnunet and nnunet-worker (skips with a message otherwise). Run by
 tests/deploy/run.sh after scripts/k8s-validate.sh."""
@@ -20,6 +21,9 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from promql import check_dashboard_against  # noqa: E402
+
 RENDER = REPO / "deploy" / "k8s" / "render.py"
 
 
@@ -41,7 +45,7 @@ def test_pods_as_processes_train_a_run(tmp_path):
         pytest.skip("no nnunet + nnunet-worker in target/release or target/debug: build them first")
     p = subprocess.run([sys.executable, str(RENDER), "--set", "gpus_per_worker=0", "--set", "workers=1", "--set", "worker_cpu=1",
                         "--set", "config.NNUNET_EPOCHS=1", "--set", "config.NNUNET_ITERS=1", "--set", "config.NNUNET_VAL_ITERS=1",
-                        "--set", "config.NNUNET_RUN_NAME=pods-test"], capture_output=True, text=True, timeout=60)
+                        "--set", "config.NNUNET_RUN_NAME=pods-test", "--set", "service_monitor=1", "--set", "grafana_dashboard=1"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     docs = [d for d in yaml.safe_load_all(p.stdout) if d]
     get = lambda kind, name: next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)  # noqa: E731
@@ -101,9 +105,11 @@ def test_pods_as_processes_train_a_run(tmp_path):
         # the worker really downloaded its inputs (no shared filesystem)
         assert any((tmp_path / "scratch" / "cache").rglob("*.npy")), "no downloaded inputs in the worker's cache dir"
 
-        # Prometheus scrapes what --metrics-listen serves
-        with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10) as resp:
-            assert "nnunet_workers_registered" in resp.read().decode()
+        # Prometheus scrapes what --metrics-listen serves, where the ServiceMonitor points it
+        (ep,) = get("ServiceMonitor", "nnunet-coordinator")["spec"]["endpoints"]
+        with urllib.request.urlopen(f"{ep['scheme']}://127.0.0.1:{mport}{ep['path']}", timeout=10) as resp:
+            metrics = resp.read().decode()
+        check_dashboard_against(json.loads(next(iter(get("ConfigMap", "nnunet-grafana-dashboard")["data"].values()))), metrics)
     finally:
         for proc in (worker, coord):
             if proc is not None and proc.poll() is None:

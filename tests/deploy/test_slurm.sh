@@ -10,8 +10,16 @@
 #            the time limit); the trap stops the worker step and requeues the job; the requeued job
 #            does not submit again and its worker logs "resuming fold K from checkpoint at epoch N"
 #            with N > 0; the job completes with Restarts=1 and the CV summary exists.
+#   array    the job-array variant: deploy/slurm/submit-array.sh with NNUNET_FOLDS=0-1 submits the
+#            prepare job, a two-task array (fold 0 and fold 1, one per task) and the finalize job; all
+#            complete, each task trained and validated its own fold in nnU-Net's layout under
+#            $nnUNet_results, and the CV summary over folds 0 and 1 exists.
+#   array-preempt  the job array with one task (fold 0) and a longer budget: once the fold has written
+#            checkpoint_latest the test sends `scancel --signal=USR1 --batch JOB_0`; the task stops the
+#            trainer, requeues itself, and its second start logs "resuming fold 0 from ... at epoch N"
+#            with N > 0; the task completes with Restarts=1 and the finalize job writes the CV summary.
 #
-# usage: tests/deploy/test_slurm.sh [cv] [preempt]      (default: both)
+# usage: tests/deploy/test_slurm.sh [cv] [preempt] [array] [array-preempt]      (default: all)
 # Ends with the line "N passed, N failed". Exit code 0 iff nothing failed.
 set -uo pipefail
 
@@ -20,7 +28,7 @@ SHARED=${NNUNET_SHARED:-$REPO/../shared}
 ISBI=$SHARED/datasets/isbi2012_em
 TIMEOUT=${NNUNET_SLURM_TEST_TIMEOUT:-900}
 tests=("$@")
-[[ ${#tests[@]} -eq 0 ]] && tests=(cv preempt)
+[[ ${#tests[@]} -eq 0 ]] && tests=(cv preempt array array-preempt)
 
 passed=0 failed=0 skipped=0
 say() { echo "test_slurm: $*"; }
@@ -217,12 +225,102 @@ test_preempt() {
   check_summary "$dir/state" || { show_job_logs "$job"; return 1; }
 }
 
+# submit_array CONFIG: deploy/slurm/submit-array.sh with CPU tasks; sets PREP, TRAIN, FINAL (job ids)
+submit_array() {
+  local out
+  out=$(cd "$WORK" && NNUNET_CONFIG=$1 NNUNET_BIN_DIR=$BIN_DIR \
+    bash "$REPO/deploy/slurm/submit-array.sh" --gpus-per-task=0 --cpus-per-task=1 --mem-per-cpu=2G --time=30) ||
+    { fail "submit-array.sh failed: $out"; return 1; }
+  PREP=$(awk '$1 == "prepare" { print $2 }' <<<"$out")
+  TRAIN=$(awk '$1 == "train" { print $2 }' <<<"$out")
+  FINAL=$(awk '$1 == "finalize" { print $2 }' <<<"$out")
+  [[ -n $PREP && -n $TRAIN && -n $FINAL ]] || { fail "submit-array.sh did not print three job ids: $out"; return 1; }
+}
+
+test_array() {
+  local dir=$WORK/array ds prep train final state
+  mkdir -p "$dir"
+  ds=$(make_dataset "$dir") || { fail "could not build the test dataset"; return 1; }
+  write_config "$dir/config.env" "$ds" "$dir/state" "$dir/logs" 2 2
+  echo "NNUNET_FOLDS=0-1" >>"$dir/config.env"
+  submit_array "$dir/config.env" || return 1
+  prep=$PREP train=$TRAIN final=$FINAL
+  say "[array] submitted prepare $prep, train array $train (folds 0-1), finalize $final"
+  [[ $(scontrol show job "$train" -o | grep -c 'ArrayTaskId=') -ge 1 ]] || { fail "job $train is not an array"; return 1; }
+  state=$(wait_job "$final")
+  say "[array] finalize job $final ended: $state"
+  local k task_state
+  for k in 0 1; do
+    task_state=$(scontrol show job "${train}_$k" -o 2>/dev/null | grep -o 'JobState=[A-Z_]*' | head -n1 | cut -d= -f2)
+    say "[array] task ${train}_$k: ${task_state:-unknown}"
+    [[ $task_state == COMPLETED ]] || { tail -n 30 "$WORK/nnunet-array-${train}_$k.out" 2>/dev/null; fail "array task ${train}_$k ended ${task_state:-unknown}"; return 1; }
+    grep -q "training fold $k of " "$WORK/nnunet-array-${train}_$k.out" ||
+      { fail "array task $k's output does not say it trained fold $k"; return 1; }
+  done
+  [[ $state == COMPLETED ]] || { tail -n 30 "$WORK"/nnunet-array-"$final"-finalize.out "$WORK"/nnunet-array-"$prep"-prepare.out 2>/dev/null; fail "finalize job $final ended $state"; return 1; }
+  local model
+  model=$(compgen -G "$dir/state/nnUNet_results/Dataset*/nnUNetTrainer__nnUNetPlans__2d" | head -n1)
+  [[ -n $model ]] || { fail "no model folder under $dir/state/nnUNet_results"; return 1; }
+  for k in 0 1; do
+    [[ -f $model/fold_$k/checkpoint_final.safetensors || -n $(compgen -G "$model/fold_$k/checkpoint_final*") ]] ||
+      { fail "fold $k has no final checkpoint in $model/fold_$k"; return 1; }
+    [[ -f $model/fold_$k/validation/summary.json ]] || { fail "fold $k has no validation/summary.json"; return 1; }
+  done
+  [[ ! -d $model/fold_2 ]] || { fail "fold 2 was trained although NNUNET_FOLDS=0-1"; return 1; }
+  "$DEPLOY_PY" - "$model/crossval_results_folds_0_1/summary.json" <<'PY' || { fail "no valid CV summary over folds 0 and 1"; return 1; }
+import json, sys
+s = json.load(open(sys.argv[1]))
+# 10 cases in 5 folds: folds 0 and 1 validate 4 of them
+assert len(s["metric_per_case"]) == 4, len(s["metric_per_case"])
+print(f"test_slurm: [array] CV summary {sys.argv[1]}: foreground mean Dice {s['foreground_mean']['Dice']:.3f}")
+PY
+}
+
+test_array_preempt() {
+  local dir=$WORK/array-preempt ds state task out model
+  mkdir -p "$dir"
+  ds=$(make_dataset "$dir") || { fail "could not build the test dataset"; return 1; }
+  write_config "$dir/config.env" "$ds" "$dir/state" "$dir/logs" 8 2
+  printf 'NNUNET_FOLDS=0\nNNUNET_TRAIN_ARGS=--save-every 1\n' >>"$dir/config.env"
+  submit_array "$dir/config.env" || return 1
+  task=${TRAIN}_0 out=$WORK/nnunet-array-${TRAIN}_0.out
+  say "[array-preempt] submitted prepare $PREP, train $task (8 epochs x 2 iterations, checkpoint every epoch), finalize $FINAL"
+  local deadline=$((SECONDS + TIMEOUT)) ckpt=
+  while ((SECONDS < deadline)); do
+    ckpt=$(compgen -G "$dir/state/nnUNet_results/*/nnUNetTrainer__nnUNetPlans__2d/fold_0/checkpoint_latest.json" | head -n1)
+    [[ -n $ckpt ]] && break
+    case $(job_field "$PREP" JobState) in FAILED | CANCELLED | TIMEOUT) break ;; esac
+    case $(job_field "$task" JobState) in COMPLETED | FAILED | CANCELLED | TIMEOUT) break ;; esac
+    sleep 0.5
+  done
+  [[ -n $ckpt ]] || { tail -n 30 "$out"; fail "no checkpoint_latest appeared while $task ran"; return 1; }
+  say "[array-preempt] $ckpt exists: sending USR1 to the batch script of $task"
+  scancel --signal=USR1 --batch "$task" || { fail "scancel --signal=USR1 --batch $task failed"; return 1; }
+  state=$(wait_job "$task")
+  local restarts
+  restarts=$(job_field "$task" Restarts)
+  say "[array-preempt] task $task ended: $state, restarts $restarts"
+  [[ $state == COMPLETED ]] || { tail -n 30 "$out"; fail "array task $task ended $state"; return 1; }
+  [[ $restarts == 1 ]] || { tail -n 30 "$out"; fail "array task $task was not requeued once (Restarts=$restarts)"; return 1; }
+  { grep -q 'got SIGUSR1' "$out" && grep -q "requeueing $task" "$out"; } ||
+    { tail -n 30 "$out"; fail "the array script did not log the signal and the requeue"; return 1; }
+  local resume
+  resume=$(grep -o -E 'resuming fold 0 from [^ ]+ at epoch [0-9]+' "$out" | awk '$NF > 0' | head -n1)
+  [[ -n $resume ]] || { tail -n 30 "$out"; fail "the requeued task did not log 'resuming fold 0 from ... at epoch N' with N > 0"; return 1; }
+  say "[array-preempt] requeued task: '$resume'"
+  state=$(wait_job "$FINAL")
+  [[ $state == COMPLETED ]] || { fail "finalize job $FINAL ended $state"; return 1; }
+  model=$(compgen -G "$dir/state/nnUNet_results/Dataset*/nnUNetTrainer__nnUNetPlans__2d" | head -n1)
+  [[ -f $model/crossval_results_folds_0/summary.json && -f $model/fold_0/validation/summary.json ]] ||
+    { fail "no validation or CV summary of fold 0 in $model"; return 1; }
+}
+
 # ---- run ------------------------------------------------------------------------------------------
 for t in "${tests[@]}"; do
   CURRENT=$t
   case $t in
-    cv | preempt) ;;
-    *) say "unknown test '$t' (cv, preempt)"; failed=$((failed + 1)); continue ;;
+    cv | preempt | array | array-preempt) ;;
+    *) say "unknown test '$t' (cv, preempt, array, array-preempt)"; failed=$((failed + 1)); continue ;;
   esac
   if [[ ! -d $ISBI/images ]]; then
     say "SKIP [$t]: real data $ISBI not found (set NNUNET_SHARED to the shared/ folder)"
@@ -230,7 +328,7 @@ for t in "${tests[@]}"; do
     continue
   fi
   start=$SECONDS
-  if "test_$t"; then
+  if "test_${t//-/_}"; then
     say "PASS [$t] ($((SECONDS - start)) s)"
     passed=$((passed + 1))
   else

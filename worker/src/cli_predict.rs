@@ -1,5 +1,5 @@
 //! `nnunet-worker predict` (what `nnunet predict` runs): predicts a folder of raw images with the
-//! trained folds of a model folder (SPEC §10.2, nnU-Net's `nnUNetv2_predict_from_modelfolder`).
+//! trained folds of a model folder (nnU-Net's `nnUNetv2_predict_from_modelfolder`, `nnunetv2/inference/predict_from_raw_data.py`).
 //!
 //! ```text
 //! nnunet-worker predict -i IN -o OUT -m MODEL_DIR [--folds 0 1 2 3 4] [--disable-tta]

@@ -161,7 +161,7 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         out.best_ema,
         out.final_checkpoint.display()
     );
-    // nnU-Net's perform_actual_validation (SPEC §7.4): sliding window over the fold's validation cases.
+    // nnU-Net's `nnUNetTrainer.perform_actual_validation`: sliding window over the fold's validation cases.
     if !args.skip_validation {
         let opts = crate::infer::PredictOptions { device, ..Default::default() };
         let summary = crate::infer::validate_fold(&pre, args.fold, &fold_dir, &opts)
@@ -251,7 +251,7 @@ pub fn run_synth(a: SynthArgs) -> anyhow::Result<()> {
 }
 
 /// `nnunet-worker bench-aug` (hidden): single-thread throughput of the CPU training augmentation
-/// (the full SPEC §8.1 pipeline from the enlarged crop to the final patch and the DS targets).
+/// (the full `nnUNetTrainer.get_training_transforms` pipeline from the enlarged crop to the final patch and the DS targets).
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchAugArgs {
     /// Square final patch edge (the crop is the enlarged initial patch, 602 for 512).

@@ -1,6 +1,6 @@
-//! Inference: from trained folds to masks a user can open (SPEC §10; nnU-Net v2
+//! Inference: from trained folds to masks a user can open (nnU-Net v2
 //! `inference/predict_from_raw_data.py`, `export_prediction.py`, and the trainer's
-//! `perform_actual_validation`, SPEC §7.4).
+//! `perform_actual_validation`).
 //!
 //! - [`predict_folder`]: a folder of raw images in the user's own format (PNG/TIFF/JPEG/BMP/NIfTI,
 //!   gray or RGB, one file per case, no `_0000` needed) or an nnU-Net `imagesTs` folder
@@ -445,7 +445,7 @@ pub fn predict_folder_with(
     Ok(report)
 }
 
-/// The final validation of one fold (SPEC §7.4 `perform_actual_validation`): predicts the fold's
+/// The final validation of one fold (`nnUNetTrainer.perform_actual_validation`): predicts the fold's
 /// validation cases from the preprocessed data, exports them to `fold_dir/validation/{case}{ending}`
 /// (label values, raw geometry) and evaluates them against `gt_segmentations` into
 /// `validation/summary.json`.

@@ -1,8 +1,8 @@
 //! Training one fold exactly as nnU-Net v2's `nnUNetTrainer` does for the 2D configuration
-//! (SPEC §7, §8), with libtorch through tch.
+//! (`nnunetv2/training/nnUNetTrainer/nnUNetTrainer.py::nnUNetTrainer`), with libtorch through tch.
 //!
 //! - [`run`]: the epoch loop ([`train_fold`]), [`TrainingConfig`], [`FoldSpec`], the [`Progress`] trait.
-//! - [`loss`]: Dice + cross-entropy with deep supervision (SPEC §7.2).
+//! - [`loss`]: Dice + cross-entropy with deep supervision (`nnunetv2/training/loss/compound_losses.py`).
 //! - [`optim`]: SGD with Nesterov momentum, weight decay and gradient clipping, with our own momentum
 //!   buffers so the optimizer state is part of the checkpoint; [`amp`]: the fp16 gradient scaler.
 //! - [`schedule`]: the poly learning-rate schedule.
@@ -10,7 +10,7 @@
 //!   thread pool, prefetching into a bounded channel); [`gpu_aug`]: the optional batched GPU augmentation.
 //! - [`checkpoint`]: safetensors weights + momentum buffers with a JSON sidecar, written atomically,
 //!   verified by hash on load; [`checkpoint::load_network`] for inference.
-//! - [`ema`]: the online pseudo-Dice and its exponential moving average (SPEC §7.4).
+//! - [`ema`]: the online pseudo-Dice and its exponential moving average (`nnUNetTrainer.on_validation_epoch_end`).
 //! - [`report`]: the training log files, the console progress and `progress.png`.
 
 pub mod amp;

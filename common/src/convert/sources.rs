@@ -46,7 +46,7 @@ fn list_image_folder(dir: &Path, what: &str, problems: &mut Vec<String>) -> Resu
     names.sort();
     for name in names {
         let p = dir.join(&name);
-        if name.starts_with('.') || name == "Thumbs.db" || name == "desktop.ini" || p.is_dir() {
+        if naming::is_system_file(&name) || p.is_dir() {
             continue;
         }
         match imageio::strip_image_ending(&name) {

@@ -20,11 +20,6 @@ pub(super) struct Listing {
     pub label_files: BTreeSet<String>,
 }
 
-/// Files the OS or editors leave behind: reported as warnings, not problems.
-fn is_junk(name: &str) -> bool {
-    name.starts_with('.') || name == "Thumbs.db" || name == "desktop.ini"
-}
-
 fn list_files(dir: &Path) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
@@ -46,7 +41,7 @@ fn scan_images(
     let mut cases: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
     for name in list_files(dir)? {
         let p = dir.join(&name);
-        if is_junk(&name) {
+        if naming::is_system_file(&name) {
             warnings.push(format!("{}: hidden/system file in {folder}/ (ignored by nnU-Net); you can delete it", p.display()));
             continue;
         }
@@ -153,7 +148,7 @@ fn list_label_files(labels_tr: &Path, ending: &str, cases: &ChannelFiles, rep: &
     let mut label_files = BTreeSet::new();
     for name in list_files(labels_tr)? {
         let p = labels_tr.join(&name);
-        if is_junk(&name) {
+        if naming::is_system_file(&name) {
             rep.warnings.push(format!("{}: hidden/system file in labelsTr/ (ignored by nnU-Net); you can delete it", p.display()));
             continue;
         }

@@ -1,4 +1,4 @@
-//! Sliding-window prediction of one preprocessed case (SPEC §10.1 steps 2-6;
+//! Sliding-window prediction of one preprocessed case (`nnUNetPredictor.predict_sliding_window_return_logits`;
 //! `nnunetv2/inference/sliding_window_prediction.py`, `predict_from_raw_data.py`).
 //!
 //! - [`compute_gaussian`]: the importance map, σ = patch/8, scaled so its maximum is 10, rounded to

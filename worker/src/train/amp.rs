@@ -1,6 +1,6 @@
 //! The fp16 gradient scaler (torch `GradScaler` defaults: init scale 2^16, growth 2, backoff 0.5,
-//! interval 2000; SPEC §7.1), built from libtorch's `_amp_non_finite_check_and_unscale_` and
-//! `_amp_update_scale_` (ECOSYSTEM §3.5). Only used on CUDA; on CPU training runs in fp32.
+//! interval 2000; `nnUNetTrainer.__init__`), built from libtorch's `_amp_non_finite_check_and_unscale_` and
+//! `_amp_update_scale_` (what `torch.amp.GradScaler` calls). Only used on CUDA; on CPU training runs in fp32.
 use tch::{Device, Kind, Tensor};
 
 pub struct GradScaler {

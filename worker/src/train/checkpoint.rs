@@ -1,7 +1,7 @@
 //! Checkpoints: `checkpoint_{latest,best,final}.safetensors` + a JSON sidecar `checkpoint_*.json`
 //! ([`CheckpointMeta`]) in the fold folder (CONTEXT "On-disk contracts"; nnU-Net's `.pth` holds the same
 //! information: weights, optimizer state, grad-scaler state, logging, `_best_ema`, `current_epoch`,
-//! `init_args`, `inference_allowed_mirroring_axes`; SPEC §1.3).
+//! `init_args`, `inference_allowed_mirroring_axes`; `nnUNetTrainer.save_checkpoint`).
 //!
 //! The safetensors file holds the network weights under the reference `state_dict` names and the SGD
 //! momentum buffers under `optimizer.momentum.<param name>`. Both files are written atomically (temp
@@ -35,7 +35,7 @@ pub struct InitArgs {
     pub fold: usize,
     pub num_input_channels: i64,
     pub num_classes: i64,
-    /// Test-time mirroring axes (SPEC §8.1: `(0, 1)` for 2D).
+    /// Test-time mirroring axes (`configure_rotation_dummyDA_mirroring_and_inital_patch_size`: `(0, 1)` for 2D).
     pub inference_allowed_mirroring_axes: Vec<usize>,
 }
 

@@ -1,5 +1,5 @@
 //! The online pseudo-Dice of nnU-Net's validation iterations and its exponential moving average
-//! (SPEC §7.4; `nnUNetTrainer.validation_step`, `on_validation_epoch_end`, `nnunet_logger.py`).
+//! (`nnUNetTrainer.validation_step`, `on_validation_epoch_end`, `nnunet_logger.py`).
 //!
 //! Per validation batch: argmax of the full-resolution output, one-hot, and tp/fp/fn per foreground
 //! class summed over (batch, pixels). These are accumulated over all validation batches of the epoch

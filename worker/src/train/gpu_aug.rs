@@ -1,12 +1,12 @@
 //! Optional batched augmentation on the GPU (`TrainingConfig::gpu_augmentation`, CUDA only).
 //!
-//! Why: nnU-Net's CPU augmentation starves fast GPUs (ECOSYSTEM §1.4, nnU-Net #3063). With this option
+//! Why: nnU-Net's CPU augmentation starves fast GPUs (MIC-DKFZ/nnUNet issue #3063). With this option
 //! the loader threads only crop the enlarged initial patch (I/O + memcpy) and the training thread runs
 //! the same transforms as [`nnunet_common::augment`] on the whole batch: rotation/scaling with
 //! `affine_grid` + `grid_sampler` (image bilinear with zero padding; seg by bilinear resampling of the
 //! one-hot labels with "outside" counted as label -1), Gaussian noise, blur, brightness, contrast,
 //! low resolution, inverted gamma, gamma, mirroring, masking, `-1 -> 0` and the deep-supervision
-//! targets (nearest-exact by index selection). Probabilities and ranges are those of SPEC §8.1; the
+//! targets (nearest-exact by index selection). Probabilities and ranges are those of `nnUNetTrainer.get_training_transforms`; the
 //! per-sample parameters come from an RNG seeded by the batch index, so runs are reproducible, though
 //! not bit-identical to the CPU path (different sampling order and floating-point summation).
 use super::loader::{Batch, BatchLoader, CaseData, LoaderConfig};

@@ -1,4 +1,4 @@
-//! The batch loader over preprocessed cases (SPEC §7.3; `nnunetv2/training/dataloading/data_loader.py`).
+//! The batch loader over preprocessed cases (`nnunetv2/training/dataloading/data_loader.py::nnUNetDataLoader`).
 //!
 //! Sampling per batch: `B` cases uniformly with replacement; sample `j` is forced to contain foreground
 //! iff `j >= round(B * (1 - oversample))` (Python's round). A training sample is cropped at the enlarged
@@ -301,7 +301,7 @@ mod tests {
     #[test]
     fn oversampling_positions_match_nnunet() {
         let forced = |b: usize| (0..b).filter(|&j| force_foreground(j, b, 0.33)).count();
-        // SPEC §7.3: B=12 forces the last 4, B=2 the last 1, B=5 the last 2.
+        // nnUNetDataLoader._oversample_last_XX_percent: B=12 forces the last 4, B=2 the last 1, B=5 the last 2.
         assert_eq!(forced(12), 4);
         assert_eq!(forced(2), 1);
         assert_eq!(forced(5), 2);

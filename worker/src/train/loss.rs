@@ -1,4 +1,4 @@
-//! nnU-Net v2's training loss (SPEC §7.2; `nnunetv2/training/loss/compound_losses.py::DC_and_CE_loss`,
+//! nnU-Net v2's training loss (`nnunetv2/training/loss/compound_losses.py::DC_and_CE_loss`,
 //! `dice.py::MemoryEfficientSoftDiceLoss`, `deep_supervision.py::DeepSupervisionWrapper`):
 //! `L = CE(logits, t) + SoftDice(softmax(logits), t)` with batch Dice, no background, smooth 1e-5,
 //! summed over the deep-supervision outputs with weights `1/2^i`, the last one set to 0, normalized.
@@ -130,7 +130,7 @@ mod tests {
     #[test]
     fn ds_weights_match_spec() {
         // nnunetv2 nnUNetTrainer._build_loss zeroes the last weight BEFORE normalizing, so the weights are
-        // [32, 16, 8, 4, 2, 1, 0] / 63 (SPEC §7.2 quotes [0.50394, ...], i.e. normalized before zeroing;
+        // [32, 16, 8, 4, 2, 1, 0] / 63 (older nnU-Net versions gave [0.50394, ...], i.e. normalized before zeroing;
         // the installed nnunetv2 2.8.1 code is what we follow).
         let w = deep_supervision_weights(7);
         let want = [32.0 / 63.0, 16.0 / 63.0, 8.0 / 63.0, 4.0 / 63.0, 2.0 / 63.0, 1.0 / 63.0, 0.0];

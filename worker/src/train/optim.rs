@@ -1,6 +1,6 @@
 //! SGD with Nesterov momentum and L2 weight decay, with torch's exact semantics
 //! (`torch/optim/sgd.py::_single_tensor_sgd`, dampening 0), and total-L2-norm gradient clipping
-//! (`torch.nn.utils.clip_grad_norm_`). SPEC §7.1: lr 1e-2, momentum 0.99, nesterov, weight decay 3e-5,
+//! (`torch.nn.utils.clip_grad_norm_`). `nnUNetTrainer.configure_optimizers`: lr 1e-2, momentum 0.99, nesterov, weight decay 3e-5,
 //! clip 12.
 //!
 //! Why our own optimizer: tch's `COptimizer` cannot export its momentum buffers, and an exact resume

@@ -1,4 +1,4 @@
-//! The epoch loop of one fold ([`train_fold`]), as `nnUNetTrainer.run_training` does it (SPEC §7.1, §7.4):
+//! The epoch loop of one fold ([`train_fold`]), as `nnUNetTrainer.run_training` does it:
 //! for each epoch set the poly LR, run `iterations_per_epoch` training steps (forward with deep
 //! supervision, DC+CE loss, backward, clip 12, SGD-Nesterov; fp16 autocast + gradient scaler on CUDA),
 //! run `val_iterations_per_epoch` validation batches (loss + global pseudo-Dice), update the EMA, write
@@ -30,7 +30,7 @@ use tch::{Device, Kind, Tensor};
 /// Training hyper-parameters. [`TrainingConfig::nnunet_v2`] gives nnU-Net v2's defaults.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrainingConfig {
-    /// Number of epochs (SPEC §7.1: 1000).
+    /// Number of epochs (`nnUNetTrainer.__init__`: 1000).
     pub epochs: usize,
     /// Training iterations per epoch (250).
     pub iterations_per_epoch: usize,
@@ -60,7 +60,7 @@ pub struct TrainingConfig {
 }
 
 impl TrainingConfig {
-    /// nnU-Net v2's defaults (SPEC §7.1).
+    /// nnU-Net v2's defaults (`nnUNetTrainer.__init__`).
     pub fn nnunet_v2() -> Self {
         TrainingConfig {
             epochs: 1000,
@@ -426,7 +426,7 @@ fn run_epochs(
             console.iteration(it as usize + 1, lv);
         }
 
-        // Validation: loss and global pseudo-Dice over all validation batches (SPEC §7.4).
+        // Validation: loss and global pseudo-Dice over all validation batches (`nnUNetTrainer.on_validation_epoch_end`).
         let mut acc = DiceAccumulator::new(s.num_classes as usize, s.ignore_label);
         let mut val_losses = Vec::new();
         if let Some(vl) = val_loader.as_mut() {

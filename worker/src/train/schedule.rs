@@ -1,4 +1,4 @@
-//! The poly learning-rate schedule of nnU-Net v2 (SPEC §7.1; `nnunetv2/training/lr_scheduler/polylr.py`):
+//! The poly learning-rate schedule of nnU-Net v2 (`nnunetv2/training/lr_scheduler/polylr.py::PolyLRScheduler`):
 //! at the start of epoch `e`, `lr = initial * (1 - e / max_epochs) ^ 0.9`.
 
 /// nnU-Net's exponent.

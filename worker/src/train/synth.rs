@@ -1,6 +1,6 @@
 //! A synthetic preprocessed dataset in nnU-Net's on-disk layout (plans, dataset.json, splits and
 //! `nnUNetPlans_2d/` cases), for the resume test, the GPU check and the step benchmark. Cases are
-//! noisy images with bright discs labelled 1; plans follow SPEC §4.3 (features `min(512, 32·2^i)`,
+//! noisy images with bright discs labelled 1; plans follow `ExperimentPlanner.get_plans_for_configuration` (features `min(512, 32·2^i)`,
 //! 3x3 kernels, stride 2 after the first stage).
 use nnunet_common::case::CaseProperties;
 use nnunet_common::plans::ArchKwargs;
