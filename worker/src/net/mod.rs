@@ -281,7 +281,7 @@ impl UNet {
 pub(crate) mod tests {
     use super::*;
 
-    /// The arch_kwargs nnU-Net plans for a 512x512 2D dataset (SPEC §13).
+    /// The arch_kwargs nnU-Net's `ExperimentPlanner` plans for a 512x512 2D dataset (`common/src/planning.rs` tests).
     pub fn arch(n_stages: usize, base: usize) -> ArchKwargs {
         crate::train::synth::arch_kwargs_with_base(n_stages, base)
     }
