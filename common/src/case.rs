@@ -79,8 +79,18 @@ pub fn list_cases(data_dir: &Path) -> Result<Vec<String>> {
 /// What the preprocessed arrays depend on: the 2d configuration, the transpose and the
 /// intensity properties (CT normalization). Hashed into `nnUNetPlans_2d/.plans_sha256`.
 pub fn plans_digest(plans: &Plans, config: &Configuration2d) -> Result<String> {
+    // Only what the preprocessed arrays depend on: the Residual Encoder presets share the default
+    // plans' data (same data_identifier) although their patch, batch and network differ.
     let v = serde_json::json!({
-        "configuration": config,
+        "data_identifier": config.data_identifier,
+        "preprocessor_name": config.preprocessor_name,
+        "spacing": config.spacing,
+        "normalization_schemes": config.normalization_schemes,
+        "use_mask_for_norm": config.use_mask_for_norm,
+        "resampling_fn_data": config.resampling_fn_data,
+        "resampling_fn_data_kwargs": config.resampling_fn_data_kwargs,
+        "resampling_fn_seg": config.resampling_fn_seg,
+        "resampling_fn_seg_kwargs": config.resampling_fn_seg_kwargs,
         "transpose_forward": plans.transpose_forward,
         "intensity": plans.foreground_intensity_properties_per_channel,
     });

@@ -45,6 +45,7 @@ pub mod np_random;
 pub mod npy;
 pub mod parallel;
 pub mod paths;
+pub mod planners;
 pub mod planning;
 pub mod plans;
 pub mod postprocess;

@@ -15,7 +15,23 @@ pub fn data_identifier() -> String {
 
 /// `nnUNetTrainer__nnUNetPlans__2d`: the model folder name under `nnUNet_results/<dataset>/`.
 pub fn model_folder_name() -> String {
-    format!("{TRAINER_NAME}__{PLANS_NAME}__{CONFIGURATION}")
+    model_folder_name_for(PLANS_NAME)
+}
+
+/// `nnUNetTrainer__<plans>__2d`: the model folder name for a plans file (`-p` in nnU-Net).
+pub fn model_folder_name_for(plans_name: &str) -> String {
+    format!("{TRAINER_NAME}__{plans_name}__{CONFIGURATION}")
+}
+
+/// Checks a plans name (`-p`/`--plans`) before it becomes part of a file name: nnU-Net's names are
+/// identifiers (`nnUNetPlans`, `nnUNetResEncUNetMPlans`, ...).
+pub fn check_plans_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty() && name.len() <= 128 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!("plans name {name:?} must be letters, digits, '_' or '-' (e.g. nnUNetPlans, nnUNetResEncUNetMPlans)")))
+    }
 }
 
 fn env_dir(var: &'static str, hint: &'static str) -> Result<PathBuf> {
@@ -86,6 +102,8 @@ pub struct DatasetDirs {
     pub raw: PathBuf,
     pub preprocessed: PathBuf,
     pub results: PathBuf,
+    /// The plans file in use (`nnUNetPlans`, or a Residual Encoder preset's; nnU-Net's `-p`).
+    pub plans_name: String,
 }
 
 impl DatasetDirs {
@@ -95,10 +113,17 @@ impl DatasetDirs {
             raw: raw_root.join(name),
             preprocessed: preprocessed_root.join(name),
             results: results_root.join(name),
+            plans_name: PLANS_NAME.to_string(),
         }
     }
+    /// The same folders with another plans file (its plans JSON and model folder; the preprocessed
+    /// data folder is the configuration's `data_identifier`, shared by nnU-Net's presets).
+    pub fn with_plans(mut self, plans_name: &str) -> Self {
+        self.plans_name = plans_name.to_string();
+        self
+    }
     pub fn plans_file(&self) -> PathBuf {
-        self.preprocessed.join(format!("{PLANS_NAME}.json"))
+        self.preprocessed.join(format!("{}.json", self.plans_name))
     }
     pub fn fingerprint_file(&self) -> PathBuf {
         self.preprocessed.join("dataset_fingerprint.json")
@@ -113,7 +138,7 @@ impl DatasetDirs {
         self.preprocessed.join("gt_segmentations")
     }
     pub fn model_dir(&self) -> PathBuf {
-        self.results.join(model_folder_name())
+        self.results.join(model_folder_name_for(&self.plans_name))
     }
     pub fn fold_dir(&self, fold: usize) -> PathBuf {
         self.model_dir().join(format!("fold_{fold}"))

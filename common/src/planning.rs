@@ -5,13 +5,10 @@
 //! Source: `nnunetv2/experiment_planning/experiment_planners/default_experiment_planner.py`,
 //! `network_topology.py`, dynamic-network-architectures `compute_conv_feature_map_size`.
 use crate::dataset_json::DatasetJson;
-use crate::fingerprint::{self, Fingerprint};
-use crate::paths::DatasetDirs;
+use crate::fingerprint::Fingerprint;
 use crate::plans::{ArchKwargs, Architecture, Configuration2d, Normalization, Plans, ResamplingKwargs};
-use crate::raw;
 use crate::resample::compute_new_shape;
 use crate::stats::{percentile, round_half_even};
-use crate::{case, hash, splits, verify};
 use crate::{Error, Result};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -164,7 +161,21 @@ pub fn conv_feature_map_size(
         size = size.iter().zip(st).map(|(a, b)| a / b).collect();
         total += n_conv_enc as u64 * features[s] as u64 * prod(&size);
     }
-    // decoder: skip sizes of all stages but the bottleneck
+    total + decoder_feature_map_size(patch, strides, features, n_conv_dec, num_classes, false)
+}
+
+/// `UNetDecoder.compute_conv_feature_map_size(patch)`: per decoder stage its conv blocks and the
+/// transposed conv at the skip's size, and a segmentation head (at every stage with deep supervision,
+/// else only the last).
+pub fn decoder_feature_map_size(
+    patch: &[usize],
+    strides: &[Vec<usize>],
+    features: &[usize],
+    n_conv_dec: usize,
+    num_classes: usize,
+    deep_supervision: bool,
+) -> u64 {
+    let prod = |s: &[usize]| s.iter().map(|&x| x as u64).product::<u64>();
     let mut skips = Vec::new();
     let mut size = patch.to_vec();
     for st in &strides[..strides.len() - 1] {
@@ -172,16 +183,84 @@ pub fn conv_feature_map_size(
         skips.push(size.clone());
     }
     let n_dec = strides.len() - 1;
+    let mut total = 0u64;
     for s in 0..n_dec {
         let sk = &skips[skips.len() - 1 - s];
         let f = features[features.len() - 2 - s] as u64;
         total += n_conv_dec as u64 * f * prod(sk); // conv blocks
         total += f * prod(sk); // transposed conv
-        if s == n_dec - 1 {
+        if deep_supervision || s == n_dec - 1 {
             total += num_classes as u64 * prod(sk); // seg head
         }
     }
     total
+}
+
+/// The initial 2D patch: a 2048² area in the aspect ratio of the spacing, clipped to the median shape.
+pub fn initial_patch_2d(spacing: &[f64], median_shape: &[f64]) -> Vec<usize> {
+    let tmp: Vec<f64> = spacing.iter().map(|s| 1.0 / s).collect();
+    let prod_tmp: f64 = tmp.iter().product();
+    let f = (2048.0f64 * 2048.0 / prod_tmp).sqrt();
+    tmp.iter().zip(median_shape).map(|(&t, &m)| round_half_even(t * f).min(m) as usize).collect()
+}
+
+/// One step of the planner's VRAM loop: the patch with its axis of largest patch/median ratio
+/// (`np.argsort(...)[-1]`: the last of equal maxima) reduced by the divisor it would have after
+/// the reduction.
+pub fn shrink_patch(spacing: &[f64], median_shape: &[f64], topo: &Topology) -> Vec<usize> {
+    let ratios: Vec<f64> = topo.patch_size.iter().zip(median_shape).map(|(&p, &m)| p as f64 / m).collect();
+    let mut axis = 0;
+    for i in 0..ratios.len() {
+        if ratios[i] >= ratios[axis] {
+            axis = i;
+        }
+    }
+    let mut patch = topo.patch_size.clone();
+    let mut tmp_patch = patch.clone();
+    tmp_patch[axis] -= topo.must_be_divisible_by[axis];
+    let t2 = get_pool_and_conv_props(spacing, &tmp_patch, FEATUREMAP_MIN_EDGE_LENGTH);
+    patch[axis] -= t2.must_be_divisible_by[axis];
+    patch
+}
+
+/// What every planner derives from the fingerprint before planning a configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanInputs {
+    /// Target spacing and median shape after resampling, transposed, (Z, X, Y).
+    pub target_spacing: Vec<f64>,
+    pub median_shape: Vec<f64>,
+    pub transpose_forward: Vec<usize>,
+    pub transpose_backward: Vec<usize>,
+    /// `approximate_n_voxels_dataset`: median voxels x training cases.
+    pub approx_n_voxels: f64,
+}
+
+/// Target spacing, transpose, median shape after resampling and the dataset's voxel count.
+pub fn plan_inputs(fp: &Fingerprint, dataset_json: &DatasetJson) -> Result<PlanInputs> {
+    if fp.spacings.is_empty() || fp.spacings.len() != fp.shapes_after_crop.len() {
+        return Err(Error::Invalid(format!(
+            "the dataset fingerprint holds {} spacings and {} shapes; re-run `nnunet plan` to recompute it",
+            fp.spacings.len(),
+            fp.shapes_after_crop.len()
+        )));
+    }
+    let target = fullres_target_spacing(fp);
+    let (fwd, bwd) = transpose_from_spacing(&target);
+    let new_shapes: Vec<Vec<f64>> = fp
+        .spacings
+        .iter()
+        .zip(&fp.shapes_after_crop)
+        .map(|(sp, sh)| compute_new_shape(sh, sp, &target).into_iter().map(|x| x as f64).collect())
+        .collect();
+    let med = median_axis0(&new_shapes);
+    let median_shape: Vec<f64> = fwd.iter().map(|&i| med[i]).collect();
+    Ok(PlanInputs {
+        target_spacing: fwd.iter().map(|&i| target[i]).collect(),
+        approx_n_voxels: median_shape.iter().product::<f64>() * dataset_json.num_training as f64,
+        median_shape,
+        transpose_forward: fwd,
+        transpose_backward: bwd,
+    })
 }
 
 /// `ExperimentPlanner.get_plans_for_configuration` for 2D: returns (patch, topology, batch size, estimate).
@@ -192,18 +271,7 @@ pub fn plan_patch_and_batch(
     num_classes: usize,
     gpu_memory_target_gb: f64,
 ) -> (Topology, usize) {
-    let tmp: Vec<f64> = spacing.iter().map(|s| 1.0 / s).collect();
-    let prod_tmp: f64 = tmp.iter().product();
-    let f = (2048.0f64 * 2048.0 / prod_tmp).sqrt();
-    let init: Vec<usize> = tmp
-        .iter()
-        .zip(median_shape)
-        .map(|(&t, &m)| {
-            let r = round_half_even(t * f);
-            r.min(m) as usize
-        })
-        .collect();
-    let mut topo = get_pool_and_conv_props(spacing, &init, FEATUREMAP_MIN_EDGE_LENGTH);
+    let mut topo = get_pool_and_conv_props(spacing, &initial_patch_2d(spacing, median_shape), FEATUREMAP_MIN_EDGE_LENGTH);
     let estimate = |t: &Topology| {
         let n = t.pool_op_kernel_sizes.len();
         conv_feature_map_size(&t.patch_size, &t.pool_op_kernel_sizes, &features_per_stage(n), 2, 2, num_classes) as f64
@@ -211,20 +279,7 @@ pub fn plan_patch_and_batch(
     let reference = REFERENCE_VAL_2D * (gpu_memory_target_gb / REFERENCE_VAL_CORRESP_GB);
     let mut est = estimate(&topo);
     while est / REFERENCE_BS_2D * 2.0 > reference {
-        // axis with the largest patch/median ratio (np.argsort(...)[-1]: the last of equal maxima)
-        let ratios: Vec<f64> = topo.patch_size.iter().zip(median_shape).map(|(&p, &m)| p as f64 / m).collect();
-        let mut axis = 0;
-        for i in 0..ratios.len() {
-            if ratios[i] >= ratios[axis] {
-                axis = i;
-            }
-        }
-        let mut patch = topo.patch_size.clone();
-        let mut tmp_patch = patch.clone();
-        tmp_patch[axis] -= topo.must_be_divisible_by[axis];
-        let t2 = get_pool_and_conv_props(spacing, &tmp_patch, FEATUREMAP_MIN_EDGE_LENGTH);
-        patch[axis] -= t2.must_be_divisible_by[axis];
-        topo = get_pool_and_conv_props(spacing, &patch, FEATUREMAP_MIN_EDGE_LENGTH);
+        topo = get_pool_and_conv_props(spacing, &shrink_patch(spacing, median_shape, &topo), FEATUREMAP_MIN_EDGE_LENGTH);
         est = estimate(&topo);
     }
     let bs = round_half_even(reference / est * REFERENCE_BS_2D);
@@ -266,18 +321,13 @@ pub fn plan_2d(fp: &Fingerprint, dataset_json: &DatasetJson, dataset_name: &str,
     if gpu_memory_target_gb.is_nan() || gpu_memory_target_gb <= 0.0 {
         return Err(Error::Invalid(format!("--gpu-memory-target must be > 0 GB, got {gpu_memory_target_gb}")));
     }
-    let target = fullres_target_spacing(fp);
-    let (fwd, bwd) = transpose_from_spacing(&target);
-    let target_t: Vec<f64> = fwd.iter().map(|&i| target[i]).collect();
-    let new_shapes: Vec<Vec<f64>> = fp
-        .spacings
-        .iter()
-        .zip(&fp.shapes_after_crop)
-        .map(|(sp, sh)| compute_new_shape(sh, sp, &target).into_iter().map(|x| x as f64).collect())
-        .collect();
-    let med = median_axis0(&new_shapes);
-    let med_t: Vec<f64> = fwd.iter().map(|&i| med[i]).collect();
-    let approx_n_vox = med_t.iter().product::<f64>() * dataset_json.num_training as f64;
+    let PlanInputs {
+        target_spacing: target_t,
+        median_shape: med_t,
+        transpose_forward: fwd,
+        transpose_backward: bwd,
+        approx_n_voxels: approx_n_vox,
+    } = plan_inputs(fp, dataset_json)?;
     let num_classes = dataset_json.labels.len();
     let spacing_2d = target_t[1..].to_vec();
     let median_2d = med_t[1..].to_vec();
@@ -308,6 +358,7 @@ pub fn plan_2d(fp: &Fingerprint, dataset_json: &DatasetJson, dataset_name: &str,
                 kernel_sizes: topo.conv_kernel_sizes.clone(),
                 strides: topo.pool_op_kernel_sizes.clone(),
                 n_conv_per_stage: vec![2; n_stages],
+                n_blocks_per_stage: vec![],
                 n_conv_per_stage_decoder: vec![2; n_stages - 1],
                 conv_bias: true,
                 norm_op: "torch.nn.modules.instancenorm.InstanceNorm2d".into(),
@@ -341,27 +392,6 @@ pub fn plan_2d(fp: &Fingerprint, dataset_json: &DatasetJson, dataset_name: &str,
         foreground_intensity_properties_per_channel: fp.foreground_intensity_properties_per_channel.clone(),
         extra: BTreeMap::new(),
     })
-}
-
-/// Verify + fingerprint + plan + splits: writes `dataset_fingerprint.json`, `nnUNetPlans.json`,
-/// `splits_final.json` (respecting a user file in the raw folder) and the `dataset.json` copy.
-pub fn plan_dataset(dirs: &DatasetDirs, gpu_memory_target_gb: f64, n_threads: usize, show_progress: bool) -> Result<Plans> {
-    verify::verify_dataset(&dirs.raw)?.into_result()?;
-    let dj = DatasetJson::load(&dirs.raw.join("dataset.json"))?;
-    std::fs::create_dir_all(&dirs.preprocessed).map_err(|e| Error::io(&dirs.preprocessed, e))?;
-    let fp: Fingerprint = fingerprint::extract(&dirs.raw, n_threads, show_progress)?;
-    fp.save(&dirs.fingerprint_file())?;
-    let plans = plan_2d(&fp, &dj, &dirs.name, gpu_memory_target_gb)?;
-    plans.save(&dirs.plans_file())?;
-    // Settle the preprocessed folder for these plans now, while planning is the only writer:
-    // shards preprocessed concurrently afterwards (by several workers) then all find the marker.
-    let data_dir = dirs.data_dir();
-    std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
-    case::invalidate_if_plans_changed(&data_dir, &case::plans_digest(&plans, &plans.config_2d()?)?)?;
-    let ids: Vec<String> = raw::raw_training_cases(&dirs.raw, &dj)?.into_iter().map(|c| c.id).collect();
-    splits::load_or_create(&dirs.preprocessed, &dirs.raw, &ids)?;
-    hash::copy_if_changed(&dirs.raw.join("dataset.json"), &dirs.preprocessed.join("dataset.json"))?;
-    Ok(plans)
 }
 
 #[cfg(test)]

@@ -87,7 +87,12 @@ pub struct ArchKwargs {
     pub conv_op: String,
     pub kernel_sizes: Vec<Vec<usize>>,
     pub strides: Vec<Vec<usize>>,
+    /// PlainConvUNet: convolutions per encoder stage (absent for ResidualEncoderUNet).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub n_conv_per_stage: Vec<usize>,
+    /// ResidualEncoderUNet: residual blocks per encoder stage (absent for PlainConvUNet).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub n_blocks_per_stage: Vec<usize>,
     pub n_conv_per_stage_decoder: Vec<usize>,
     pub conv_bias: bool,
     pub norm_op: String,

@@ -6,6 +6,7 @@ use nnunet_common::case::CaseFiles;
 use nnunet_common::fingerprint::{self, Fingerprint};
 use nnunet_common::imageio::{write_nifti_f32, write_nifti_seg, Geometry};
 use nnunet_common::paths::DatasetDirs;
+use nnunet_common::planners::Planner;
 use nnunet_common::plans::Plans;
 use nnunet_common::preprocess::{plan_dataset, preprocess_dataset};
 use std::path::{Path, PathBuf};
@@ -41,7 +42,7 @@ fn synthetic_dataset(root: &Path) -> DatasetDirs {
 fn plan_preprocess_resume_and_shard() {
     let tmp = tempfile::tempdir().unwrap();
     let dirs = synthetic_dataset(tmp.path());
-    let plans = plan_dataset(&dirs, 8.0, 2, false).unwrap();
+    let plans = plan_dataset(&dirs, Planner::Default, None, 2, false).unwrap();
     for f in [dirs.plans_file(), dirs.fingerprint_file(), dirs.splits_file(), dirs.preprocessed.join("dataset.json")] {
         assert!(f.is_file(), "{} missing", f.display());
     }
@@ -86,10 +87,17 @@ fn plan_preprocess_resume_and_shard() {
     std::fs::remove_file(&live).unwrap();
     assert!(CaseFiles::new(&dirs.data_dir(), "case5").is_complete());
     assert_eq!(std::fs::metadata(dirs.data_dir().join("case2.json")).unwrap().modified().unwrap(), before);
-    // new plans (another GPU memory target changes the batch size) invalidate every case
+    // plans that differ only in what training uses (batch, patch, network: another GPU memory
+    // target, or a Residual Encoder preset) keep every case
     let mut p2 = Plans::load(&dirs.plans_file()).unwrap();
     let mut c2 = p2.config_2d().unwrap();
     c2.batch_size += 1;
+    p2.configurations.insert("2d".into(), serde_json::to_value(&c2).unwrap());
+    p2.save(&dirs.plans_file()).unwrap();
+    let r = preprocess_dataset(&dirs, 2, None, false).unwrap();
+    assert_eq!((r.n_processed, r.n_skipped), (0, 7));
+    // plans that change the preprocessing (the target spacing) invalidate every case
+    c2.spacing = c2.spacing.iter().map(|s| s * 1.5).collect();
     p2.configurations.insert("2d".into(), serde_json::to_value(&c2).unwrap());
     p2.save(&dirs.plans_file()).unwrap();
     let r = preprocess_dataset(&dirs, 2, None, false).unwrap();
@@ -104,7 +112,7 @@ fn planning_stops_on_verification_problems() {
     let tmp = tempfile::tempdir().unwrap();
     let dirs = synthetic_dataset(tmp.path());
     std::fs::remove_file(dirs.raw.join("labelsTr/case2.nii.gz")).unwrap();
-    let err = plan_dataset(&dirs, 8.0, 1, false).unwrap_err();
+    let err = plan_dataset(&dirs, Planner::Default, None, 1, false).unwrap_err();
     assert!(matches!(err, nnunet_common::Error::Verify(_)), "{err}");
     assert!(err.to_string().contains("case2"), "{err}");
     assert!(!dirs.plans_file().exists());

@@ -4,6 +4,7 @@
 //! arguments, resolves the dataset and prints a summary.
 use anyhow::{Context, Result};
 use nnunet_common::paths::{self, DatasetDirs};
+use nnunet_common::planners::Planner;
 use nnunet_common::preprocess;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -64,14 +65,19 @@ impl DatasetSel {
 /// `nnunet plan DATASET`: verify, fingerprint, plan the 2d configuration, write the splits.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Example:\n  nnunet plan 501 --gpu-memory-target 8\nWrites dataset_fingerprint.json, nnUNetPlans.json, splits_final.json and dataset.json under $nnUNet_preprocessed/DatasetXXX_Name/."
+    after_help = "Example:\n  nnunet plan 501 --planner ResEncM\nWrites dataset_fingerprint.json, nnUNetPlans.json (or the preset's nnUNetResEncUNet{M,L,XL}Plans.json), splits_final.json and dataset.json under $nnUNet_preprocessed/DatasetXXX_Name/."
 )]
 pub struct PlanArgs {
     #[command(flatten)]
     pub sel: DatasetSel,
-    /// GPU memory the plan targets, in GB (nnU-Net's -gpu_memory_target; default 8).
-    #[arg(long, default_value_t = nnunet_common::planning::DEFAULT_GPU_MEMORY_GB)]
-    pub gpu_memory_target: f64,
+    /// The experiment planner: default (nnU-Net's ExperimentPlanner, PlainConvUNet, nnUNetPlans.json) or a
+    /// Residual Encoder preset ResEncM | ResEncL | ResEncXL (nnUNetResEncUNet{M,L,XL}Plans.json; nnU-Net's -pl
+    /// nnUNetPlannerResEnc{M,L,XL}).
+    #[arg(long, default_value = "default", value_parser = parse_planner)]
+    pub planner: Planner,
+    /// GPU memory the plan targets, in GB (nnU-Net's -gpu_memory_target; default: the planner's, 8 / 8 / 24 / 40).
+    #[arg(long)]
+    pub gpu_memory_target: Option<f64>,
 }
 
 /// `nnunet preprocess DATASET`: preprocess every case (or a shard) into nnUNetPlans_2d/.
@@ -83,6 +89,10 @@ pub struct PreprocessArgs {
     /// Only these cases (comma-separated ids): a shard for one worker.
     #[arg(long, value_delimiter = ',')]
     pub cases: Option<Vec<String>>,
+    /// The plans file to preprocess for (nnU-Net's -plans_name): nnUNetPlans, or a Residual Encoder
+    /// preset's nnUNetResEncUNet{M,L,XL}Plans (which share nnUNetPlans' preprocessed data).
+    #[arg(long, default_value = nnunet_common::paths::PLANS_NAME)]
+    pub plans: String,
 }
 
 /// `nnunet plan-and-preprocess DATASET`.
@@ -90,9 +100,14 @@ pub struct PreprocessArgs {
 pub struct PlanAndPreprocessArgs {
     #[command(flatten)]
     pub sel: DatasetSel,
-    /// GPU memory the plan targets, in GB (default 8).
-    #[arg(long, default_value_t = nnunet_common::planning::DEFAULT_GPU_MEMORY_GB)]
-    pub gpu_memory_target: f64,
+    /// The experiment planner: default (nnU-Net's ExperimentPlanner, PlainConvUNet, nnUNetPlans.json) or a
+    /// Residual Encoder preset ResEncM | ResEncL | ResEncXL (nnUNetResEncUNet{M,L,XL}Plans.json; nnU-Net's -pl
+    /// nnUNetPlannerResEnc{M,L,XL}).
+    #[arg(long, default_value = "default", value_parser = parse_planner)]
+    pub planner: Planner,
+    /// GPU memory the plan targets, in GB (nnU-Net's -gpu_memory_target; default: the planner's, 8 / 8 / 24 / 40).
+    #[arg(long)]
+    pub gpu_memory_target: Option<f64>,
 }
 
 fn print_plan(dirs: &DatasetDirs, plans: &nnunet_common::plans::Plans) -> Result<()> {
@@ -114,11 +129,15 @@ fn print_plan(dirs: &DatasetDirs, plans: &nnunet_common::plans::Plans) -> Result
     Ok(())
 }
 
-fn plan(sel: &DatasetSel, gpu: f64) -> Result<DatasetDirs> {
-    let dirs = sel.dirs()?;
+fn parse_planner(s: &str) -> std::result::Result<Planner, String> {
+    s.parse().map_err(|e: nnunet_common::Error| e.to_string())
+}
+
+fn plan(sel: &DatasetSel, planner: Planner, gpu: Option<f64>) -> Result<DatasetDirs> {
+    let dirs = sel.dirs()?.with_plans(planner.plans_name());
     let t = Instant::now();
-    let plans =
-        preprocess::plan_dataset(&dirs, gpu, sel.threads(), !sel.quiet).with_context(|| format!("planning {}", dirs.raw.display()))?;
+    let plans = preprocess::plan_dataset(&dirs, planner, gpu, sel.threads(), !sel.quiet)
+        .with_context(|| format!("planning {}", dirs.raw.display()))?;
     print_plan(&dirs, &plans)?;
     eprintln!("planned in {:.1} s", t.elapsed().as_secs_f64());
     Ok(dirs)
@@ -139,15 +158,16 @@ fn preprocess_dirs(dirs: &DatasetDirs, sel: &DatasetSel, cases: Option<&[String]
 }
 
 pub fn run_plan(a: PlanArgs) -> Result<()> {
-    plan(&a.sel, a.gpu_memory_target).map(|_| ())
+    plan(&a.sel, a.planner, a.gpu_memory_target).map(|_| ())
 }
 
 pub fn run_preprocess(a: PreprocessArgs) -> Result<()> {
-    let dirs = a.sel.dirs()?;
+    paths::check_plans_name(&a.plans)?;
+    let dirs = a.sel.dirs()?.with_plans(&a.plans);
     preprocess_dirs(&dirs, &a.sel, a.cases.as_deref())
 }
 
 pub fn run_plan_and_preprocess(a: PlanAndPreprocessArgs) -> Result<()> {
-    let dirs = plan(&a.sel, a.gpu_memory_target)?;
+    let dirs = plan(&a.sel, a.planner, a.gpu_memory_target)?;
     preprocess_dirs(&dirs, &a.sel, None)
 }

@@ -52,7 +52,7 @@ pub fn prepare_run_dir(run_dir: &Path, run_id: &RunId, raw: &Path, dataset_name:
 pub fn plan(run: &Run, threads: usize) -> Result<Vec<String>> {
     let dirs = dirs_of(run);
     nnunet_common::verify::verify_dataset(&dirs.raw)?.into_result()?;
-    nnunet_common::preprocess::plan_dataset(&dirs, 8.0, threads, false)?;
+    nnunet_common::preprocess::plan_dataset(&dirs, nnunet_common::planners::Planner::Default, None, threads, false)?;
     let model_dir = dirs.model_dir();
     std::fs::create_dir_all(&model_dir)?;
     std::fs::copy(dirs.plans_file(), model_dir.join("plans.json"))?;

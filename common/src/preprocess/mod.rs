@@ -24,7 +24,7 @@ pub mod normalize;
 pub mod run_case;
 
 pub use crate::crop::{crop_to_nonzero, fill_holes, nonzero_mask, revert_cropping, transpose_spatial, Cropped};
-pub use crate::planning::plan_dataset;
+pub use crate::planners::plan_dataset;
 pub use crate::raw::basic_verify;
 pub use crate::resample::{resample_data_to_shape, separate_z_axis};
 pub use dataset::{preprocess_and_write_case, preprocess_dataset, PreprocessReport};

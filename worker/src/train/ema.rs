@@ -16,20 +16,32 @@ pub struct DiceAccumulator {
     pub tp: Vec<f64>,
     pub fp: Vec<f64>,
     pub fn_: Vec<f64>,
+    /// Pixels with this label are skipped (`nnUNetTrainer.validation_step` with an ignore label).
+    pub ignore_label: Option<i64>,
 }
 
 impl DiceAccumulator {
-    pub fn new(num_classes: usize) -> Self {
+    pub fn new(num_classes: usize, ignore_label: Option<i64>) -> Self {
         let n = num_classes.saturating_sub(1);
-        DiceAccumulator { tp: vec![0.0; n], fp: vec![0.0; n], fn_: vec![0.0; n] }
+        DiceAccumulator { tp: vec![0.0; n], fp: vec![0.0; n], fn_: vec![0.0; n], ignore_label }
     }
 
     /// Adds one batch: `logits` (B, K, H, W), `target` (B, H, W) int64.
     pub fn add_batch(&mut self, logits: &Tensor, target: &Tensor) {
         let k = logits.size()[1];
         let pred = logits.argmax(1, false);
-        let po = pred.one_hot(k).to_kind(Kind::Float);
-        let to = target.one_hot(k).to_kind(Kind::Float);
+        let mut po = pred.one_hot(k).to_kind(Kind::Float);
+        let to = match self.ignore_label {
+            Some(ig) => {
+                // ignored pixels count for nothing: neither prediction nor target
+                let keep = target.ne(ig);
+                let t = target.where_self(&keep, &target.zeros_like());
+                let keep = keep.unsqueeze(-1).to_kind(Kind::Float);
+                po = po * &keep;
+                t.one_hot(k).to_kind(Kind::Float) * keep
+            }
+            None => target.one_hot(k).to_kind(Kind::Float),
+        };
         let dims: &[i64] = &[0, 1, 2];
         let both = &po * &to;
         let tp = both.sum_dim_intlist(dims, false, Kind::Float);
@@ -118,7 +130,7 @@ mod tests {
     fn global_dice_accumulates_over_batches() {
         // Batch 1: pred fg at 1 pixel, target fg at 2 pixels (tp 1, fn 1). Batch 2: pred fg 1, target bg (fp 1).
         // Global: 2*1/(2+1+1) = 0.5 (the per-batch mean would be (2/3 + 0)/2).
-        let mut acc = DiceAccumulator::new(2);
+        let mut acc = DiceAccumulator::new(2, None);
         let l1 = Tensor::from_slice(&[0.0f32, 0.0, 1.0, 1.0, 0.0, 0.0]).reshape([1, 2, 1, 3]); // argmax: [1,0,0]
         let t1 = Tensor::from_slice(&[1i64, 1, 0]).reshape([1, 1, 3]);
         acc.add_batch(&l1, &t1);
@@ -126,8 +138,18 @@ mod tests {
         acc.add_batch(&l1, &t2);
         assert_eq!((acc.tp[0], acc.fp[0], acc.fn_[0]), (1.0, 1.0, 1.0));
         assert!((acc.dice_per_class()[0] - 0.5).abs() < 1e-12);
-        let empty = DiceAccumulator::new(2);
+        let empty = DiceAccumulator::new(2, None);
         assert!(empty.dice_per_class()[0].is_nan());
         assert!(nanmean(&[f64::NAN, 0.5]) == 0.5);
+    }
+
+    #[test]
+    fn ignored_pixels_do_not_count() {
+        // target [1, 2, 0] with 2 ignored; pred [1, 1, 1]: pixel 0 tp, pixel 1 ignored, pixel 2 fp.
+        let mut acc = DiceAccumulator::new(2, Some(2));
+        let l = Tensor::from_slice(&[0.0f32, 0.0, 0.0, 1.0, 1.0, 1.0]).reshape([1, 2, 1, 3]);
+        let t = Tensor::from_slice(&[1i64, 2, 0]).reshape([1, 1, 3]);
+        acc.add_batch(&l, &t);
+        assert_eq!((acc.tp[0], acc.fp[0], acc.fn_[0]), (1.0, 1.0, 0.0));
     }
 }

@@ -34,6 +34,10 @@ pub struct CaseData {
     pub shape: [usize; 4],
     /// Foreground classes with at least one stored location: (label, voxels (c, z, x, y)).
     fg: Vec<(String, Vec<[i64; 4]>)>,
+    /// With an ignore label: locations of annotated pixels (any label but the ignore label; the
+    /// preprocessor's `(-1, 0, 1, ...)` key), where every patch that is not forced to foreground is
+    /// centred (`nnUNetDataLoader.get_bbox` with `has_ignore`). `None` without an ignore label.
+    annotated: Option<Vec<[i64; 4]>>,
 }
 
 impl CaseData {
@@ -50,8 +54,10 @@ impl CaseData {
             );
         }
         let shape = [data.shape[0], data.shape[1], data.shape[2], data.shape[3]];
-        let fg = props.class_locations.into_iter().filter(|(_, v)| !v.is_empty()).collect();
-        Ok(CaseData { id: id.to_string(), data, seg, shape, fg })
+        let (union, labels): (Vec<_>, Vec<_>) = props.class_locations.into_iter().partition(|(k, _)| k.starts_with('('));
+        let annotated = union.into_iter().next().map(|(_, v)| v);
+        let fg = labels.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+        Ok(CaseData { id: id.to_string(), data, seg, shape, fg, annotated })
     }
 
     /// Crops `[lo, lo + size)` in (X, Y) of slice `z` with padding (data 0, seg -1).
@@ -111,8 +117,19 @@ fn sample_location<R: Rng>(case: &CaseData, patch: [usize; 2], need_to_pad: [usi
         lbs[d] = (-ntp).div_euclid(2);
         ubs[d] = dims[d] as i64 + ntp / 2 + ntp % 2 - patch[d] as i64;
     }
-    if force_fg && !case.fg.is_empty() {
-        let (_, voxels) = &case.fg[rng.random_range(0..case.fg.len())];
+    // The class to centre on: a random foreground class when forced (the annotated pixels only when
+    // the case has no foreground), else the annotated pixels when there is an ignore label.
+    let annotated = case.annotated.as_ref().filter(|v| !v.is_empty());
+    let voxels = if force_fg {
+        if case.fg.is_empty() {
+            annotated
+        } else {
+            Some(&case.fg[rng.random_range(0..case.fg.len())].1)
+        }
+    } else {
+        annotated
+    };
+    if let Some(voxels) = voxels {
         let v = voxels[rng.random_range(0..voxels.len())];
         let lo = [lbs[0].max(v[2] - (patch[0] / 2) as i64), lbs[1].max(v[3] - (patch[1] / 2) as i64)];
         return ((v[1].max(0) as usize).min(case.shape[1] - 1), lo);

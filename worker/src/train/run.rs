@@ -119,7 +119,7 @@ impl<'a> Trainer<'a> {
         let opt = Sgd::new(net.named_parameters(&vs), cfg.momentum, cfg.weight_decay, true);
         let how = StepLoss {
             ds_weights: loss::deep_supervision_weights(s.aug.ds_scales.len().max(1)),
-            batch_dice: s.plans_2d.batch_dice,
+            loss: loss::LossSpec { batch_dice: s.plans_2d.batch_dice, ignore_label: s.ignore_label },
             grad_clip: cfg.grad_clip,
             autocast: cuda,
         };
@@ -299,7 +299,7 @@ impl<'a> Trainer<'a> {
     /// Validation loss and global pseudo-Dice over the epoch's validation batches, and the time spent
     /// waiting for them; `None` when a stop was requested.
     fn validate_epoch(&self, loaders: &mut Loaders, progress: &mut dyn Progress) -> anyhow::Result<Option<EpochVal>> {
-        let mut acc = DiceAccumulator::new(self.s.num_classes as usize);
+        let mut acc = DiceAccumulator::new(self.s.num_classes as usize, self.s.ignore_label);
         let (mut losses, mut wait) = (Vec::new(), 0.0);
         if let Some(vl) = loaders.val.as_mut() {
             let _guard = tch::no_grad_guard();
@@ -313,7 +313,7 @@ impl<'a> Trainer<'a> {
                 let (x, targets) = to_device(&batch, self.spec.device);
                 let (l, out0) = super::amp::autocast(self.how.autocast, || {
                     let outs = self.net.forward_ds(&x);
-                    (loss::deep_supervision_loss(&outs, &targets, &self.how.ds_weights, self.how.batch_dice), outs[0].shallow_clone())
+                    (loss::deep_supervision_loss(&outs, &targets, &self.how.ds_weights, self.how.loss), outs[0].shallow_clone())
                 });
                 losses.push(l.double_value(&[]));
                 acc.add_batch(&out0, &targets[0]);

@@ -31,6 +31,8 @@ pub(crate) struct Setup {
     pub train_cases: Vec<Arc<CaseData>>,
     pub val_cases: Vec<Arc<CaseData>>,
     pub aug: AugConfig,
+    /// The dataset's ignore label (`labels.ignore`), masked out of the loss and the pseudo-Dice.
+    pub ignore_label: Option<i64>,
 }
 
 fn load_plans(pre: &std::path::Path) -> anyhow::Result<nnunet_common::plans::Configuration2d> {
@@ -90,7 +92,8 @@ pub(crate) fn setup(spec: &FoldSpec) -> anyhow::Result<Setup> {
         mask_channels,
         ds_scales: plans_2d.architecture.arch_kwargs.deep_supervision_scales(),
     };
-    Ok(Setup { plans_2d, dataset_json, num_classes, in_channels, train_cases, val_cases, aug })
+    let ignore_label = ds.ignore_label();
+    Ok(Setup { plans_2d, dataset_json, num_classes, in_channels, train_cases, val_cases, aug, ignore_label })
 }
 
 #[cfg(test)]

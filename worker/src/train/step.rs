@@ -28,8 +28,8 @@ pub(crate) fn to_device(b: &Batch, device: Device) -> (Tensor, Vec<Tensor>) {
 pub struct StepLoss {
     /// Deep-supervision weights (one per output).
     pub ds_weights: Vec<f64>,
-    /// The plans' `batch_dice`.
-    pub batch_dice: bool,
+    /// The plans' `batch_dice` and the dataset's ignore label.
+    pub loss: loss::LossSpec,
     /// Max total L2 norm of the gradients.
     pub grad_clip: f64,
     /// fp16 autocast (CUDA).
@@ -49,7 +49,7 @@ pub fn train_step(
     opt.zero_grad();
     let l = super::amp::autocast(how.autocast, || {
         let outs = net.forward_ds(x);
-        loss::deep_supervision_loss(&outs, targets, &how.ds_weights, how.batch_dice)
+        loss::deep_supervision_loss(&outs, targets, &how.ds_weights, how.loss)
     });
     match scaler {
         Some(sc) => {
@@ -94,8 +94,12 @@ pub fn bench_steps(b: &BenchStep) -> anyhow::Result<f64> {
     let mut opt = Sgd::new(net.named_parameters(&vs), cfg.momentum, cfg.weight_decay, true);
     let mut scaler = cuda.then(|| GradScaler::new(b.device));
     let scales = b.arch.deep_supervision_scales();
-    let how =
-        StepLoss { ds_weights: loss::deep_supervision_weights(scales.len()), batch_dice: true, grad_clip: cfg.grad_clip, autocast: cuda };
+    let how = StepLoss {
+        ds_weights: loss::deep_supervision_weights(scales.len()),
+        loss: loss::LossSpec::batch(),
+        grad_clip: cfg.grad_clip,
+        autocast: cuda,
+    };
     let x = Tensor::randn([b.batch as i64, b.in_channels, b.patch[0] as i64, b.patch[1] as i64], (Kind::Float, b.device));
     let targets: Vec<Tensor> = scales
         .iter()

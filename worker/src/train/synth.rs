@@ -22,6 +22,7 @@ pub fn arch_kwargs_with_base(n_stages: usize, base: usize) -> ArchKwargs {
         kernel_sizes: vec![vec![3, 3]; n_stages],
         strides: std::iter::once(vec![1, 1]).chain(std::iter::repeat_n(vec![2, 2], n_stages - 1)).collect(),
         n_conv_per_stage: vec![2; n_stages],
+        n_blocks_per_stage: vec![],
         n_conv_per_stage_decoder: vec![2; n_stages - 1],
         conv_bias: true,
         norm_op: "torch.nn.modules.instancenorm.InstanceNorm2d".into(),
