@@ -133,7 +133,16 @@ def longest_module(path, mods):
 
 def scan_crate(crate_dir):
     mods = module_files(crate_dir)
-    texts = {m: strip_cfg_test(strip_comments_and_strings(open(f).read())) for m, f in mods.items()}
+    raw = {m: strip_comments_and_strings(open(f).read()) for m, f in mods.items()}
+    # files declared `#[cfg(test)] mod name;` are test code, like `#[cfg(test)]` blocks
+    test_only = set()
+    for m, text in raw.items():
+        for child in re.findall(rf"#\[cfg\(test\)\]\s*(?:pub(?:\([a-z]+\))?\s+)?mod\s+({IDENT})\s*;", text):
+            test_only.add(m + (child,))
+    texts = {
+        m: strip_cfg_test(t) for m, t in raw.items() if not any(m[: len(x)] == x for x in test_only)
+    }
+    mods = {m: f for m, f in mods.items() if m in texts}
     # re-exports of the crate root: name -> absolute path
     root_exports = {}
     for tree in re.findall(r"\bpub\s+use\s+([^;]+);", texts.get((), "")):

@@ -10,6 +10,7 @@
 //! - [`cache`]: the bounded local cache of run folders.
 
 pub mod cache;
+pub mod checkpoint;
 pub mod cli_predict;
 pub mod cli_train;
 pub mod device;

@@ -8,13 +8,12 @@
 //! - [`schedule`]: the poly learning-rate schedule.
 //! - [`loader`]: the batch loader (foreground oversampling, enlarged initial patch, augmentation on a
 //!   thread pool, prefetching into a bounded channel); [`gpu_aug`]: the optional batched GPU augmentation.
-//! - [`checkpoint`]: safetensors weights + momentum buffers with a JSON sidecar, written atomically,
-//!   verified by hash on load; [`checkpoint::load_network`] for inference.
+//! - `crate::checkpoint`: safetensors weights + momentum buffers with a JSON sidecar, written atomically,
+//!   verified by hash on load; `crate::checkpoint::load_network` for inference.
 //! - [`ema`]: the online pseudo-Dice and its exponential moving average (`nnUNetTrainer.on_validation_epoch_end`).
 //! - [`report`]: the training log files, the console progress and `progress.png`.
 
 pub mod amp;
-pub mod checkpoint;
 pub mod config;
 pub mod ema;
 pub mod gpu_aug;
@@ -28,6 +27,6 @@ pub mod setup;
 pub mod step;
 pub mod synth;
 
-pub use checkpoint::{load_network, CheckpointMeta};
+pub use crate::checkpoint::{load_network, CheckpointMeta};
 pub use config::{fold_seed, CheckpointKind, FoldSpec, Progress, TrainOutcome, TrainingConfig};
 pub use run::train_fold;

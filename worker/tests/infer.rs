@@ -6,9 +6,9 @@
 use nnunet_common::imageio::{self, Geometry};
 use nnunet_common::plans::{Configuration2d, Plans};
 use nnunet_common::Fold;
+use nnunet_worker::checkpoint::{self, CheckpointMeta, InitArgs, RngState};
 use nnunet_worker::infer::{self, sliding_window, PredictOptions};
 use nnunet_worker::net::PlainConvUNet;
-use nnunet_worker::train::checkpoint::{self, CheckpointMeta, InitArgs, RngState};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 

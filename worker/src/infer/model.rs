@@ -2,8 +2,8 @@
 //! parameters they imply.
 use super::options::PredictOptions;
 use super::sliding_window::WindowParams;
+use crate::checkpoint::{self, CheckpointMeta};
 use crate::net::PlainConvUNet;
-use crate::train::checkpoint::{self, CheckpointMeta};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use std::time::Instant;

@@ -16,8 +16,8 @@ pub mod pickle_out;
 pub mod pretrained;
 pub mod pth;
 
+use crate::checkpoint::{self, CheckpointMeta};
 use crate::net::PlainConvUNet;
-use crate::train::checkpoint::{self, CheckpointMeta};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 

@@ -10,7 +10,7 @@
 use super::nnunet_model::{self, STATE_DICT_ALIAS};
 use super::pickle::Out;
 use super::pth;
-use crate::train::checkpoint;
+use crate::checkpoint;
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

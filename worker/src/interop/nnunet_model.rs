@@ -10,8 +10,8 @@
 //! copies are skipped when reading and written back by `model_zip::state_dict_names`.
 use super::pickle::Value;
 use super::pth;
+use crate::checkpoint::{CheckpointMeta, GradScalerState, InitArgs, RngState, FORMAT_VERSION};
 use crate::net::PlainConvUNet;
-use crate::train::checkpoint::{CheckpointMeta, GradScalerState, InitArgs, RngState, FORMAT_VERSION};
 use anyhow::{anyhow, bail, Context, Result};
 use nnunet_common::dataset_json::DatasetJson;
 use nnunet_common::plans::Configuration2d;

@@ -4,8 +4,8 @@
 //! nothing is loaded and the error lists every mismatch; the heads keep their fresh initialization;
 //! entries of the file the network does not have are ignored.
 use super::nnunet_model;
+use crate::checkpoint;
 use crate::net::PlainConvUNet;
-use crate::train::checkpoint;
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::path::Path;

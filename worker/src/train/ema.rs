@@ -37,7 +37,7 @@ impl DiceAccumulator {
                 let keep = target.ne(ig);
                 let t = target.where_self(&keep, &target.zeros_like());
                 let keep = keep.unsqueeze(-1).to_kind(Kind::Float);
-                po = po * &keep;
+                po *= &keep;
                 t.one_hot(k).to_kind(Kind::Float) * keep
             }
             None => target.one_hot(k).to_kind(Kind::Float),

@@ -67,8 +67,8 @@ pub fn soft_dice_loss(logits: &Tensor, target: &Tensor, spec: LossSpec) -> Tenso
     let mut p = p.narrow(1, 1, k - 1);
     let mut y = y.narrow(1, 1, k - 1);
     if let Some((mask, _)) = &masked {
-        p = p * mask;
-        y = y * mask;
+        p *= mask;
+        y *= mask;
     }
     let axes: &[i64] = &[2, 3];
     let mut intersect = (&p * &y).sum_dim_intlist(axes, false, Kind::Float);

@@ -8,7 +8,6 @@
 //! Everything runs on the calling OS thread (libtorch's autocast and grad mode are thread-local); the
 //! data loader threads only produce host buffers.
 use super::amp::GradScaler;
-use super::checkpoint::{self, CheckpointMeta, GradScalerState, InitArgs, RngState};
 use super::config::{CheckpointKind, FoldSpec, Progress, TrainOutcome};
 use super::ema::{nanmean, DiceAccumulator, EmaState};
 use super::loader::{BatchLoader, LoaderConfig};
@@ -18,6 +17,7 @@ use super::report::FoldLogs;
 use super::schedule::{poly_lr, POLY_EXPONENT};
 use super::setup::{setup, Setup};
 use super::step::{to_device, train_step, StepLoss};
+use crate::checkpoint::{self, CheckpointMeta, GradScalerState, InitArgs, RngState};
 use crate::net::PlainConvUNet;
 use anyhow::{anyhow, bail, Context};
 use nnunet_common::train_log::EpochMetrics;
