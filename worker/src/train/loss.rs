@@ -64,12 +64,12 @@ pub fn soft_dice_loss(logits: &Tensor, target: &Tensor, spec: LossSpec) -> Tenso
     // One-hot without gradients, channels first: (B, K, H, W).
     let y = tch::no_grad(|| target.one_hot(k).permute([0, 3, 1, 2]).to_kind(Kind::Float));
     // do_bg = False: drop the background channel from both.
-    let mut p = p.narrow(1, 1, k - 1);
-    let mut y = y.narrow(1, 1, k - 1);
-    if let Some((mask, _)) = &masked {
-        p *= mask;
-        y *= mask;
-    }
+    let (p, y) = (p.narrow(1, 1, k - 1), y.narrow(1, 1, k - 1));
+    // Out of place: `p` views the softmax output, which autograd still needs.
+    let (p, y) = match &masked {
+        Some((mask, _)) => (p * mask, y * mask),
+        None => (p, y),
+    };
     let axes: &[i64] = &[2, 3];
     let mut intersect = (&p * &y).sum_dim_intlist(axes, false, Kind::Float);
     let mut sum_pred = p.sum_dim_intlist(axes, false, Kind::Float);
