@@ -141,9 +141,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     watch_signals(&stop)?;
     let cache = args.cache();
     let root = cache.clone();
-    let swept = blocking(move || transfer::sweep_stale_parts(&root)).await?;
+    let swept = blocking(move || transfer::sweep_stale_parts(&root) + crate::cache::remove_torn_checkpoints(&root.join("runs"))).await?;
     if swept > 0 {
-        tracing::info!("cache: removed {swept} temp file(s) (partial downloads and writes) of earlier worker processes");
+        tracing::info!("cache: removed {swept} leftover(s) of earlier worker processes (partial downloads, temp files, torn checkpoints)");
     }
     let conn = Conn::new(&args.connect_options()?).map_err(bad_input)?;
     let reg = conn.register(&args.device).await?;
