@@ -104,8 +104,12 @@ pub fn resume_checkpoint(c: &Coordinator, run_dir: &Path, recorded: &str) -> Opt
         })
         .max_by_key(|(epoch, _)| *epoch);
     match &best {
-        Some((epoch, p)) => tracing::warn!("checkpoint {recorded} does not match its sidecar; resuming from {} (epoch {epoch})", p.display()),
-        None => tracing::warn!("checkpoint {recorded} does not match its sidecar and no other consistent checkpoint exists; training starts over"),
+        Some((epoch, p)) => {
+            tracing::warn!("checkpoint {recorded} does not match its sidecar; resuming from {} (epoch {epoch})", p.display())
+        }
+        None => tracing::warn!(
+            "checkpoint {recorded} does not match its sidecar and no other consistent checkpoint exists; training starts over"
+        ),
     }
     best.map(|(_, p)| p.to_string_lossy().into_owned())
 }

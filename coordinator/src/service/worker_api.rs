@@ -1,7 +1,7 @@
 //! `WorkerApi`: register, lease, heartbeat, metrics, logs, artifacts, complete, fail.
 use super::convert::{apply_status, bounded, metrics_in, order_to_proto, refusal_status, upload_status};
-use crate::domain::{limits, WorkerId};
 use crate::domain::TaskKind;
+use crate::domain::{limits, WorkerId};
 use crate::engine::{checkpoint_part, open_download, safe_rel_path, sidecar_weights, upload_allowed, Coordinator, Part, UploadSink};
 use crate::state::Worker;
 use nnunet_proto::v1 as pb;
@@ -40,8 +40,8 @@ impl WorkerService {
     /// the worker uploads the pair again.
     async fn commit_weights_of(&self, sidecar: &UploadSink, task_id: &str, token: u64) -> Result<(), Status> {
         let bytes = tokio::fs::read(sidecar.tmp()).await.map_err(|e| Status::internal(format!("reading the uploaded sidecar: {e}")))?;
-        let (file, sha) =
-            sidecar_weights(&bytes).ok_or_else(|| Status::invalid_argument("a checkpoint sidecar must name its weights_file and sha256"))?;
+        let (file, sha) = sidecar_weights(&bytes)
+            .ok_or_else(|| Status::invalid_argument("a checkpoint sidecar must name its weights_file and sha256"))?;
         let stem = sidecar.dest().file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         if file != format!("{stem}.safetensors") {
             return Err(Status::invalid_argument(format!("sidecar {stem}.json names weights {file:?}, not {stem}.safetensors")));
@@ -52,14 +52,15 @@ impl WorkerService {
             return Ok(());
         }
         let (c, w2) = (self.0.clone(), weights.clone());
-        let on_disk = tokio::task::spawn_blocking(move || c.hash_of(&w2).ok().map(|(h, _)| h))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let on_disk =
+            tokio::task::spawn_blocking(move || c.hash_of(&w2).ok().map(|(h, _)| h)).await.map_err(|e| Status::internal(e.to_string()))?;
         if on_disk.as_deref() == Some(sha.as_str()) {
             return Ok(());
         }
         tracing::warn!(task = %task_id, "sidecar of {file} arrived without its weights; asking for the pair again");
-        Err(Status::data_loss(format!("the checkpoint weights {file} (sha256 {sha}) named by this sidecar were not received; upload the pair again")))
+        Err(Status::data_loss(format!(
+            "the checkpoint weights {file} (sha256 {sha}) named by this sidecar were not received; upload the pair again"
+        )))
     }
 }
 

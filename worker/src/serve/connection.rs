@@ -129,7 +129,11 @@ impl Conn {
 
     fn unreachable_now(&self, what: &str, s: &Status) {
         if !self.unreachable.swap(true, Ordering::SeqCst) {
-            tracing::warn!("coordinator unreachable, retrying ({what}: {}); calls are retried for up to {:?}", s.message(), self.reconnect_timeout);
+            tracing::warn!(
+                "coordinator unreachable, retrying ({what}: {}); calls are retried for up to {:?}",
+                s.message(),
+                self.reconnect_timeout
+            );
         }
     }
 
@@ -195,7 +199,6 @@ impl Conn {
         *self.worker_id.lock().unwrap_or_else(|e| e.into_inner()) = reply.worker_id.clone();
         Ok(reply)
     }
-
 }
 
 /// `d` plus up to half of it at random, so that workers cut off together do not retry in lockstep.
