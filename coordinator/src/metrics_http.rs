@@ -11,6 +11,9 @@ fn esc(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
+/// The worker calls whose refusals `nnunet_fenced_writes_total` always shows (0 until one happens).
+const FENCED_CALLS: [&str; 6] = ["heartbeat", "metrics", "log", "upload", "complete", "fail"];
+
 /// Renders every metric from the current state.
 pub fn render(c: &Coordinator) -> String {
     let now = c.now_ms();
@@ -43,6 +46,14 @@ fn render_state(st: &State, now: i64) -> String {
             esc(&w.device),
             (now - w.last_seen_ms) as f64 / 1000.0
         );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP nnunet_worker_up 1 while the worker was heard from within the lease TTL, else 0.\n# TYPE nnunet_worker_up gauge"
+    );
+    for w in st.workers.values() {
+        let up = now - w.last_seen_ms <= st.lease_ttl_ms;
+        let _ = writeln!(o, "nnunet_worker_up{{worker=\"{}\",device=\"{}\"}} {}", esc(w.id.as_str()), esc(&w.device), u8::from(up));
     }
     let _ = writeln!(o, "# HELP nnunet_run_state Run state (1 for the current state).\n# TYPE nnunet_run_state gauge");
     for r in st.runs.values() {
@@ -108,9 +119,13 @@ fn counters(c: &Coordinator, o: &mut String) {
     let _ = writeln!(o, "nnunet_artifact_bytes_downloaded_total {}", c.counters.bytes_downloaded.load(Ordering::Relaxed));
     let _ = writeln!(
         o,
-        "# HELP nnunet_fenced_writes_total Writes refused for a stale fencing token.\n# TYPE nnunet_fenced_writes_total counter"
+        "# HELP nnunet_fenced_writes_total Worker writes refused (stale fencing token, lost lease, ended run), by call.\n# TYPE nnunet_fenced_writes_total counter"
     );
-    let _ = writeln!(o, "nnunet_fenced_writes_total {}", c.counters.refused_writes.load(Ordering::Relaxed));
+    let by_call = c.counters.fenced_by_call();
+    for call in FENCED_CALLS.iter().copied().chain(by_call.iter().map(|(k, _)| *k).filter(|k| !FENCED_CALLS.contains(k))) {
+        let n = by_call.iter().find(|(k, _)| *k == call).map_or(0, |(_, n)| *n);
+        let _ = writeln!(o, "nnunet_fenced_writes_total{{call=\"{call}\"}} {n}");
+    }
     let _ = writeln!(
         o,
         "# HELP nnunet_persist_failures_total Changes refused because the database could not be written.\n# TYPE nnunet_persist_failures_total counter"

@@ -134,10 +134,10 @@ async fn a_worker_whose_lease_expired_is_fenced_off() {
     let esc = chunk(&tb, tb.fencing_token, "../../etc/x", b"data");
     assert_eq!(api.upload_artifact(tokio_stream::iter(vec![esc])).await.unwrap_err().code(), Code::InvalidArgument);
     assert!(temp_files(dir.path()).is_empty());
-    let refused = h.coord.counters.refused_writes.load(std::sync::atomic::Ordering::Relaxed);
+    let refused: u64 = h.coord.counters.fenced_by_call().iter().map(|(_, n)| n).sum();
     assert!(refused >= 3, "fenced writes are counted for /metrics: {refused}");
     let metrics = nnunet_coordinator::metrics_http::render(&h.coord);
-    assert!(metrics.contains("nnunet_fenced_writes_total"));
+    assert!(metrics.contains("nnunet_fenced_writes_total{call=\"upload\"}"), "{metrics}");
 }
 
 #[tokio::test]

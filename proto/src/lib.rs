@@ -21,7 +21,8 @@ pub fn endpoint(addr: &str, tls_ca: Option<&std::path::Path>) -> anyhow::Result<
         .keep_alive_while_idle(true)
         .initial_stream_window_size(Some(wire::STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(wire::CONNECTION_WINDOW_BYTES))
-        .http2_keep_alive_interval(std::time::Duration::from_secs(20))
+        .http2_keep_alive_interval(wire::KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(wire::KEEPALIVE_TIMEOUT)
         .connect_timeout(std::time::Duration::from_secs(10));
     if let Some(ca) = tls_ca {
         let pem = std::fs::read(ca).with_context(|| format!("reading CA {}", ca.display()))?;

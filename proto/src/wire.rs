@@ -12,6 +12,14 @@ pub const STREAM_WINDOW_BYTES: u32 = 8 << 20;
 pub const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
 /// File in a run directory whose content is the run id: a worker that can read it shares the
 /// coordinator's filesystem and reads inputs in place.
+/// HTTP/2 keep-alive ping interval of clients.
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a keep-alive ping may go unanswered before the connection counts as dead (a silent
+/// partition is noticed after interval + timeout, not after the 20 s + 20 s defaults).
+pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Deadline of one unary worker call (heartbeat, metrics, logs, lease, complete, fail): a call cut
+/// off by a silent partition fails after this and is retried with backoff.
+pub const UNARY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(12);
 pub const RUN_MARKER: &str = ".nnunet-run-id";
 /// The metadata key of the bearer token.
 pub const AUTHORIZATION: &str = "authorization";

@@ -237,10 +237,18 @@ impl Cluster {
         http_get(&self.ctl.ns, (self.coord.addr, METRICS_PORT).into(), "/metrics")
     }
 
-    /// The value of an unlabelled metric.
+    /// The value of a metric, summed over its labelled series (`name{...} v`) if it has labels.
     pub fn metric(&self, name: &str) -> Option<f64> {
         let m = self.metrics().ok()?;
-        m.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        let values: Vec<f64> = m
+            .lines()
+            .filter_map(|l| {
+                let r = l.strip_prefix(name)?;
+                let r = if r.starts_with('{') { r.split_once('}')?.1 } else { r };
+                r.strip_prefix(' ')?.trim().parse().ok()
+            })
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
     }
 
     /// Which of our workers holds `worker_id` (its log names the id when it registers).

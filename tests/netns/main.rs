@@ -79,9 +79,6 @@ fn coordinator_partitioned_from_all_workers_loses_no_epoch() {
 }
 
 #[test]
-#[ignore = "BUG (worker): training stops while the coordinator is unreachable: GrpcProgress::on_epoch \
-            (worker/src/client.rs) blocks the training thread on the metrics call until the link heals, \
-            so no epoch runs during a partition; un-ignore once metrics are buffered"]
 fn coordinator_partition_workers_keep_training() {
     let _g = serial();
     let Some(work) = setup("coordinator partition (strict)") else { return };

@@ -148,6 +148,43 @@ pub fn cached_input(path: &Path, size: u64, sha: &str) -> bool {
     }
 }
 
+/// Removes checkpoint pairs a killed worker left torn in its scratch folders: the weights and the
+/// sidecar are two atomic writes, weights first, so weights newer than their sidecar were written by
+/// an epoch whose sidecar never came. Scratch only (the coordinator holds the checkpoints a task
+/// resumes from); returns the pairs removed (blocking).
+pub fn remove_torn_checkpoints(root: &Path) -> usize {
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut removed = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p);
+                continue;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !(name.starts_with("checkpoint_") && name.ends_with(".json")) {
+                continue;
+            }
+            let weights = p.with_extension("safetensors");
+            if let (Some(w), Some(j)) = (mtime(&weights), mtime(&p)) {
+                if w > j {
+                    tracing::info!("cache: removing the torn checkpoint {} (its weights are newer than its sidecar)", p.display());
+                    for f in [&weights, &p] {
+                        if let Err(err) = std::fs::remove_file(f) {
+                            tracing::warn!("could not remove {}: {err}", f.display());
+                        }
+                    }
+                    removed += 1;
+                }
+            }
+        }
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,5 +256,24 @@ mod tests {
         f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5)).unwrap();
         assert!(!cached_input(&p, 6, &sha));
         assert!(cached_input(&p, 6, &nnunet_common::hash::sha256_bytes(b"abcxyz")));
+    }
+
+    #[test]
+    fn torn_checkpoint_pairs_are_removed_and_whole_ones_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let fold = d.path().join("runs/r/results/D/fold_0");
+        std::fs::create_dir_all(&fold).unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        let set = |p: &Path, t: std::time::SystemTime| File::options().write(true).open(p).unwrap().set_modified(t).unwrap();
+        for stem in ["checkpoint_latest", "checkpoint_best"] {
+            std::fs::write(fold.join(format!("{stem}.safetensors")), b"w").unwrap();
+            std::fs::write(fold.join(format!("{stem}.json")), b"{}").unwrap();
+        }
+        // latest: a killed worker wrote new weights after the sidecar; best: weights, then sidecar.
+        set(&fold.join("checkpoint_latest.json"), old);
+        set(&fold.join("checkpoint_best.safetensors"), old);
+        assert_eq!(remove_torn_checkpoints(d.path()), 1);
+        assert!(!fold.join("checkpoint_latest.safetensors").exists() && !fold.join("checkpoint_latest.json").exists());
+        assert!(fold.join("checkpoint_best.safetensors").exists() && fold.join("checkpoint_best.json").exists());
     }
 }

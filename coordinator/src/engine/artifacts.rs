@@ -130,6 +130,16 @@ impl UploadSink {
         Ok((digest, self.size))
     }
 
+    /// Where the upload goes.
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    /// The temp file holding the upload (complete after [`UploadSink::finish`]).
+    pub fn tmp(&self) -> &Path {
+        &self.tmp
+    }
+
     /// Renames the finished file into place.
     pub async fn commit(mut self) -> Result<PathBuf, UploadError> {
         tokio::fs::rename(&self.tmp, &self.dest)

@@ -20,6 +20,10 @@ impl Coordinator {
             Ok(n) => tracing::warn!(tasks = n, "leases expired; the tasks go back to the queue"),
             Err(e) => tracing::error!("expiring leases: {e}"),
         }
+        let orphans = self.drop_orphaned_weights();
+        if orphans > 0 {
+            tracing::info!("dropped {orphans} checkpoint upload(s) whose lease ended before their sidecar arrived");
+        }
         let idle = self.cfg.worker_idle_prune.as_millis() as i64;
         match self.apply("prune workers", move |st, now| Ok(((), st.prune_workers(now, idle)))).await {
             Ok(()) => {}

@@ -8,9 +8,12 @@
 //! attempts never go backwards); the caller gets the error and it is logged.
 mod artifacts;
 mod background;
+mod pairs;
 mod submit;
+mod sweep;
 
 pub use artifacts::{open_download, safe_rel_path, upload_allowed, Download, UploadError, UploadSink};
+pub use pairs::{checkpoint_part, sidecar_weights, Part};
 pub use submit::validate_spec;
 
 use crate::clock::{Clock, SystemClock};
@@ -70,8 +73,22 @@ impl CoordinatorConfig {
 pub struct Counters {
     pub bytes_uploaded: AtomicU64,
     pub bytes_downloaded: AtomicU64,
-    pub refused_writes: AtomicU64,
+    /// Refused worker writes by call (`heartbeat`, `metrics`, `log`, `upload`, `complete`, `fail`, ...).
+    pub fenced: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
     pub persist_failures: AtomicU64,
+}
+
+impl Counters {
+    /// Counts a refused write of `call` (a mutation's name; `checkpoint` is an upload's last step).
+    pub fn fenced(&self, call: &'static str) {
+        let call = if call == "checkpoint" { "upload" } else { call };
+        *lock(&self.fenced).entry(call).or_insert(0) += 1;
+    }
+
+    /// The refused writes by call.
+    pub fn fenced_by_call(&self) -> Vec<(&'static str, u64)> {
+        lock(&self.fenced).iter().map(|(k, v)| (*k, *v)).collect()
+    }
 }
 
 /// Why a change did not happen.
@@ -130,6 +147,8 @@ pub struct Coordinator {
     tokens: Mutex<TokenCache>,
     /// Runs a previous coordinator left in PLANNING without tasks: planned again at start.
     replan: Mutex<Vec<RunId>>,
+    /// Checkpoint weights waiting for their sidecar, by destination ([`pairs`]).
+    held: Mutex<HashMap<PathBuf, pairs::HeldWeights>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -150,6 +169,16 @@ impl Coordinator {
             store.limit_size(b)?;
         }
         let mut st = store.load(cfg.lease_ttl.as_millis() as i64)?;
+        // Uploads and writes a killed coordinator cut short never complete: remove their temps.
+        let runs_dir = cfg.state_dir.join("runs");
+        let mut roots = vec![runs_dir.clone()];
+        roots.extend(st.runs.values().map(|r| PathBuf::from(&r.run_dir)).filter(|d| !d.starts_with(&runs_dir)));
+        for root in roots {
+            let (n, bytes) = sweep::remove_stale_temps(&root);
+            if n > 0 {
+                tracing::info!("removed {n} temp file(s) ({:.1} MB) of cut-short uploads under {}", bytes as f64 / 1e6, root.display());
+            }
+        }
         let now = clock.now_ms();
         for t in st.tasks.values_mut() {
             if t.state == TaskState::Running {
@@ -175,6 +204,7 @@ impl Coordinator {
             poisoned: AtomicBool::new(false),
             tokens: Mutex::new(TokenCache { loaded: None, roles: HashMap::new() }),
             replan: Mutex::new(replan),
+            held: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -211,7 +241,7 @@ impl Coordinator {
         let (out, fx) = match f(&mut st, now) {
             Ok(v) => v,
             Err(r) => {
-                self.counters.refused_writes.fetch_add(1, Ordering::Relaxed);
+                self.counters.fenced(what);
                 tracing::info!(what, "refused: {r}");
                 return Err(r.into());
             }
@@ -321,9 +351,14 @@ impl Coordinator {
     }
 
     /// What a worker needs for a leased task (hashes inputs: call from the blocking pool).
-    pub fn task_order(&self, task: Task) -> Result<TaskOrder> {
+    pub fn task_order(&self, mut task: Task) -> Result<TaskOrder> {
         let run = lock(&self.state).runs.get(&task.run_id).cloned().context("the task's run is gone")?;
         let run_dir = PathBuf::from(&run.run_dir);
+        if task.kind == TaskKind::Train {
+            if let Some(ck) = task.checkpoint.take() {
+                task.checkpoint = pairs::resume_checkpoint(self, &run_dir, &ck);
+            }
+        }
         let mut inputs = Vec::new();
         for rel in crate::pipeline::task_inputs(&run, &task)? {
             let (sha256, size) = self.hash_of(&run_dir.join(&rel))?;

@@ -186,7 +186,9 @@ pub fn bounded<'a>(field: &str, s: &'a str, max: usize) -> Result<&'a str, Statu
 pub fn refusal_status(r: Refusal) -> Status {
     match r {
         Refusal::UnknownTask(_) | Refusal::UnknownRun(_) | Refusal::UnknownWorker(_) => Status::not_found(r.to_string()),
-        Refusal::Fenced { .. } | Refusal::NotRunning(..) | Refusal::NotHolder { .. } => Status::failed_precondition(r.to_string()),
+        Refusal::Fenced { .. } | Refusal::NotRunning(..) | Refusal::NotHolder { .. } | Refusal::RunEnded { .. } => {
+            Status::failed_precondition(r.to_string())
+        }
         Refusal::Invalid(_) => Status::invalid_argument(r.to_string()),
     }
 }

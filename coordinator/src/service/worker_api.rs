@@ -1,7 +1,8 @@
 //! `WorkerApi`: register, lease, heartbeat, metrics, logs, artifacts, complete, fail.
 use super::convert::{apply_status, bounded, metrics_in, order_to_proto, refusal_status, upload_status};
+use crate::domain::TaskKind;
 use crate::domain::{limits, WorkerId};
-use crate::engine::{open_download, safe_rel_path, upload_allowed, Coordinator, UploadSink};
+use crate::engine::{checkpoint_part, open_download, safe_rel_path, sidecar_weights, upload_allowed, Coordinator, Part, UploadSink};
 use crate::state::Worker;
 use nnunet_proto::v1 as pb;
 use nnunet_proto::v1::worker_api_server::WorkerApi;
@@ -26,10 +27,40 @@ fn worker_id(s: &str) -> Result<WorkerId, Status> {
 }
 
 impl WorkerService {
-    fn refused(&self, r: crate::state::Refusal) -> Status {
-        self.0.counters.refused_writes.fetch_add(1, Ordering::Relaxed);
+    fn refused(&self, call: &'static str, r: crate::state::Refusal) -> Status {
+        self.0.counters.fenced(call);
         tracing::info!("refused a worker write: {r}");
         refusal_status(r)
+    }
+}
+
+impl WorkerService {
+    /// Commits the held weights that the uploaded `sidecar` names (same lease, same sha256), or
+    /// checks that they are already in place; otherwise refuses the sidecar with DATA_LOSS so that
+    /// the worker uploads the pair again.
+    async fn commit_weights_of(&self, sidecar: &UploadSink, task_id: &str, token: u64) -> Result<(), Status> {
+        let bytes = tokio::fs::read(sidecar.tmp()).await.map_err(|e| Status::internal(format!("reading the uploaded sidecar: {e}")))?;
+        let (file, sha) = sidecar_weights(&bytes)
+            .ok_or_else(|| Status::invalid_argument("a checkpoint sidecar must name its weights_file and sha256"))?;
+        let stem = sidecar.dest().file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        if file != format!("{stem}.safetensors") {
+            return Err(Status::invalid_argument(format!("sidecar {stem}.json names weights {file:?}, not {stem}.safetensors")));
+        }
+        let weights = sidecar.dest().with_file_name(&file);
+        if let Some(w) = self.0.take_weights(&weights, task_id, token, &sha) {
+            w.commit().await.map_err(upload_status)?;
+            return Ok(());
+        }
+        let (c, w2) = (self.0.clone(), weights.clone());
+        let on_disk =
+            tokio::task::spawn_blocking(move || c.hash_of(&w2).ok().map(|(h, _)| h)).await.map_err(|e| Status::internal(e.to_string()))?;
+        if on_disk.as_deref() == Some(sha.as_str()) {
+            return Ok(());
+        }
+        tracing::warn!(task = %task_id, "sidecar of {file} arrived without its weights; asking for the pair again");
+        Err(Status::data_loss(format!(
+            "the checkpoint weights {file} (sha256 {sha}) named by this sidecar were not received; upload the pair again"
+        )))
     }
 }
 
@@ -75,6 +106,7 @@ impl WorkerApi for WorkerService {
                 cancel,
             })),
             Err(e) => {
+                self.0.counters.fenced("heartbeat");
                 tracing::info!(task = %r.task_id, worker = %w, "heartbeat refused: {e}");
                 Ok(Response::new(pb::HeartbeatReply { ok: false, reason: e.to_string(), cancel: false }))
             }
@@ -108,12 +140,12 @@ impl WorkerApi for WorkerService {
         let rel = safe_rel_path(&first.path).map_err(Status::invalid_argument)?;
         let worker = if first.worker_id.is_empty() { None } else { Some(worker_id(&first.worker_id)?) };
         let (task_id, token) = (first.task_id.clone(), first.fencing_token);
-        let (task, run) = self.0.fenced_task(&task_id, token, worker.as_ref()).map_err(|r| self.refused(r))?;
+        let (task, run) = self.0.fenced_task(&task_id, token, worker.as_ref()).map_err(|r| self.refused("upload", r))?;
         if task.run_id.as_str() != first.run_id {
             return Err(Status::invalid_argument("task does not belong to that run"));
         }
         upload_allowed(&run, &task, &rel).map_err(|m| {
-            self.0.counters.refused_writes.fetch_add(1, Ordering::Relaxed);
+            self.0.counters.fenced("upload");
             tracing::warn!(task = %task.id, "refused upload: {m}");
             Status::permission_denied(m)
         })?;
@@ -133,9 +165,20 @@ impl WorkerApi for WorkerService {
         let claimed = claimed.ok_or_else(|| Status::data_loss(format!("upload of {} ended before its last chunk", rel.display())))?;
         let (digest, size) = sink.finish(&claimed).await.map_err(upload_status)?;
         // Check the fence again at commit time: the lease may have been lost during the transfer.
-        self.0.fenced_task(&task_id, token, worker.as_ref()).map_err(|r| self.refused(r))?;
-        let dest = sink.commit().await.map_err(upload_status)?;
+        self.0.fenced_task(&task_id, token, worker.as_ref()).map_err(|r| self.refused("upload", r))?;
+        let reply = pb::UploadReply { path: rel.to_string_lossy().into_owned(), sha256: digest.clone(), size };
         self.0.counters.bytes_uploaded.fetch_add(size, Ordering::Relaxed);
+        // Checkpoint weights wait for their sidecar; the pair is committed together (engine::pairs).
+        match checkpoint_part(&rel).filter(|_| task.kind == TaskKind::Train) {
+            Some(Part::Weights) => {
+                let dest = sink.dest().to_path_buf();
+                self.0.hold_weights(dest, &task_id, token, digest, sink);
+                return Ok(Response::new(reply));
+            }
+            Some(Part::Sidecar) => self.commit_weights_of(&sink, &task_id, token).await?,
+            None => {}
+        }
+        let dest = sink.commit().await.map_err(upload_status)?;
         let rel2 = rel.clone();
         let ck = tokio::task::spawn_blocking(move || crate::pipeline::checkpoint_from_upload(&rel2, &dest))
             .await
@@ -146,7 +189,7 @@ impl WorkerApi for WorkerService {
                 .await
                 .map_err(apply_status)?;
         }
-        Ok(Response::new(pb::UploadReply { path: rel.to_string_lossy().into_owned(), sha256: digest, size }))
+        Ok(Response::new(reply))
     }
 
     type DownloadArtifactStream = ChunkStream;

@@ -14,7 +14,7 @@ impl State {
         let mut fx = Effects::default();
         let mut best: Option<(bool, i64, TaskKind, Option<Fold>, TaskId)> = None;
         for t in self.tasks.values() {
-            if t.state != TaskState::Pending {
+            if t.state != TaskState::Pending || t.not_before_ms > now {
                 continue;
             }
             let Some(run) = self.runs.get(&t.run_id) else { continue };
@@ -58,8 +58,20 @@ impl State {
     }
 
     /// Checks that `token` is the current fencing token of a running task held by `worker`
-    /// (`None`: the caller proved nothing about the worker; the unguessable token must do).
+    /// (`None`: the caller proved nothing about the worker; the unguessable token must do), and
+    /// that the task's run has not ended: once a run is DONE, FAILED or CANCELLED its journal is
+    /// closed (watchers stop at the terminal event), so late writes are refused, not journaled.
     pub fn check_fence(&self, task_id: &str, token: u64, worker: Option<&WorkerId>) -> Result<&Task, Refusal> {
+        let t = self.check_holder(task_id, token, worker)?;
+        match self.runs.get(&t.run_id) {
+            Some(r) if r.state.is_terminal() => Err(Refusal::RunEnded { task: t.id.clone(), run: r.id.clone(), state: r.state.name() }),
+            Some(_) => Ok(t),
+            None => Err(Refusal::UnknownRun(t.run_id.clone())),
+        }
+    }
+
+    /// [`State::check_fence`] without the run check (a heartbeat learns that the run ended).
+    fn check_holder(&self, task_id: &str, token: u64, worker: Option<&WorkerId>) -> Result<&Task, Refusal> {
         let t = self.tasks.get(task_id).ok_or_else(|| Refusal::UnknownTask(task_id.into()))?;
         if t.fencing_token != token {
             return Err(Refusal::Fenced { task: t.id.clone() });
@@ -79,7 +91,7 @@ impl State {
     pub fn heartbeat(&mut self, task_id: &str, token: u64, worker: &WorkerId, now: i64) -> Result<bool, Refusal> {
         let ttl = self.lease_ttl_ms;
         let cancelled = {
-            let t = self.check_fence(task_id, token, Some(worker))?;
+            let t = self.check_holder(task_id, token, Some(worker))?;
             self.runs.get(&t.run_id).is_none_or(|r| r.state.is_terminal())
         };
         let t = self.tasks.get_mut(task_id).expect("checked");
@@ -160,6 +172,12 @@ impl State {
         let id = self.check_fence(task_id, token, Some(worker))?.id.clone();
         let mut fx = Effects::default();
         self.fail_task(&id, error, retryable, &mut fx, now);
+        // A task that failed on a worker waits before its next attempt (an expired lease already
+        // waited a TTL), so a fast-failing task does not use up its attempts within seconds.
+        let t = self.tasks.get_mut(&id).expect("task exists");
+        if t.state == TaskState::Pending {
+            t.not_before_ms = now + retry_backoff_ms(t.attempt);
+        }
         Ok(fx)
     }
 

@@ -82,6 +82,9 @@ pub struct Task {
     pub last_metrics: Option<EpochMetrics>,
     pub error: Option<String>,
     pub result_json: Option<String>,
+    /// A retried task is not leased before this time (backoff between attempts, ms since the epoch).
+    #[serde(default)]
+    pub not_before_ms: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -131,12 +134,20 @@ pub enum Refusal {
     UnknownRun(RunId),
     #[error("unknown worker {0}: register again")]
     UnknownWorker(WorkerId),
+    #[error("task {task} belongs to run {run}, which has ended ({state}); its writes are refused")]
+    RunEnded { task: TaskId, run: RunId, state: &'static str },
     #[error("{0}")]
     Invalid(String),
 }
 
 /// Maximum attempts of one task before the run fails.
 pub const MAX_ATTEMPTS: u32 = 6;
+
+/// Backoff before attempt `attempt + 1` of a task that failed `attempt` times: 1 s, 2 s, 4 s, ...
+/// up to 30 s, so a bad input or a flaky worker cannot use up every attempt within seconds.
+pub fn retry_backoff_ms(attempt: u32) -> i64 {
+    (1000i64 << attempt.saturating_sub(1).min(5)).min(30_000)
+}
 
 #[derive(Default, Debug, Clone, PartialEq)]
 pub struct State {
@@ -323,6 +334,7 @@ impl Task {
             last_metrics: None,
             error: None,
             result_json: None,
+            not_before_ms: 0,
         }
     }
 }

@@ -137,6 +137,46 @@ fn non_retryable_failure_fails_the_run_and_retry_fold_requeues() {
 }
 
 #[test]
+fn a_failed_attempt_waits_a_growing_backoff_before_the_next_lease() {
+    let mut s = setup(folds(&[0]));
+    finish(&mut s, "w");
+    finish(&mut s, "w");
+    let t = s.lease(&w("w"), 0).0.unwrap();
+    s.fail(t.id.as_str(), t.fencing_token, &w("w"), "checkpoint is corrupt", true, 0).unwrap();
+    assert!(s.lease(&w("w"), 999).0.is_none(), "re-leased within the backoff");
+    let t2 = s.lease(&w("w"), 1_000).0.expect("leased after the backoff");
+    assert_eq!((t2.id.clone(), t2.attempt), (t.id.clone(), 2));
+    s.fail(t2.id.as_str(), t2.fencing_token, &w("w"), "again", true, 1_000).unwrap();
+    assert!(s.lease(&w("w"), 2_999).0.is_none(), "the second backoff is longer");
+    assert!(s.lease(&w("w"), 3_000).0.is_some());
+    assert_eq!(retry_backoff_ms(1), 1_000);
+    assert_eq!(retry_backoff_ms(30), 30_000);
+}
+
+#[test]
+fn writes_for_a_task_of_an_ended_run_are_refused() {
+    let mut s = setup(folds(&[0, 1]));
+    finish(&mut s, "a");
+    finish(&mut s, "a");
+    let t0 = s.lease(&w("a"), 0).0.unwrap();
+    let t1 = s.lease(&w("b"), 0).0.unwrap();
+    // Fold 1 fails for good: the run ends FAILED while fold 0 still runs.
+    s.fail(t1.id.as_str(), t1.fencing_token, &w("b"), "NaN loss", false, 0).unwrap();
+    assert_eq!(s.runs["r"].state, RunState::Failed);
+    let last = s.runs["r"].next_seq;
+    let id = t0.id.as_str();
+    let m = EpochMetrics { epoch: 1, ..Default::default() };
+    assert!(matches!(s.report_metrics(id, t0.fencing_token, &w("a"), m, 1), Err(Refusal::RunEnded { .. })));
+    assert!(matches!(s.log(id, t0.fencing_token, &w("a"), &["late".into()], 1), Err(Refusal::RunEnded { .. })));
+    assert!(matches!(s.checkpoint_uploaded(id, t0.fencing_token, None, "x", Some(1), 1), Err(Refusal::RunEnded { .. })));
+    assert!(matches!(s.complete(id, t0.fencing_token, &w("a"), "{}".into(), 1), Err(Refusal::RunEnded { .. })));
+    assert!(matches!(s.fail(id, t0.fencing_token, &w("a"), "x", true, 1), Err(Refusal::RunEnded { .. })));
+    // The heartbeat still answers, telling the worker to stop.
+    assert_eq!(s.heartbeat(id, t0.fencing_token, &w("a"), 1), Ok(true));
+    assert_eq!(s.runs["r"].next_seq, last, "nothing was journaled after the terminal event");
+}
+
+#[test]
 fn event_sequence_numbers_are_dense_per_run() {
     let mut s = setup(folds(&[0]));
     let mut seqs = vec![];

@@ -6,9 +6,10 @@ use crate::error::bad_input;
 use anyhow::{anyhow, bail, Context, Result};
 use nnunet_proto::v1 as pb;
 use nnunet_proto::v1::worker_api_client::WorkerApiClient;
-use nnunet_proto::wire::{TokenInterceptor, MAX_MESSAGE_BYTES};
+use nnunet_proto::wire::{TokenInterceptor, MAX_MESSAGE_BYTES, UNARY_DEADLINE};
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::service::interceptor::InterceptedService;
@@ -37,10 +38,19 @@ pub struct Conn {
     api: Api,
     worker_id: Arc<Mutex<String>>,
     reconnect_timeout: Duration,
+    /// Set while calls fail for want of the coordinator: the warning and the "reachable again"
+    /// line are logged once per outage, not once per call.
+    unreachable: Arc<AtomicBool>,
+}
+
+/// The deadline of one attempt of `what`: unary calls get [`UNARY_DEADLINE`], so a silent
+/// partition is noticed within seconds; artifact streams are bounded by the endpoint's timeout.
+fn deadline(what: &str) -> Option<Duration> {
+    (!matches!(what, "upload" | "download")).then_some(UNARY_DEADLINE)
 }
 
 /// Whether a failed call is worth retrying (the coordinator is restarting or the network blinked).
-fn transient(s: &Status) -> bool {
+pub(crate) fn transient(s: &Status) -> bool {
     matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded | Code::Aborted)
         || (s.code() == Code::Internal && s.message().contains("transport"))
 }
@@ -87,7 +97,44 @@ impl Conn {
         let api = WorkerApiClient::with_interceptor(endpoint(o)?.connect_lazy(), TokenInterceptor::new(token.as_deref())?)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        Ok(Conn { api, worker_id: Arc::default(), reconnect_timeout: o.reconnect_timeout })
+        Ok(Conn { api, worker_id: Arc::default(), reconnect_timeout: o.reconnect_timeout, unreachable: Arc::default() })
+    }
+
+    /// The generated client (for one attempt of a call; [`Conn::call`] retries).
+    pub fn api(&self) -> Api {
+        self.api.clone()
+    }
+
+    /// One attempt of `what` within its [`deadline`].
+    pub async fn attempt<T>(&self, what: &str, fut: impl Future<Output = Result<tonic::Response<T>, Status>>) -> Result<T, Status> {
+        let res = match deadline(what) {
+            Some(d) => tokio::time::timeout(d, fut)
+                .await
+                .unwrap_or_else(|_| Err(Status::deadline_exceeded(format!("{what}: no answer within {}s", d.as_secs())))),
+            None => fut.await,
+        };
+        match &res {
+            Ok(_) => self.reachable(what),
+            Err(s) if transient(s) => self.unreachable_now(what, s),
+            Err(_) => {}
+        }
+        res.map(|r| r.into_inner())
+    }
+
+    fn reachable(&self, what: &str) {
+        if self.unreachable.swap(false, Ordering::SeqCst) {
+            tracing::info!("coordinator reachable again ({what})");
+        }
+    }
+
+    fn unreachable_now(&self, what: &str, s: &Status) {
+        if !self.unreachable.swap(true, Ordering::SeqCst) {
+            tracing::warn!(
+                "coordinator unreachable, retrying ({what}: {}); calls are retried for up to {:?}",
+                s.message(),
+                self.reconnect_timeout
+            );
+        }
     }
 
     /// Runs `f` (one RPC), retrying with backoff while the failure is transient and the reconnect
@@ -99,25 +146,11 @@ impl Conn {
     {
         let start = Instant::now();
         let mut delay = Duration::from_millis(200);
-        let mut warned = false;
         loop {
-            match f(self.api.clone()).await {
-                Ok(r) => {
-                    if warned {
-                        tracing::info!("coordinator reachable again ({what})");
-                    }
-                    return Ok(r.into_inner());
-                }
+            match self.attempt(what, f(self.api.clone())).await {
+                Ok(r) => return Ok(r),
                 Err(s) if transient(&s) && start.elapsed() < self.reconnect_timeout => {
-                    if !warned {
-                        tracing::warn!(
-                            "{what}: coordinator unavailable ({}); retrying for up to {:?}",
-                            s.message(),
-                            self.reconnect_timeout
-                        );
-                        warned = true;
-                    }
-                    tokio::time::sleep(delay).await;
+                    tokio::time::sleep(jittered(delay)).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
                 Err(s) => return Err(s),
@@ -166,19 +199,10 @@ impl Conn {
         *self.worker_id.lock().unwrap_or_else(|e| e.into_inner()) = reply.worker_id.clone();
         Ok(reply)
     }
+}
 
-    /// Sends one log line for the task; a failure is logged here (the line is informational).
-    pub async fn log(&self, task: &pb::Task, line: String) {
-        let req =
-            pb::LogLines { worker_id: self.id(), task_id: task.task_id.clone(), fencing_token: task.fencing_token, lines: vec![line] };
-        let res = self
-            .call("log", |mut api| {
-                let req = req.clone();
-                async move { api.log(req).await }
-            })
-            .await;
-        if let Err(s) = res {
-            tracing::warn!(task = %task.task_id, "log line not delivered: {}", s.message());
-        }
-    }
+/// `d` plus up to half of it at random, so that workers cut off together do not retry in lockstep.
+pub fn jittered(d: Duration) -> Duration {
+    use rand::Rng;
+    d + d.mul_f64(rand::rng().random_range(0.0..0.5))
 }

@@ -2,6 +2,7 @@
 //! are ([`Workspace`]).
 use crate::error::WorkerError;
 use crate::serve::connection::Conn;
+use crate::serve::reports::Reports;
 use crate::serve::transfer;
 use anyhow::{Context, Result};
 use nnunet_common::paths::DatasetDirs;
@@ -29,6 +30,8 @@ pub struct TaskCtx {
     /// Whether the run directory is read in place (decided once per task).
     pub in_place: bool,
     pub rt: tokio::runtime::Handle,
+    /// Metrics and log lines for the coordinator, sent in the background.
+    pub reports: Reports,
 }
 
 /// Where a task reads and writes.
@@ -106,8 +109,8 @@ impl TaskCtx {
         Ok(files.len())
     }
 
-    /// One line for the run's log on the coordinator.
+    /// One line for the run's log on the coordinator (queued; never waits for the network).
     pub fn log(&self, line: String) {
-        self.rt.block_on(self.conn.log(&self.task, line));
+        self.reports.log(line);
     }
 }

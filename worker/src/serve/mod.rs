@@ -16,6 +16,7 @@
 //!   running leases survive its restart.
 pub mod connection;
 pub mod context;
+pub mod reports;
 pub mod staging;
 pub mod tasks;
 pub mod transfer;
@@ -139,10 +140,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     watch_signals(&stop)?;
     let cache = args.cache();
-    let runs = cache.join("runs");
-    let swept = blocking(move || transfer::sweep_stale_parts(&runs)).await?;
+    let root = cache.clone();
+    let swept = blocking(move || transfer::sweep_stale_parts(&root) + crate::cache::remove_torn_checkpoints(&root.join("runs"))).await?;
     if swept > 0 {
-        tracing::info!("cache: removed {swept} partial download(s) of earlier worker processes");
+        tracing::info!("cache: removed {swept} leftover(s) of earlier worker processes (partial downloads, temp files, torn checkpoints)");
     }
     let conn = Conn::new(&args.connect_options()?).map_err(bad_input)?;
     let reg = conn.register(&args.device).await?;
@@ -239,6 +240,8 @@ impl Worker {
         let run_cache = run_cache.map_err(|e| tracing::warn!("cache: {e:#}")).ok();
         let lost = Arc::new(AtomicBool::new(false));
         let hb = spawn_heartbeat(self.conn.clone(), task.clone(), lost.clone(), self.heartbeat_every);
+        let rt = tokio::runtime::Handle::current();
+        let (reports, sender) = reports::Reports::start(self.conn.clone(), task.clone(), lost.clone(), &rt);
         let ctx = TaskCtx {
             conn: self.conn.clone(),
             task: task.clone(),
@@ -249,9 +252,15 @@ impl Worker {
             cache: self.cache.clone(),
             threads: self.args.threads,
             in_place,
-            rt: tokio::runtime::Handle::current(),
+            rt,
+            reports: reports.clone(),
         };
         let res = run_on_thread(ctx).await;
+        // Metrics and logs reach the coordinator before the task's end does.
+        if !lost.load(Ordering::SeqCst) && !reports.flush(Duration::from_secs(self.args.reconnect_timeout_secs)).await {
+            tracing::warn!(task = %task.task_id, "some metrics or log lines were not delivered before the task ended");
+        }
+        sender.abort();
         hb.abort();
         // With the run directory in place, the cache folder only held scratch copies and outputs that
         // are uploaded by now (the coordinator's checkpoint is what a retry resumes from).

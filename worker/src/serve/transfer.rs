@@ -5,7 +5,7 @@
 //! - [`download`]: streams into a temp file next to the destination (`.NAME.part-PID-SEQ`), never
 //!   more bytes than announced, checks size and sha256, fsyncs and renames; a failed or aborted
 //!   download removes its temp file ([`PartFile`] on drop), and [`sweep_stale_parts`] removes those
-//!   of a killed worker process.
+//!   of a killed worker process, with its atomic writes' `.NAME.tmp-PID` files.
 use crate::error::WorkerError;
 use crate::serve::connection::Conn;
 use anyhow::{anyhow, bail, Context, Result};
@@ -177,7 +177,7 @@ pub fn sweep_stale_parts(dir: &Path) -> usize {
             continue;
         }
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.rsplit_once(PART_MARK).and_then(|(_, t)| t.split('-').next()?.parse::<i32>().ok()) else { continue };
+        let Some(pid) = temp_writer(&name) else { continue };
         if name.starts_with('.') && !process_alive(pid) {
             match std::fs::remove_file(&p) {
                 Ok(()) => removed += 1,
@@ -186,6 +186,15 @@ pub fn sweep_stale_parts(dir: &Path) -> usize {
         }
     }
     removed
+}
+
+/// The process that writes the temp file `name`: a download's `.NAME.part-PID-SEQ`, or an atomic
+/// write's `.NAME.tmp-PID` (`nnunet_common::atomic::temp_path`: checkpoints, logs, cache markers).
+fn temp_writer(name: &str) -> Option<i32> {
+    if let Some((_, t)) = name.rsplit_once(PART_MARK) {
+        return t.split('-').next()?.parse().ok();
+    }
+    name.rsplit_once(".tmp-")?.1.parse().ok()
 }
 
 fn process_alive(pid: i32) -> bool {
@@ -233,7 +242,17 @@ mod tests {
         std::fs::write(d.join(format!(".a.npy{PART_MARK}{}-0", i32::MAX - 15)), b"x").unwrap();
         std::fs::write(d.join(format!(".b.npy{PART_MARK}{}-1", std::process::id())), b"x").unwrap();
         std::fs::write(d.join("c.npy"), b"x").unwrap();
-        assert_eq!(sweep_stale_parts(tmp.path()), 1);
-        assert_eq!(entries(&d), vec![format!(".b.npy{PART_MARK}{}-1", std::process::id()), "c.npy".to_string()]);
+        // An atomic write cut short by a killed worker (a checkpoint), and one of a live process.
+        std::fs::write(d.join(format!(".checkpoint_latest.safetensors.tmp-{}", i32::MAX - 15)), b"x").unwrap();
+        std::fs::write(d.join(format!(".training_log.jsonl.tmp-{}", std::process::id())), b"x").unwrap();
+        assert_eq!(sweep_stale_parts(tmp.path()), 2);
+        assert_eq!(
+            entries(&d),
+            vec![
+                format!(".b.npy{PART_MARK}{}-1", std::process::id()),
+                format!(".training_log.jsonl.tmp-{}", std::process::id()),
+                "c.npy".to_string()
+            ]
+        );
     }
 }

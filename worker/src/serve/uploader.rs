@@ -45,13 +45,30 @@ fn remove_staged(dir: &Path) {
     }
 }
 
+/// How often a checkpoint's files are sent again when the coordinator did not get the pair
+/// (a coordinator restart between the weights and the sidecar, or a corrupted transfer).
+const PAIR_TRIES: usize = 3;
+
+/// Whether an upload error says the data did not arrive intact (DATA_LOSS): sending again helps.
+fn data_lost(e: &anyhow::Error) -> bool {
+    e.to_string() == format!("{:?}", tonic::Code::DataLoss)
+}
+
 fn upload_job(conn: &Conn, task: &pb::Task, rt: &tokio::runtime::Handle, files: &[(PathBuf, String)]) -> Result<u64> {
-    let mut bytes = 0;
-    for (local, rel) in files {
-        bytes += std::fs::metadata(local).map(|m| m.len()).unwrap_or(0);
-        rt.block_on(transfer::upload(conn, task, local, rel))?;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let mut bytes = 0;
+        let res = files.iter().try_for_each(|(local, rel)| {
+            bytes += std::fs::metadata(local).map(|m| m.len()).unwrap_or(0);
+            rt.block_on(transfer::upload(conn, task, local, rel))
+        });
+        match res {
+            Ok(()) => return Ok(bytes),
+            Err(e) if data_lost(&e) && tries < PAIR_TRIES => tracing::warn!("{e:#}; sending the checkpoint again"),
+            Err(e) => return Err(e),
+        }
     }
-    Ok(bytes)
 }
 
 fn worker_loop(sh: Shared, conn: Conn, task: pb::Task, rt: tokio::runtime::Handle) {

@@ -6,7 +6,6 @@ use crate::serve::{staging, untrusted};
 use crate::train::{self, CheckpointKind, CheckpointMeta, FoldSpec, Progress, TrainingConfig};
 use anyhow::{anyhow, bail, Context, Result};
 use nnunet_common::train_log::EpochMetrics;
-use nnunet_proto::v1 as pb;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -18,21 +17,10 @@ struct GrpcProgress<'a> {
 }
 
 impl Progress for GrpcProgress<'_> {
+    /// Queues the epoch's metrics (never waits for the coordinator: training goes on while it is
+    /// unreachable; a refusal marks the lease lost, see `serve::reports`).
     fn on_epoch(&mut self, m: &EpochMetrics) -> Result<()> {
-        let ctx = self.ctx;
-        let req = pb::MetricsReport {
-            worker_id: ctx.conn.id(),
-            task_id: ctx.task.task_id.clone(),
-            lease_id: ctx.task.lease_id,
-            fencing_token: ctx.task.fencing_token,
-            metrics: Some(nnunet_proto::convert::metrics_to_proto(m)),
-        };
-        ctx.rt
-            .block_on(ctx.conn.call("metrics", |mut api| {
-                let req = req.clone();
-                async move { api.report_metrics(req).await }
-            }))
-            .map_err(|s| anyhow!(crate::error::WorkerError::LeaseLost(format!("metrics refused: {}", s.message()))))?;
+        self.ctx.reports.metrics(nnunet_proto::convert::metrics_to_proto(m));
         Ok(())
     }
 
