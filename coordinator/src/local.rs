@@ -140,8 +140,11 @@ fn default_dataset(state_dir: &Path) -> Result<PathBuf> {
 /// Scores the fold ensemble of the built-in dataset on its held-out test cases.
 fn score_builtin_test(state_dir: &Path, run_dir: &Path, plans_name: &str) -> Result<String> {
     let gt = state_dir.join("nnUNet_raw").join("Dataset998_SyntheticTest").join("labelsTr");
-    let pred =
-        run_dir.join("results").join("Dataset999_Synthetic").join(nnunet_common::paths::model_folder_name_for(plans_name)).join("ensemble_test");
+    let pred = run_dir
+        .join("results")
+        .join("Dataset999_Synthetic")
+        .join(nnunet_common::paths::model_folder_name_for(plans_name))
+        .join("ensemble_test");
     let summary = nnunet_common::evaluate::evaluate_folders(&gt, &pred, &[1, 2], ".nii.gz", None)?;
     let v = serde_json::to_value(&summary)?;
     let f = |p: &str| v.pointer(p).and_then(|x| x.as_f64()).map(|x| format!("{x:.4}")).unwrap_or_else(|| "NaN".into());

@@ -409,7 +409,8 @@ fn nnunet_run_with_the_resenc_m_planner_trains_five_folds_in_parallel() {
         let sidecar: serde_json::Value =
             serde_json::from_slice(&std::fs::read(md.join(format!("fold_{f}/checkpoint_final.json"))).unwrap()).unwrap();
         assert_eq!(
-            sidecar["init_args"]["configuration"]["architecture"]["arch_kwargs"]["n_blocks_per_stage"], arch["arch_kwargs"]["n_blocks_per_stage"],
+            sidecar["init_args"]["configuration"]["architecture"]["arch_kwargs"]["n_blocks_per_stage"],
+            arch["arch_kwargs"]["n_blocks_per_stage"],
             "fold {f} trained the plans' ResidualEncoderUNet"
         );
         assert!(md.join(format!("fold_{f}/validation/summary.json")).is_file(), "fold {f} validated");

@@ -195,7 +195,12 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     let spec = FoldSpec {
         preprocessed_dir: pre.clone(),
         plans_name: args.plans.clone(),
-        fold: args.fold, fold_dir: fold_dir.clone(), device, config, resume: args.resume };
+        fold: args.fold,
+        fold_dir: fold_dir.clone(),
+        device,
+        config,
+        resume: args.resume,
+    };
     let mut progress = CliProgress { stop };
     let out = train::train_fold(&spec, &mut progress)?;
     if out.stopped_early {

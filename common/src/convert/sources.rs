@@ -210,7 +210,9 @@ fn read_v2_labels(l: &serde_json::Map<String, serde_json::Value>, dj_path: &Path
             (_, Some(x)) => {
                 declared.labels.insert(x, name.clone());
             }
-            (_, None) => problems.push(format!("{}: label {name:?} is not an integer (region labels are not supported)", dj_path.display())),
+            (_, None) => {
+                problems.push(format!("{}: label {name:?} is not an integer (region labels are not supported)", dj_path.display()))
+            }
         }
     }
     if let (Some(ig), Some((&top, top_name))) = (declared.ignore, declared.labels.last_key_value()) {

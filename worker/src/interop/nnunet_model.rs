@@ -171,10 +171,7 @@ pub fn check_architecture(config: &Configuration2d, what: &Path) -> Result<()> {
     ];
     for (ok, what_) in checks {
         if !ok {
-            bail!(
-                "{}: the plans' {class:?} uses {what_}; nnunet-rs builds Conv2d + InstanceNorm2d + LeakyReLU(0.01) only",
-                what.display()
-            );
+            bail!("{}: the plans' {class:?} uses {what_}; nnunet-rs builds Conv2d + InstanceNorm2d + LeakyReLU(0.01) only", what.display());
         }
     }
     PlainConvUNet::check_arch(a).map_err(|e| anyhow!("{}: {e}", what.display()))
