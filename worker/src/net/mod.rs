@@ -118,18 +118,18 @@ impl UNet {
             .then(|| Stacked::new(&(&pe / "stem"), 1, in_channels, feats[0], spec(0).strided([1, 1]), &mut names));
         let mut c_in = if stem.is_some() { feats[0] } else { in_channels };
         let mut encoder = Vec::with_capacity(n);
-        for s in 0..n {
+        for (s, &f) in feats.iter().enumerate().take(n) {
             let ps = &pe / "stages" / s;
             encoder.push(match class {
                 // PlainConvEncoder: `encoder.stages.{s}.0` (a Sequential holding one StackedConvBlocks).
                 NetworkClass::PlainConvUNet => {
-                    EncoderStage::Plain(Stacked::new(&(&ps / 0), arch.n_conv_per_stage[s], c_in, feats[s], spec(s), &mut names))
+                    EncoderStage::Plain(Stacked::new(&(&ps / 0), arch.n_conv_per_stage[s], c_in, f, spec(s), &mut names))
                 }
                 NetworkClass::ResidualEncoderUNet => {
-                    EncoderStage::Residual(ResidualStage::new(&ps, arch.n_blocks_per_stage[s], c_in, feats[s], spec(s), &mut names))
+                    EncoderStage::Residual(ResidualStage::new(&ps, arch.n_blocks_per_stage[s], c_in, f, spec(s), &mut names))
                 }
             });
-            c_in = feats[s];
+            c_in = f;
         }
         let (transpconvs, decoder, seg_layers) = Self::build_decoder(&(p / "decoder"), arch, &feats, num_classes, &spec, &mut names);
         UNet { class, stem, encoder, transpconvs, decoder, seg_layers, names, in_channels, num_classes }
