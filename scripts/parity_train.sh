@@ -52,8 +52,8 @@ rm -rf "$WORK/ours" && mkdir -p "$WORK/ours/raw" "$WORK/ours/pre" "$WORK/ours/re
 cp -r "$WORK/ref/raw/$DS" "$WORK/ours/raw/"
 export nnUNet_raw="$WORK/ours/raw" nnUNet_preprocessed="$WORK/ours/pre" nnUNet_results="$WORK/ours/res"
 $BIN_DIR/nnunet plan-and-preprocess $DS --planner "$PLANNER" --quiet > "$WORK/ours_prepare.log" 2>&1
-cmp <("$PEER_PY" -c "import json;print(json.load(open('$WORK/ref/preprocessed/$DS/$PLANS.json'))['configurations']['2d'])") \
-    <("$PEER_PY" -c "import json;print(json.load(open('$WORK/ours/pre/$DS/$PLANS.json'))['configurations']['2d'])") \
+cmp <("$PEER_PY" -c "import json;print(json.dumps(json.load(open('$WORK/ref/preprocessed/$DS/$PLANS.json'))['configurations']['2d'],sort_keys=True))") \
+    <("$PEER_PY" -c "import json;print(json.dumps(json.load(open('$WORK/ours/pre/$DS/$PLANS.json'))['configurations']['2d'],sort_keys=True))") \
     || echo "note: the 2d configurations of $PLANS.json differ (see both files)" >&2
 cmp <("$PEER_PY" -c "import json;print(json.load(open('$WORK/ref/preprocessed/$DS/splits_final.json'))[0])") \
     <("$PEER_PY" -c "import json;print(json.load(open('$WORK/ours/pre/$DS/splits_final.json'))[0])") || { echo "fold-0 splits differ" >&2; exit 1; }
