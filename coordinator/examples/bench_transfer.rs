@@ -47,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
         folds: vec![Fold::Index(0)],
         predict_test: false,
         preprocess_shards: 1,
+        plans_name: nnunet_common::paths::PLANS_NAME.into(),
         created_ms: coord.now_ms(),
         finished_ms: None,
         summary_json: None,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// `nnunet convert`: build an nnU-Net v2 dataset (`DatasetNNN_Name/`, pseudo-3D `.nii.gz`).
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Examples:\n  nnunet convert --images imgs/ --masks masks/ --id 501 --name Lesions --labels background,lesion\n  nnunet convert --from nnUNet_raw_data/Task004_Hippocampus --id 504\n\nMasks: 0/255 become 0/1 automatically; other value sets map in sorted order across the whole dataset; --map and --binarize override. JPEG masks are refused."
+    after_help = "Examples:\n  nnunet convert --images imgs/ --masks masks/ --id 501 --name Lesions --labels background,lesion\n  nnunet convert --from nnUNet_raw_data/Task004_Hippocampus --id 504\n\nMasks: 0/255 become 0/1 automatically; other value sets map in sorted order across the whole dataset; --map and --binarize override; --ignore-value V makes V the ignore label (highest label). JPEG masks are refused."
 )]
 pub struct ConvertArgs {
     /// Folder of images (PNG 8/16-bit, TIFF, BMP, JPEG, NIfTI; gray, RGB or RGBA), one file per case.
@@ -44,6 +44,10 @@ pub struct ConvertArgs {
     /// Map every nonzero mask value to 1 (the `x > 0` transform).
     #[arg(long, conflicts_with = "map")]
     pub binarize: bool,
+    /// Mask value of unannotated pixels (sparse/partial annotations): it becomes the ignore label,
+    /// one above the highest label (`"ignore"` in dataset.json); the loss and the metrics skip it.
+    #[arg(long, value_name = "VALUE")]
+    pub ignore_value: Option<f64>,
     /// Channel names (e.g. `CT` to get CT normalization), overriding gray / R,G,B / R,G,B,A.
     #[arg(long, value_delimiter = ',')]
     pub channel_names: Option<Vec<String>>,
@@ -139,6 +143,7 @@ pub fn run_convert(a: ConvertArgs) -> anyhow::Result<()> {
     opts.label_names = a.labels.clone();
     opts.map = parse_map(&a.map)?;
     opts.binarize = a.binarize;
+    opts.ignore_value = a.ignore_value;
     opts.channel_names = a.channel_names.clone();
     opts.overwrite = a.overwrite;
     opts.threads = a.threads;

@@ -36,6 +36,9 @@ pub struct SubmitArgs {
     /// Also predict imagesTs with every fold and ensemble them.
     #[arg(long)]
     pub predict_test: bool,
+    /// Experiment planner: default (nnUNetPlans), ResEncM, ResEncL or ResEncXL (nnUNetResEncUNet{M,L,XL}Plans).
+    #[arg(long, default_value = "default", value_parser = crate::cli_plan::parse_planner)]
+    pub planner: nnunet_common::planners::Planner,
     /// Wait for the run to finish (exit code 0 only if it is DONE), printing events.
     #[arg(long)]
     pub wait: bool,
@@ -57,6 +60,7 @@ pub async fn submit(a: SubmitArgs) -> Result<()> {
         name: a.name,
         preprocess_shards: a.shards,
         predict_test: a.predict_test,
+        planner: a.planner,
     };
     let mut c = client::monitor(&a.conn).await?;
     let info = c.submit_run(crate::service::convert::spec_to_proto(&spec)).await.map_err(client::explain)?.into_inner();

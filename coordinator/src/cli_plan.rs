@@ -129,7 +129,7 @@ fn print_plan(dirs: &DatasetDirs, plans: &nnunet_common::plans::Plans) -> Result
     Ok(())
 }
 
-fn parse_planner(s: &str) -> std::result::Result<Planner, String> {
+pub(crate) fn parse_planner(s: &str) -> std::result::Result<Planner, String> {
     s.parse().map_err(|e: nnunet_common::Error| e.to_string())
 }
 

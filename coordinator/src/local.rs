@@ -72,6 +72,9 @@ pub struct RunArgs {
     /// Extra arguments for `nnunet convert` are not exposed here; convert first for full control.
     #[arg(long)]
     pub binarize: bool,
+    /// Experiment planner: default (nnUNetPlans), ResEncM, ResEncL or ResEncXL (nnUNetResEncUNet{M,L,XL}Plans).
+    #[arg(long, default_value = "default", value_parser = crate::cli_plan::parse_planner)]
+    pub planner: nnunet_common::planners::Planner,
 }
 
 fn worker_binary() -> Result<PathBuf> {
@@ -135,9 +138,13 @@ fn default_dataset(state_dir: &Path) -> Result<PathBuf> {
 }
 
 /// Scores the fold ensemble of the built-in dataset on its held-out test cases.
-fn score_builtin_test(state_dir: &Path, run_dir: &Path) -> Result<String> {
+fn score_builtin_test(state_dir: &Path, run_dir: &Path, plans_name: &str) -> Result<String> {
     let gt = state_dir.join("nnUNet_raw").join("Dataset998_SyntheticTest").join("labelsTr");
-    let pred = run_dir.join("results").join("Dataset999_Synthetic").join(nnunet_common::paths::model_folder_name()).join("ensemble_test");
+    let pred = run_dir
+        .join("results")
+        .join("Dataset999_Synthetic")
+        .join(nnunet_common::paths::model_folder_name_for(plans_name))
+        .join("ensemble_test");
     let summary = nnunet_common::evaluate::evaluate_folders(&gt, &pred, &[1, 2], ".nii.gz", None)?;
     let v = serde_json::to_value(&summary)?;
     let f = |p: &str| v.pointer(p).and_then(|x| x.as_f64()).map(|x| format!("{x:.4}")).unwrap_or_else(|| "NaN".into());
@@ -268,7 +275,7 @@ async fn start_embedded(args: &RunArgs, state_dir: &Path, ncpu: usize) -> Result
 /// otherwise a new run is submitted.
 async fn submit_or_resume(coord: &Arc<Coordinator>, spec: RunSpec) -> Result<Run> {
     let canonical = spec.dataset_dir.canonicalize()?.to_string_lossy().into_owned();
-    if let Some(prev) = coord.resumable_run(&canonical, &spec.folds) {
+    if let Some(prev) = coord.resumable_run(&canonical, &spec.folds, spec.planner.plans_name()) {
         eprintln!("resuming unfinished run {} (finished tasks are kept; training resumes from the last checkpoints)", prev.id);
         let id = prev.id.clone();
         coord
@@ -344,6 +351,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         name: String::new(),
         preprocess_shards: devices.len() as u32,
         predict_test: dataset_dir.join("imagesTs").is_dir(),
+        planner: args.planner,
     };
     let run = submit_or_resume(&e.coord, spec).await?;
     let folds: Vec<String> = run.folds.iter().map(|f| f.to_string()).collect();
@@ -384,7 +392,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let info = convert::run_info(&view);
     println!("\n{}", client::fold_table(&info));
     if builtin && view.run.state == RunState::Done && run.predict_test {
-        match score_builtin_test(&state_dir, &run_dir) {
+        match score_builtin_test(&state_dir, &run_dir, &run.plans_name) {
             Ok(line) => println!("{line}"),
             Err(err) => eprintln!("could not score the held-out test images: {err:#}"),
         }

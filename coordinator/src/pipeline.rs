@@ -5,7 +5,7 @@
 //!   .nnunet-run-id                      marker: a worker that can read it shares the filesystem
 //!   raw/DatasetXXX_Name -> user's folder (symlink)
 //!   preprocessed/DatasetXXX_Name/       nnU-Net layout: plans, fingerprint, splits, nnUNetPlans_2d/
-//!   results/DatasetXXX_Name/nnUNetTrainer__nnUNetPlans__2d/
+//!   results/DatasetXXX_Name/nnUNetTrainer__<plans>__2d/   (<plans>: nnUNetPlans, or the --planner preset's)
 //!     fold_K/, fold_all/                checkpoints, logs, progress.png, validation/
 //!     crossval_results_folds_0_1_2_3_4/ merged validation, summary.json, postprocessing.json
 //!     test_predictions/fold_K/          per-fold test probabilities (PREDICT tasks)
@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 pub fn dirs_of(run: &Run) -> DatasetDirs {
     let rd = Path::new(&run.run_dir);
-    DatasetDirs::new(&run.dataset_name, &rd.join("raw"), &rd.join("preprocessed"), &rd.join("results"))
+    DatasetDirs::new(&run.dataset_name, &rd.join("raw"), &rd.join("preprocessed"), &rd.join("results")).with_plans(&run.plans_name)
 }
 
 /// Path of `p` relative to the run dir, as a string with `/`.
@@ -52,7 +52,9 @@ pub fn prepare_run_dir(run_dir: &Path, run_id: &RunId, raw: &Path, dataset_name:
 pub fn plan(run: &Run, threads: usize) -> Result<Vec<String>> {
     let dirs = dirs_of(run);
     nnunet_common::verify::verify_dataset(&dirs.raw)?.into_result()?;
-    nnunet_common::preprocess::plan_dataset(&dirs, nnunet_common::planners::Planner::Default, None, threads, false)?;
+    let planner = nnunet_common::planners::Planner::from_plans_name(&run.plans_name)
+        .with_context(|| format!("run {} names plans {:?}, which no planner writes", run.id, run.plans_name))?;
+    nnunet_common::preprocess::plan_dataset(&dirs, planner, None, threads, false)?;
     let model_dir = dirs.model_dir();
     std::fs::create_dir_all(&model_dir)?;
     std::fs::copy(dirs.plans_file(), model_dir.join("plans.json"))?;

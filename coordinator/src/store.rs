@@ -242,6 +242,7 @@ mod tests {
             folds: vec![Fold::Index(0), Fold::All],
             predict_test: false,
             preprocess_shards: 1,
+            plans_name: nnunet_common::paths::PLANS_NAME.into(),
             created_ms: 5,
             finished_ms: None,
             summary_json: None,

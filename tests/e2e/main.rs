@@ -355,3 +355,65 @@ fn workers_without_the_token_are_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("Unauthenticated") || String::from_utf8_lossy(&out.stderr).contains("refused"));
 }
+
+/// The largest number of train tasks RUNNING at once in `nnunet run`'s event lines.
+fn max_parallel_trains(lines: &str) -> usize {
+    let (mut now, mut max) = (0usize, 0usize);
+    for l in lines.lines() {
+        if l.contains(" train RUNNING") {
+            now += 1;
+            max = max.max(now);
+        } else if l.contains(" train DONE") || l.contains(" train FAILED") || l.contains(" train PENDING") {
+            now = now.saturating_sub(1);
+        }
+    }
+    max
+}
+
+#[test]
+fn nnunet_run_with_the_resenc_m_planner_trains_five_folds_in_parallel() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(src) = shared_dataset("isbi2012_em") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path();
+    subset(&src, &work.join("data"), 10, 0, 48);
+    let ds = convert(work, &work.join("data"));
+    // A planner we do not know is refused by name before anything runs.
+    let out = Command::new(bin("nnunet")).arg("run").arg(&ds).args(["--planner", "ResEncXXL"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("unknown planner \"ResEncXXL\"") && err.contains("ResEncM"), "{err}");
+    let out = run_ok(
+        Command::new(bin("nnunet"))
+            .arg("run")
+            .arg(&ds)
+            .args(["--workers", "2", "--device", "cpu", "--epochs", "1", "--iters", "2", "--val-iters", "1", "--planner", "ResEncM"])
+            .arg("--state-dir")
+            .arg(work.join("state"))
+            .env("RUST_LOG", "warn"),
+    );
+    assert!(out.contains("run is DONE"), "{out}");
+    assert!(max_parallel_trains(&out) >= 2, "two workers must train folds at the same time:\n{out}");
+    let runs: Vec<PathBuf> = std::fs::read_dir(work.join("state/runs")).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let results = runs[0].join("results/Dataset001_ISBI");
+    assert!(!results.join("nnUNetTrainer__nnUNetPlans__2d").exists(), "the default model folder must not be written");
+    let md = results.join("nnUNetTrainer__nnUNetResEncUNetMPlans__2d");
+    let plans: serde_json::Value = serde_json::from_slice(&std::fs::read(md.join("plans.json")).unwrap()).unwrap();
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(runs[0].join("preprocessed/Dataset001_ISBI/nnUNetResEncUNetMPlans.json")).unwrap()).unwrap();
+    assert_eq!(plans, written, "the model folder's plans.json is the planner's nnUNetResEncUNetMPlans.json");
+    assert_eq!(plans["plans_name"], "nnUNetResEncUNetMPlans");
+    let arch = &plans["configurations"]["2d"]["architecture"];
+    assert_eq!(arch["network_class_name"], "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet");
+    for f in 0..5 {
+        let sidecar: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(md.join(format!("fold_{f}/checkpoint_final.json"))).unwrap()).unwrap();
+        assert_eq!(
+            sidecar["init_args"]["configuration"]["architecture"]["arch_kwargs"]["n_blocks_per_stage"],
+            arch["arch_kwargs"]["n_blocks_per_stage"],
+            "fold {f} trained the plans' ResidualEncoderUNet"
+        );
+        assert!(md.join(format!("fold_{f}/validation/summary.json")).is_file(), "fold {f} validated");
+    }
+    assert!(md.join("crossval_results_folds_0_1_2_3_4/summary.json").is_file());
+}

@@ -13,6 +13,10 @@ pub struct TrainArgs {
     /// Preprocessed dataset: a folder, or a name/id under $nnUNet_preprocessed.
     #[arg(long)]
     pub dataset: String,
+    /// Plans to train with (nnU-Net's -p): `<NAME>.json` in the preprocessed folder, e.g.
+    /// nnUNetResEncUNetMPlans; the model folder is nnUNetTrainer__<NAME>__2d.
+    #[arg(long, short = 'p', default_value = nnunet_common::paths::PLANS_NAME)]
+    pub plans: String,
     /// Fold to train: 0-4 (a larger number uses nnU-Net's random 80:20 split), or `all` (every
     /// training case, validated on the training cases as nnU-Net's `fold all`; folder `fold_all`).
     #[arg(long, default_value = "0")]
@@ -35,7 +39,7 @@ pub struct TrainArgs {
     /// Continue from the fold's checkpoint_latest (like nnU-Net's --c).
     #[arg(long = "continue")]
     pub resume: bool,
-    /// Fold output folder (default $nnUNet_results/<dataset>/nnUNetTrainer__nnUNetPlans__2d/fold_K).
+    /// Fold output folder (default $nnUNet_results/<dataset>/nnUNetTrainer__<plans>__2d/fold_K).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Seed of the initialization and the batches.
@@ -103,14 +107,14 @@ fn resolve_preprocessed(dataset: &str) -> anyhow::Result<PathBuf> {
     nnunet_common::paths::resolve_dataset(&root, dataset).with_context(|| format!("resolving --dataset {dataset}"))
 }
 
-/// The fold folder: `--out`, else `$nnUNet_results/<dataset>/nnUNetTrainer__nnUNetPlans__2d/fold_K`.
+/// The fold folder: `--out`, else `$nnUNet_results/<dataset>/nnUNetTrainer__<plans>__2d/fold_K`.
 fn fold_dir(args: &TrainArgs, pre: &std::path::Path) -> anyhow::Result<PathBuf> {
     if let Some(o) = &args.out {
         return Ok(o.clone());
     }
     let name = pre.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "dataset".into());
     let res = nnunet_common::paths::results_root().context("no --out given")?;
-    Ok(res.join(&name).join(nnunet_common::paths::model_folder_name()).join(args.fold.dir_name()))
+    Ok(res.join(&name).join(nnunet_common::paths::model_folder_name_for(&args.plans)).join(args.fold.dir_name()))
 }
 
 /// nnU-Net's defaults with the command line's overrides.
@@ -136,11 +140,11 @@ fn training_config(args: &TrainArgs) -> TrainingConfig {
 }
 
 /// Copies the files inference needs into the model folder (nnU-Net copies them at training start).
-fn copy_model_files(pre: &std::path::Path, fold_dir: &std::path::Path) -> anyhow::Result<()> {
+fn copy_model_files(pre: &std::path::Path, plans_name: &str, fold_dir: &std::path::Path) -> anyhow::Result<()> {
     let Some(model_dir) = fold_dir.parent() else { return Ok(()) };
     std::fs::create_dir_all(model_dir).with_context(|| format!("creating {}", model_dir.display()))?;
     for (src, dst) in [
-        (format!("{}.json", nnunet_common::paths::PLANS_NAME), "plans.json"),
+        (format!("{plans_name}.json"), "plans.json"),
         ("dataset.json".into(), "dataset.json"),
         ("dataset_fingerprint.json".into(), "dataset_fingerprint.json"),
     ] {
@@ -173,13 +177,30 @@ fn stop_on_signals() -> Arc<AtomicBool> {
 }
 
 pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
+    nnunet_common::paths::check_plans_name(&args.plans)?;
     let pre = resolve_preprocessed(&args.dataset)?;
+    if !pre.join(format!("{}.json", args.plans)).is_file() {
+        anyhow::bail!(
+            "--plans {}: no {}.json in {} (plan it with `nnunet plan-and-preprocess <dataset> --planner ...`)",
+            args.plans,
+            args.plans,
+            pre.display()
+        );
+    }
     let fold_dir = fold_dir(&args, &pre)?;
-    copy_model_files(&pre, &fold_dir)?;
+    copy_model_files(&pre, &args.plans, &fold_dir)?;
     let device = crate::device::parse_device(&args.device)?;
     let config = training_config(&args);
     let stop = stop_on_signals();
-    let spec = FoldSpec { preprocessed_dir: pre.clone(), fold: args.fold, fold_dir: fold_dir.clone(), device, config, resume: args.resume };
+    let spec = FoldSpec {
+        preprocessed_dir: pre.clone(),
+        plans_name: args.plans.clone(),
+        fold: args.fold,
+        fold_dir: fold_dir.clone(),
+        device,
+        config,
+        resume: args.resume,
+    };
     let mut progress = CliProgress { stop };
     let out = train::train_fold(&spec, &mut progress)?;
     if out.stopped_early {

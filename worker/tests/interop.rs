@@ -248,10 +248,16 @@ fn bad_models_are_refused_by_name() {
     // An unknown network_class_name.
     write_variant(&p, "nnUNetTrainer", "2d");
     plans["configurations"]["2d"]["architecture"]["network_class_name"] =
+        "dynamic_network_architectures.architectures.unet.ResidualUNet".into();
+    std::fs::write(&plans_path, serde_json::to_vec(&plans).unwrap()).unwrap();
+    let e = predict_err(&m, dir.path());
+    assert!(e.contains("ResidualUNet") && e.contains("not supported"), "{e}");
+    // ResidualEncoderUNet named over PlainConvUNet arch_kwargs: an inconsistent plans file.
+    plans["configurations"]["2d"]["architecture"]["network_class_name"] =
         "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet".into();
     std::fs::write(&plans_path, serde_json::to_vec(&plans).unwrap()).unwrap();
     let e = predict_err(&m, dir.path());
-    assert!(e.contains("ResidualEncoderUNet") && e.contains("not supported"), "{e}");
+    assert!(e.contains("ResidualEncoderUNet") && e.contains("does not fit its arch_kwargs"), "{e}");
     // A zip without plans.json: refused, nothing written next to the output.
     let zip_path = dir.path().join("noplans.zip");
     nnunet_zip(&zip_path, &["plans.json"]);

@@ -64,6 +64,10 @@ pub struct ConvertOptions {
     pub map: Vec<(f64, i64)>,
     /// Every nonzero mask value becomes 1.
     pub binarize: bool,
+    /// This mask value marks unannotated pixels: it becomes the ignore label (the highest label,
+    /// `"ignore"` in dataset.json; nnU-Net's `documentation/ignore_label.md`), the other values
+    /// are mapped as usual.
+    pub ignore_value: Option<f64>,
     /// Channel names, overriding the defaults (gray / R,G,B / R,G,B,A / dataset.json's).
     pub channel_names: Option<Vec<String>>,
     /// Replace an existing output dataset folder.
@@ -84,6 +88,7 @@ impl ConvertOptions {
             label_names: None,
             map: Vec::new(),
             binarize: false,
+            ignore_value: None,
             channel_names: None,
             overwrite: false,
             threads: 0,
@@ -196,12 +201,42 @@ struct LabelPlan {
     /// 0..K.
     label_set: Vec<i64>,
     label_names: Vec<String>,
+    /// The ignore label (one above the highest label), with the original value it comes from.
+    ignore: Option<(i64, f64)>,
+}
+
+/// The original mask value that becomes the ignore label: `--ignore-value`, or the ignore label an
+/// nnU-Net v2 input declares (its masks already hold it).
+fn ignore_source(opts: &ConvertOptions, declared: Option<&Declared>) -> std::result::Result<Option<f64>, String> {
+    let v = match (opts.ignore_value, declared.and_then(|d| d.ignore)) {
+        (Some(v), Some(k)) if v != k as f64 => {
+            return Err(format!(
+                "--ignore-value {} but the input's dataset.json already declares the ignore label {k}; drop --ignore-value or pass {k}",
+                value_key(v)
+            ))
+        }
+        (Some(v), _) => v,
+        (None, Some(k)) => k as f64,
+        (None, None) => return Ok(None),
+    };
+    if !v.is_finite() {
+        return Err(format!("--ignore-value {v} is not a finite mask value"));
+    }
+    if opts.map.iter().any(|(o, _)| *o == v) {
+        return Err(format!(
+            "mask value {} is both the ignore value and in --map; the ignore value always becomes the ignore label (the highest label): remove it from --map",
+            value_key(v)
+        ));
+    }
+    Ok(Some(v))
 }
 
 /// Decides the mapping and names the labels 0..K (declared names, `--labels`, or defaults).
 fn plan_labels(values: &BTreeSet<u64>, opts: &ConvertOptions, declared: Option<&Declared>) -> Result<LabelPlan> {
     let refuse = |msg: String| problems_error("conversion refused", vec![msg]);
-    let mapping = decide_mapping(values, opts, declared).map_err(|p| problems_error("conversion refused", p))?;
+    let ignore_src = ignore_source(opts, declared).map_err(refuse)?;
+    let kept: BTreeSet<u64> = values.iter().copied().filter(|&b| Some(f64::from_bits(b)) != ignore_src).collect();
+    let mut mapping = decide_mapping(&kept, opts, declared).map_err(|p| problems_error("conversion refused", p))?;
     let label_set: Vec<i64> = mapping.values().copied().collect::<BTreeSet<_>>().into_iter().collect();
     // Declared label names may cover labels absent from every mask: keep them.
     let n_labels = match (&opts.label_names, declared) {
@@ -244,7 +279,15 @@ fn plan_labels(values: &BTreeSet<u64>, opts: &ConvertOptions, declared: Option<&
     if label_names.iter().collect::<BTreeSet<_>>().len() != label_names.len() {
         return Err(refuse(format!("label names {label_names:?} are not unique")));
     }
-    Ok(LabelPlan { mapping, label_set, label_names })
+    if label_names.iter().any(|n| n == "ignore") {
+        return Err(refuse("a label is named \"ignore\", which dataset.json reserves for the ignore label; rename it".into()));
+    }
+    // nnU-Net requires the ignore label to be the highest label value: one above the classes.
+    let ignore = ignore_src.map(|v| (label_set.len() as i64, v));
+    if let Some((label, v)) = ignore {
+        mapping.insert(v.to_bits(), label);
+    }
+    Ok(LabelPlan { mapping, label_set, label_names, ignore })
 }
 
 /// A fresh hidden sibling `.DatasetNNN_Name.partial/` with the folders the cases go to.
@@ -367,7 +410,13 @@ fn build_dataset_json(
     }
     DatasetJson {
         channel_names: channel_names.iter().enumerate().map(|(k, n)| (k.to_string(), n.clone())).collect(),
-        labels: labels.label_names.iter().zip(&labels.label_set).map(|(n, &l)| (n.clone(), LabelValue::One(l))).collect(),
+        labels: labels
+            .label_names
+            .iter()
+            .zip(&labels.label_set)
+            .map(|(n, &l)| (n.clone(), LabelValue::One(l)))
+            .chain(labels.ignore.map(|(l, _)| ("ignore".to_string(), LabelValue::One(l))))
+            .collect(),
         num_training: n_train,
         file_ending: ".nii.gz".into(),
         name: Some(opts.name.clone()),
@@ -466,6 +515,11 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
         label_counts.iter().filter(|(l, c)| **l > 0 && c.cases == 0).map(|(l, c)| format!("{l} ({})", c.name)).collect();
     if !absent.is_empty() {
         warnings.push(format!("label(s) {} occur in no mask", absent.join(", ")));
+    }
+    if let Some((label, v)) = labels.ignore {
+        if !values.contains(&v.to_bits()) {
+            warnings.push(format!("the ignore value {} (ignore label {label}) occurs in no mask: every pixel is annotated", value_key(v)));
+        }
     }
     let mapping = dj.nnunetrs_label_mapping.map(|m| m.original_to_label).unwrap_or_default();
     let identity = labels.mapping.iter().all(|(b, l)| f64::from_bits(*b) == *l as f64);

@@ -21,6 +21,8 @@ pub(super) struct Declared {
     pub channel_names: Vec<String>,
     /// label value -> name
     pub labels: BTreeMap<i64, String>,
+    /// The ignore label of a v2 dataset.json (`"ignore": K`), which must be the highest label.
+    pub ignore: Option<i64>,
     pub description: Option<String>,
     pub extra: BTreeMap<String, serde_json::Value>,
 }
@@ -198,21 +200,34 @@ fn read_declared(o: &serde_json::Map<String, serde_json::Value>, dj_path: &Path,
     Ok((declared, Layout { is_v1, ending, n_channels }))
 }
 
-/// v2 labels: name -> integer value; the ignore label and regions are refused.
+/// v2 labels: name -> integer value, and the ignore label (`"ignore": K`, nnU-Net's
+/// `documentation/ignore_label.md`: K must be the highest label value); regions are refused.
 fn read_v2_labels(l: &serde_json::Map<String, serde_json::Value>, dj_path: &Path, declared: &mut Declared, problems: &mut Vec<String>) {
     for (name, val) in l {
-        if name == "ignore" {
-            problems.push(format!(
-                "{}: the ignore label is not supported by nnunet-rs conversion; remove it or convert by hand",
-                dj_path.display()
-            ));
-            continue;
-        }
-        match val.as_i64() {
-            Some(x) => {
+        match (name.as_str(), val.as_i64()) {
+            ("ignore", Some(x)) => declared.ignore = Some(x),
+            ("ignore", None) => problems.push(format!("{}: the ignore label {val} is not an integer label value", dj_path.display())),
+            (_, Some(x)) => {
                 declared.labels.insert(x, name.clone());
             }
-            None => problems.push(format!("{}: label {name:?} is not an integer (region labels are not supported)", dj_path.display())),
+            (_, None) => {
+                problems.push(format!("{}: label {name:?} is not an integer (region labels are not supported)", dj_path.display()))
+            }
+        }
+    }
+    if let (Some(ig), Some((&top, top_name))) = (declared.ignore, declared.labels.last_key_value()) {
+        if ig <= top {
+            problems.push(format!(
+                "{}: the ignore label is {ig} but label {top_name:?} is {top}; nnU-Net needs the ignore label to be the highest label value: give it {} (and renumber the masks' ignore pixels), or remove it",
+                dj_path.display(),
+                top + 1
+            ));
+        } else if ig != top + 1 {
+            problems.push(format!(
+                "{}: the ignore label is {ig} but the highest label is {top}; labels must be consecutive, so the ignore label must be {}",
+                dj_path.display(),
+                top + 1
+            ));
         }
     }
 }

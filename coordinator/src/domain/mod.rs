@@ -219,6 +219,8 @@ pub struct RunSpec {
     pub preprocess_shards: u32,
     /// Also predict imagesTs with every fold and ensemble them.
     pub predict_test: bool,
+    /// The experiment planner (`--planner`): its plans file names the model folder.
+    pub planner: nnunet_common::planners::Planner,
 }
 
 /// What a credential may do. `Admin` is the legacy single token: everything.

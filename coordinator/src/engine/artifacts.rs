@@ -230,6 +230,7 @@ mod tests {
             folds: vec![Fold::Index(0), Fold::All],
             predict_test: true,
             preprocess_shards: 1,
+            plans_name: nnunet_common::paths::PLANS_NAME.into(),
             created_ms: 0,
             finished_ms: None,
             summary_json: None,

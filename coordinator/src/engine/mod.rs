@@ -422,11 +422,11 @@ impl Coordinator {
     }
 
     /// Runs (active, same dataset folder and folds) that an interrupted `nnunet run` left behind.
-    pub fn resumable_run(&self, raw_dir: &str, folds: &[nnunet_common::Fold]) -> Option<Run> {
+    pub fn resumable_run(&self, raw_dir: &str, folds: &[nnunet_common::Fold], plans_name: &str) -> Option<Run> {
         lock(&self.state)
             .runs
             .values()
-            .filter(|r| !r.state.is_terminal() && r.raw_dir == raw_dir && r.folds == folds)
+            .filter(|r| !r.state.is_terminal() && r.raw_dir == raw_dir && r.folds == folds && r.plans_name == plans_name)
             .max_by_key(|r| r.created_ms)
             .cloned()
     }

@@ -72,6 +72,7 @@ impl Coordinator {
             folds,
             predict_test: spec.predict_test,
             preprocess_shards: spec.preprocess_shards,
+            plans_name: spec.planner.plans_name().to_string(),
             created_ms: now,
             finished_ms: None,
             summary_json: None,

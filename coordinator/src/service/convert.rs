@@ -66,6 +66,14 @@ pub fn spec_from_proto(r: pb::SubmitRunRequest) -> Result<RunSpec, Status> {
         return Err(Status::invalid_argument(format!("{} folds requested; at most {}", r.folds.len(), limits::FOLDS)));
     }
     let folds = r.folds.iter().map(|&f| fold_from_wire(f)).collect::<Result<Vec<_>, _>>()?;
+    if r.planner.len() > limits::SHORT {
+        return Err(Status::invalid_argument(format!("planner name is {} bytes; at most {}", r.planner.len(), limits::SHORT)));
+    }
+    let planner = if r.planner.is_empty() {
+        nnunet_common::planners::Planner::Default
+    } else {
+        r.planner.parse().map_err(|e: nnunet_common::Error| Status::invalid_argument(e.to_string()))?
+    };
     Ok(RunSpec {
         dataset_dir: r.dataset_dir.into(),
         budget: budget_from_proto(r.budget.as_ref()),
@@ -73,6 +81,7 @@ pub fn spec_from_proto(r: pb::SubmitRunRequest) -> Result<RunSpec, Status> {
         name: r.name,
         preprocess_shards: r.preprocess_shards,
         predict_test: r.predict_test,
+        planner,
     })
 }
 
@@ -84,6 +93,7 @@ pub fn spec_to_proto(s: &RunSpec) -> pb::SubmitRunRequest {
         name: s.name.clone(),
         preprocess_shards: s.preprocess_shards,
         predict_test: s.predict_test,
+        planner: s.planner.to_string(),
     }
 }
 
@@ -163,6 +173,7 @@ pub fn order_to_proto(o: &TaskOrder) -> pb::Task {
         run_dir: run.run_dir.clone(),
         checkpoint: o.checkpoint.clone().unwrap_or_default(),
         attempt: t.attempt,
+        plans_name: run.plans_name.clone(),
     }
 }
 
@@ -247,5 +258,25 @@ mod telemetry_tests {
         let s = heartbeat_sample(&hb, 6);
         assert_eq!((s.gpu_util_percent, s.gpu_memory_used_bytes, s.gpu_memory_total_bytes), (Some(100), Some(7), Some(10)));
         assert_eq!(s.rss_bytes, None);
+    }
+}
+
+#[cfg(test)]
+mod spec_tests {
+    use super::*;
+    use nnunet_common::planners::Planner;
+
+    #[test]
+    fn the_planner_travels_in_the_submit_request() {
+        let req = |planner: &str| pb::SubmitRunRequest { dataset_dir: "/d".into(), planner: planner.into(), ..Default::default() };
+        assert_eq!(spec_from_proto(req("")).unwrap().planner, Planner::Default);
+        for p in [Planner::Default, Planner::ResEncM, Planner::ResEncL, Planner::ResEncXL] {
+            let spec = spec_from_proto(req(&p.to_string())).unwrap();
+            assert_eq!(spec.planner, p);
+            assert_eq!(spec_from_proto(spec_to_proto(&spec)).unwrap(), spec);
+        }
+        let e = spec_from_proto(req("ResEncXXL")).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("unknown planner \"ResEncXXL\""), "{}", e.message());
     }
 }

@@ -36,6 +36,10 @@ pub fn next_fencing_token(prev: u64) -> u64 {
     (generation << TOKEN_RANDOM_BITS) | (rand::rng().random::<u64>() & ((1 << TOKEN_RANDOM_BITS) - 1))
 }
 
+fn default_plans_name() -> String {
+    nnunet_common::paths::PLANS_NAME.to_string()
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Run {
     pub id: RunId,
@@ -50,6 +54,10 @@ pub struct Run {
     pub folds: Vec<Fold>,
     pub predict_test: bool,
     pub preprocess_shards: u32,
+    /// The plans file (`nnUNetPlans` or a Residual Encoder preset's; nnU-Net's `-p`), from the
+    /// run's planner. Runs stored before planners existed read as `nnUNetPlans`.
+    #[serde(default = "default_plans_name")]
+    pub plans_name: String,
     pub created_ms: i64,
     /// When the run reached a terminal state (for retention).
     #[serde(default)]

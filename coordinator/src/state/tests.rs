@@ -12,6 +12,7 @@ pub(super) fn run(id: &str, folds: Vec<Fold>) -> Run {
         folds,
         predict_test: false,
         preprocess_shards: 2,
+        plans_name: nnunet_common::paths::PLANS_NAME.into(),
         created_ms: 1,
         finished_ms: None,
         summary_json: None,

@@ -22,6 +22,7 @@ async fn start() -> (tempfile::TempDir, Arc<Coordinator>, String) {
         folds: nnunet_common::Fold::default_five(),
         predict_test: false,
         preprocess_shards: 1,
+        plans_name: nnunet_common::paths::PLANS_NAME.into(),
         created_ms: 1,
         finished_ms: None,
         summary_json: None,

@@ -129,6 +129,7 @@ pub async fn fake_run(coord: &Arc<Coordinator>, dir: &Path, id: &str) -> RunId {
         folds: vec![Fold::Index(0), Fold::Index(1)],
         predict_test: false,
         preprocess_shards: 1,
+        plans_name: nnunet_common::paths::PLANS_NAME.into(),
         created_ms: coord.now_ms(),
         finished_ms: None,
         summary_json: None,

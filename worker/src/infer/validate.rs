@@ -15,14 +15,31 @@ use std::path::Path;
 use std::time::Instant;
 use tch::Tensor;
 
+/// The plans a fold was trained with: the model folder's `plans.json` (copied there at training
+/// start, as nnU-Net does), else `<plans>.json` of the preprocessed folder, `<plans>` read from the
+/// model folder's name `nnUNetTrainer__<plans>__2d` (`nnUNetPlans` for any other name).
+fn plans_of_model(preprocessed_dir: &Path, model_dir: &Path) -> std::path::PathBuf {
+    let own = model_dir.join("plans.json");
+    if own.is_file() {
+        return own;
+    }
+    let folder = model_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let named = match folder.split("__").collect::<Vec<_>>()[..] {
+        [_, p, _] if nnunet_common::paths::check_plans_name(p).is_ok() => p,
+        _ => nnunet_common::paths::PLANS_NAME,
+    };
+    preprocessed_dir.join(format!("{named}.json"))
+}
+
 /// The final validation of one fold (`nnUNetTrainer.perform_actual_validation`): predicts the fold's
 /// validation cases from the preprocessed data, exports them to `fold_dir/validation/{case}{ending}`
 /// (label values, raw geometry) and evaluates them against `gt_segmentations` into
 /// `validation/summary.json`.
 pub fn validate_fold(preprocessed_dir: &Path, fold: nnunet_common::Fold, fold_dir: &Path, opts: &PredictOptions) -> Result<Summary> {
     let start = Instant::now();
-    let plans = Plans::load(&preprocessed_dir.join("nnUNetPlans.json"))
-        .with_context(|| format!("reading the plans of {}", preprocessed_dir.display()))?;
+    let model_dir = fold_dir.parent().unwrap_or(fold_dir);
+    let plans_path = plans_of_model(preprocessed_dir, model_dir);
+    let plans = Plans::load(&plans_path).with_context(|| format!("reading the plans {}", plans_path.display()))?;
     let dj = DatasetJson::load(&preprocessed_dir.join("dataset.json"))
         .with_context(|| format!("reading the dataset.json of {}", preprocessed_dir.display()))?;
     let data_dir = preprocessed_dir.join(nnunet_common::paths::data_identifier());
@@ -31,7 +48,6 @@ pub fn validate_fold(preprocessed_dir: &Path, fold: nnunet_common::Fold, fold_di
     let splits = nnunet_common::splits::load(&preprocessed_dir.join("splits_final.json"))?;
     let split = crate::train::setup::fold_split(&splits, &ids, fold);
     let stem = fold_dir.join(&opts.checkpoint_name);
-    let model_dir = fold_dir.parent().unwrap_or(fold_dir);
     let (vs, net, meta) = crate::interop::load_network_any(model_dir, fold, &stem, opts.device)
         .with_context(|| format!("loading fold {fold} from {}", stem.display()))?;
     let loaded = vec![Fold { fold, _vs: vs, net, meta }];

@@ -1,7 +1,7 @@
 //! Model folders both ways:
 //! - [`export_model`]: our model folder -> the zip `nnUNetv2_install_pretrained_model_from_zip` installs
 //!   (`nnunetv2/model_sharing/model_import.py::install_model_from_zip_file` extracts it into
-//!   `nnUNet_results`): `DatasetXXX_Name/nnUNetTrainer__nnUNetPlans__2d/{plans.json, dataset.json,
+//!   `nnUNet_results`): `DatasetXXX_Name/nnUNetTrainer__<plans_name>__2d/{plans.json, dataset.json,
 //!   dataset_fingerprint.json, fold_K/checkpoint_final.pth}`, each `.pth` holding what
 //!   `nnUNetTrainer.save_checkpoint` writes and the predictor reads.
 //! - [`import_model`]: such a zip -> our model folder (`.safetensors` + sidecar per fold), ready for
@@ -139,7 +139,9 @@ pub fn export_model(model_dir: &Path, folds: Option<&[usize]>, checkpoint_name: 
     if folds.is_empty() {
         bail!("{}: no fold_K/{checkpoint_name}.safetensors to export; train a fold first", model_dir.display());
     }
-    let base = format!("{dataset}/nnUNetTrainer__nnUNetPlans__2d");
+    let plans_name = plans.get("plans_name").and_then(|d| d.as_str()).unwrap_or(nnunet_common::paths::PLANS_NAME);
+    nnunet_common::paths::check_plans_name(plans_name).with_context(|| format!("{}: plans.json plans_name", model_dir.display()))?;
+    let base = format!("{dataset}/{}", nnunet_common::paths::model_folder_name_for(plans_name));
     let mut files: Vec<(String, Vec<u8>)> = vec![
         (format!("{base}/plans.json"), serde_json::to_vec_pretty(&plans)?),
         (format!("{base}/dataset.json"), serde_json::to_vec_pretty(&dataset_json)?),

@@ -11,7 +11,7 @@
 use super::pickle::Value;
 use super::pth;
 use crate::checkpoint::{CheckpointMeta, GradScalerState, InitArgs, RngState, FORMAT_VERSION};
-use crate::net::PlainConvUNet;
+use crate::net::{NetworkClass, PlainConvUNet};
 use anyhow::{anyhow, bail, Context, Result};
 use nnunet_common::dataset_json::DatasetJson;
 use nnunet_common::plans::Configuration2d;
@@ -147,16 +147,19 @@ pub fn resolve_configuration(plans: &serde_json::Value, name: &str, what: &Path)
     Ok(config)
 }
 
-/// The plans' network must be the PlainConvUNet we build.
+/// The plans' network must be one we build: PlainConvUNet (`nnUNetPlans`) or ResidualEncoderUNet
+/// (`nnUNetResEncUNet{M,L,XL}Plans`), with the arch_kwargs of that class.
 pub fn check_architecture(config: &Configuration2d, what: &Path) -> Result<()> {
     let arch = &config.architecture;
     let a = &arch.arch_kwargs;
-    let class = arch.network_class_name.rsplit('.').next().unwrap_or("");
-    if class != "PlainConvUNet" {
+    let class = NetworkClass::from_class_name(&arch.network_class_name).map_err(|e| anyhow!("{}: {e}", what.display()))?;
+    if class != NetworkClass::of(a) {
         bail!(
-            "{}: network_class_name {} is not supported; nnunet-rs runs dynamic_network_architectures' PlainConvUNet only",
+            "{}: network_class_name {} does not fit its arch_kwargs, which describe a {:?} ({}); the plans file is inconsistent",
             what.display(),
-            arch.network_class_name
+            arch.network_class_name,
+            NetworkClass::of(a),
+            if a.n_blocks_per_stage.is_empty() { "n_conv_per_stage, no n_blocks_per_stage" } else { "n_blocks_per_stage" }
         );
     }
     let checks = [
@@ -168,10 +171,7 @@ pub fn check_architecture(config: &Configuration2d, what: &Path) -> Result<()> {
     ];
     for (ok, what_) in checks {
         if !ok {
-            bail!(
-                "{}: the plans' PlainConvUNet uses {what_}; nnunet-rs builds Conv2d + InstanceNorm2d + LeakyReLU(0.01) only",
-                what.display()
-            );
+            bail!("{}: the plans' {class:?} uses {what_}; nnunet-rs builds Conv2d + InstanceNorm2d + LeakyReLU(0.01) only", what.display());
         }
     }
     PlainConvUNet::check_arch(a).map_err(|e| anyhow!("{}: {e}", what.display()))

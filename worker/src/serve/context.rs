@@ -52,6 +52,16 @@ impl TaskCtx {
     /// The nnU-Net folders of the task's dataset under `root`.
     pub fn dirs(&self, root: &Path) -> DatasetDirs {
         DatasetDirs::new(&self.task.dataset_name, &root.join("raw"), &root.join("preprocessed"), &root.join("results"))
+            .with_plans(self.plans_name())
+    }
+
+    /// The run's plans name (checked by `check_task`; empty on the wire means `nnUNetPlans`).
+    pub fn plans_name(&self) -> &str {
+        if self.task.plans_name.is_empty() {
+            nnunet_common::paths::PLANS_NAME
+        } else {
+            &self.task.plans_name
+        }
     }
 
     /// The fold's output folder under `root`.

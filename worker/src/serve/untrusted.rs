@@ -98,6 +98,9 @@ pub fn check_task(task: &pb::Task) -> Result<Fold, WorkerError> {
     check_id("run_id", &task.run_id)?;
     check_id("task_id", &task.task_id)?;
     check_id("dataset_name", &task.dataset_name)?;
+    if !task.plans_name.is_empty() {
+        nnunet_common::paths::check_plans_name(&task.plans_name).map_err(|e| refuse(e.to_string()))?;
+    }
     for c in &task.case_ids {
         check_id("case id", c)?;
     }
@@ -168,6 +171,7 @@ mod tests {
         let variants: Vec<Mutation> = vec![
             Box::new(|t| t.run_id = "../victim".into()),
             Box::new(|t| t.task_id = "a/b".into()),
+            Box::new(|t| t.plans_name = "../nnUNetPlans".into()),
             Box::new(|t| t.dataset_name = "..".into()),
             Box::new(|t| t.case_ids.push("../../etc/x".into())),
             Box::new(|t| t.inputs[0].path = "/etc/passwd".into()),

@@ -76,8 +76,10 @@ pub fn fold_seed(run_seed: u64, fold: Fold) -> u64 {
 pub struct FoldSpec {
     /// `$nnUNet_preprocessed/DatasetXXX_Name` (plans, dataset.json, splits, `nnUNetPlans_2d/`).
     pub preprocessed_dir: PathBuf,
+    /// The plans file in `preprocessed_dir` (`<plans_name>.json`; nnU-Net's `-p`).
+    pub plans_name: String,
     pub fold: Fold,
-    /// Output folder (`.../nnUNetTrainer__nnUNetPlans__2d/fold_K`).
+    /// Output folder (`.../nnUNetTrainer__<plans_name>__2d/fold_K`).
     pub fold_dir: PathBuf,
     pub device: Device,
     pub config: TrainingConfig,

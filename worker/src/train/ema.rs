@@ -27,6 +27,8 @@ impl DiceAccumulator {
     }
 
     /// Adds one batch: `logits` (B, K, H, W), `target` (B, H, W) int64.
+    // `x = x * m`, not `x *= m`: tch's `*=` multiplies in place, into a tensor other views share.
+    #[allow(clippy::assign_op_pattern)]
     pub fn add_batch(&mut self, logits: &Tensor, target: &Tensor) {
         let k = logits.size()[1];
         let pred = logits.argmax(1, false);

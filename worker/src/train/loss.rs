@@ -56,6 +56,9 @@ pub fn deep_supervision_weights(n: usize) -> Vec<f64> {
 /// `MemoryEfficientSoftDiceLoss(softmax, batch_dice, do_bg=False, smooth=1e-5)`.
 /// `logits` (B, K, H, W); `target` (B, H, W) int64 labels in 0..K (and the ignore label, if any).
 /// Returns `-mean(dc)` (a scalar); the sums are done in fp32 even under autocast.
+// `p = p * mask`, not `p *= mask`: tch's `*=` multiplies in place, into a view of the softmax that
+// autograd saved for the backward pass.
+#[allow(clippy::assign_op_pattern)]
 pub fn soft_dice_loss(logits: &Tensor, target: &Tensor, spec: LossSpec) -> Tensor {
     let k = logits.size()[1];
     let masked = annotation_mask(target, spec.ignore_label);

@@ -35,8 +35,16 @@ pub(crate) struct Setup {
     pub ignore_label: Option<i64>,
 }
 
-fn load_plans(pre: &std::path::Path) -> anyhow::Result<nnunet_common::plans::Configuration2d> {
-    let plans_path = pre.join(format!("{}.json", nnunet_common::paths::PLANS_NAME));
+fn load_plans(pre: &std::path::Path, plans_name: &str) -> anyhow::Result<nnunet_common::plans::Configuration2d> {
+    nnunet_common::paths::check_plans_name(plans_name)?;
+    let plans_path = pre.join(format!("{plans_name}.json"));
+    if !plans_path.is_file() {
+        bail!(
+            "no plans {} in {}: plan it first (`nnunet plan-and-preprocess ... --planner ...` writes <plans>.json), or pick another --plans",
+            plans_path.file_name().unwrap_or_default().to_string_lossy(),
+            pre.display()
+        );
+    }
     let plans = Plans::load(&plans_path).with_context(|| format!("loading plans {}", plans_path.display()))?;
     let plans_2d = plans.config_2d().with_context(|| format!("plans {}", plans_path.display()))?;
     PlainConvUNet::check_arch(&plans_2d.architecture.arch_kwargs).map_err(|e| anyhow!("{}: {e}", plans_path.display()))?;
@@ -48,7 +56,7 @@ fn load_plans(pre: &std::path::Path) -> anyhow::Result<nnunet_common::plans::Con
 
 pub(crate) fn setup(spec: &FoldSpec) -> anyhow::Result<Setup> {
     let pre = &spec.preprocessed_dir;
-    let plans_2d = load_plans(pre)?;
+    let plans_2d = load_plans(pre, &spec.plans_name)?;
     let dj_path = pre.join("dataset.json");
     let ds = DatasetJson::load(&dj_path).with_context(|| format!("loading {}", dj_path.display()))?;
     let dataset_json: serde_json::Value =

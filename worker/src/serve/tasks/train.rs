@@ -146,6 +146,7 @@ pub fn run(ctx: &TaskCtx) -> Result<String> {
     announce(ctx, &scratch)?;
     let spec = FoldSpec {
         preprocessed_dir: ctx.dirs(&ws.root).preprocessed,
+        plans_name: ctx.plans_name().to_string(),
         fold: ctx.fold,
         fold_dir: fd.clone(),
         device: ctx.device,
