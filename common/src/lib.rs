@@ -9,7 +9,7 @@
 //! # Layout, by pipeline stage (a module only imports from its own stage or the ones above it)
 //! - Shared helpers: [`atomic`] (temp + fsync + rename), [`error`], [`hash`] (sha256, atomic writes), [`stats`] (numpy-compatible
 //!   statistics), [`np_random`] (numpy's `RandomState`), [`parallel`] (bounded runner + progress),
-//!   [`naming`] (the `{case}_{XXXX}{ending}` rule), [`fold`], [`defaults`].
+//!   [`naming`] (the `{case}_{XXXX}{ending}` rule), [`fold`], [`defaults`], [`nnunet_flags`] (nnU-Net's flag spellings).
 //! - On-disk contracts: [`paths`], [`dataset_json`], [`plans`], [`case`] (serde types that mirror
 //!   nnU-Net v2's files), [`npy`], [`imageio`] (PNG/TIFF/JPEG/BMP/NIfTI behind one type),
 //!   [`masks`] (label volumes and mask folders).
@@ -41,6 +41,7 @@ pub mod imageio;
 pub mod masks;
 pub mod metrics;
 pub mod naming;
+pub mod nnunet_flags;
 pub mod np_random;
 pub mod npy;
 pub mod parallel;

@@ -16,6 +16,7 @@ pub enum TokenCmd {
         /// A name to recognize it by in `token list` and `token revoke`.
         #[arg(long, default_value = "")]
         name: String,
+        /// The coordinator's state directory (holds coordinator.db).
         #[arg(long, env = "NNUNET_STATE_DIR", default_value = "nnunet-state")]
         state_dir: PathBuf,
         /// Write the token to this file (mode 0600) instead of printing it.
@@ -24,12 +25,15 @@ pub enum TokenCmd {
     },
     /// List tokens (ids, roles, names; never the tokens).
     List {
+        /// The coordinator's state directory (holds coordinator.db).
         #[arg(long, env = "NNUNET_STATE_DIR", default_value = "nnunet-state")]
         state_dir: PathBuf,
     },
     /// Revoke a token by id or name.
     Revoke {
+        /// The token's id or name (see `nnunet token list`).
         id_or_name: String,
+        /// The coordinator's state directory (holds coordinator.db).
         #[arg(long, env = "NNUNET_STATE_DIR", default_value = "nnunet-state")]
         state_dir: PathBuf,
     },

@@ -103,6 +103,7 @@ pub struct EnsembleArgs {
     /// Prediction folders written with --save-probabilities.
     #[arg(short = 'i', long = "input", num_args = 2.., required = true)]
     pub inputs: Vec<PathBuf>,
+    /// Output folder for the ensembled masks.
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,
     /// Also write the averaged probabilities.
@@ -126,18 +127,22 @@ pub struct PostprocessArgs {
 pub enum PostprocessAction {
     /// Choose the postprocessing on (cross-validation) predictions: writes postprocessing.json and postprocessed/ in PRED.
     Determine {
+        /// Folder of (cross-validation) predictions.
         #[arg(short = 'i', long = "input")]
         input: PathBuf,
         /// Reference masks.
         #[arg(short = 'r', long = "ref")]
         reference: PathBuf,
+        /// dataset.json giving the labels and the file ending (nnU-Net's -djfile).
         #[arg(short = 'd', long = "djfile", alias = "dataset-json")]
         djfile: PathBuf,
     },
     /// Apply a postprocessing.json to every mask of a folder.
     Apply {
+        /// Folder of masks to postprocess.
         #[arg(short = 'i', long = "input")]
         input: PathBuf,
+        /// Output folder for the postprocessed masks.
         #[arg(short = 'o', long = "output")]
         output: PathBuf,
         /// postprocessing.json (ours or nnU-Net's).
@@ -181,6 +186,7 @@ pub struct CvSummaryArgs {
     /// Reference masks (nnUNet_preprocessed/DatasetXXX_Name/gt_segmentations).
     #[arg(short = 'r', long = "ref")]
     pub reference: PathBuf,
+    /// Folds whose validation predictions are merged.
     #[arg(short = 'f', long = "folds", num_args = 1.., default_values_t = vec![0usize, 1, 2, 3, 4])]
     pub folds: Vec<usize>,
 }

@@ -78,11 +78,13 @@ pub struct SynthArgs {
     /// Output folder (gets images/, masks/ and README.md).
     #[arg(long)]
     pub out: PathBuf,
+    /// Number of cases to generate.
     #[arg(long, default_value_t = 40)]
     pub cases: usize,
     /// Image side in pixels.
     #[arg(long, default_value_t = 128)]
     pub size: usize,
+    /// Random seed (the same seed gives the same images).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }

@@ -14,10 +14,13 @@ pub struct SubmitArgs {
     /// Raw nnU-Net v2 dataset folder, as the coordinator sees it.
     #[arg(long)]
     pub dataset: PathBuf,
+    /// Training epochs per fold (nnU-Net: 1000).
     #[arg(long, default_value_t = nnunet_common::defaults::EPOCHS)]
     pub epochs: u32,
+    /// Training iterations per epoch (nnU-Net: 250).
     #[arg(long, default_value_t = nnunet_common::defaults::ITERATIONS_PER_EPOCH)]
     pub iters: u32,
+    /// Validation iterations per epoch (nnU-Net: 50).
     #[arg(long, default_value_t = nnunet_common::defaults::VAL_ITERATIONS_PER_EPOCH)]
     pub val_iters: u32,
     /// Checkpoint every N epochs (1: a lost worker costs at most one epoch).
@@ -26,11 +29,13 @@ pub struct SubmitArgs {
     /// Folds (`0 1 2 3 4`, `all` trains on every case), space or comma separated; default 0..4.
     #[arg(long, value_delimiter = ',', num_args = 1..)]
     pub folds: Vec<Fold>,
+    /// A name for the run, shown by `nnunet status` and the dashboard.
     #[arg(long, default_value = "")]
     pub name: String,
     /// Preprocessing shards (0 = one per registered worker).
     #[arg(long, default_value_t = 0)]
     pub shards: u32,
+    /// Seed of the network initialization and the training batches.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Also predict imagesTs with every fold and ensemble them.

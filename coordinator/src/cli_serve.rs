@@ -20,8 +20,10 @@ pub struct ServeArgs {
     /// Disable authentication (only allowed on a loopback address).
     #[arg(long)]
     pub no_auth: bool,
+    /// TLS certificate chain (PEM) to serve gRPC over https; with --tls-key.
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// HTTP address of Prometheus /metrics and the web dashboard (/), e.g. 0.0.0.0:9090.
@@ -42,6 +44,11 @@ pub struct ServeArgs {
     /// Delete finished runs older than this many days.
     #[arg(long)]
     pub retain_days: Option<f64>,
+    /// Where finished runs' model folders are published (DIR/DatasetXXX_Name/nnUNetTrainer__nnUNetPlans__2d);
+    /// default $nnUNet_results of this coordinator. With $nnUNet_preprocessed set, preprocessed data is
+    /// published there and reused by later runs on the same raw data.
+    #[arg(long, value_name = "DIR")]
+    pub results: Option<PathBuf>,
 }
 
 pub async fn serve(a: ServeArgs) -> Result<()> {
@@ -72,6 +79,7 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
     cfg.heartbeat_interval = Duration::from_secs((a.lease_ttl_secs / 6).clamp(1, 5));
     cfg.threads = a.threads;
     cfg.max_upload_bytes = a.max_upload_mib << 20;
+    cfg.user_dirs = crate::user_dirs::UserDirs::from_env(a.results.clone());
     cfg.retention =
         Retention { keep_finished: a.retain_finished_runs, max_age: a.retain_days.map(|d| Duration::from_secs_f64(d * 86_400.0)) };
     let coord = Coordinator::open(cfg)?;

@@ -9,7 +9,8 @@
 //!   only conversions to and from wire types.
 //! - [`access`]: credentials (legacy admin token, role tokens, secret files).
 //! - [`clock`]: system and manual clocks.
-//! - [`pipeline`]: planning and finalizing on the run directory (calls `nnunet-common`).
+//! - [`pipeline`]: planning and finalizing on the run directory (calls `nnunet-common`); [`user_dirs`]:
+//!   reusing and publishing to `$nnUNet_preprocessed` / `$nnUNet_results`.
 //! - [`local`]: `nnunet run`, an embedded coordinator with local worker processes.
 //! - [`client`]: the CLI side of the Monitor API; `cli_*`: the CLI commands.
 //! - [`metrics_http`]: Prometheus `/metrics`; [`web`]: the dashboard on the same listener.
@@ -32,4 +33,5 @@ pub mod service;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod user_dirs;
 pub mod web;

@@ -37,6 +37,7 @@ pub struct RunArgs {
     /// Device for --workers: cpu (default) or cuda.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Training epochs per fold (default: a small budget for the built-in dataset; nnU-Net: 1000).
     #[arg(long)]
     pub epochs: Option<u32>,
     /// Training iterations per epoch.
@@ -51,11 +52,17 @@ pub struct RunArgs {
     /// Folds to train (`0 1 2 3 4`, `all` trains on every case), space or comma separated.
     #[arg(long, value_delimiter = ',', num_args = 1.., default_values_t = Fold::default_five())]
     pub folds: Vec<Fold>,
+    /// Seed of the network initialization and the training batches.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Coordinator state: database, run directories, results.
     #[arg(long, env = "NNUNET_STATE_DIR", default_value = "nnunet-state")]
     pub state_dir: PathBuf,
+    /// Where the finished model folder is published (DIR/DatasetXXX_Name/nnUNetTrainer__nnUNetPlans__2d);
+    /// default $nnUNet_results. With $nnUNet_preprocessed set, preprocessed data is published there
+    /// and reused by the next run on the same raw data.
+    #[arg(long, value_name = "DIR")]
+    pub results: Option<PathBuf>,
     /// Address of the embedded coordinator (loopback; port 0 picks a free one). Other machines'
     /// workers and `nnunet watch` can connect to it with the printed token.
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -69,8 +76,9 @@ pub struct RunArgs {
     /// Dataset id for --images/--masks.
     #[arg(long, default_value_t = 500)]
     pub id: u32,
-    /// Extra arguments for `nnunet convert` are not exposed here; convert first for full control.
-    #[arg(long)]
+    /// Map every nonzero mask value of --masks to label 1 (the `x > 0` transform of `nnunet convert`;
+    /// run `nnunet convert` first for --map, --labels and the other options).
+    #[arg(long, requires = "masks")]
     pub binarize: bool,
     /// Experiment planner: default (nnUNetPlans), ResEncM, ResEncL or ResEncXL (nnUNetResEncUNet{M,L,XL}Plans).
     #[arg(long, default_value = "default", value_parser = crate::cli_plan::parse_planner)]
@@ -245,6 +253,7 @@ async fn start_embedded(args: &RunArgs, state_dir: &Path, ncpu: usize) -> Result
     cfg.lease_ttl = Duration::from_secs(args.lease_ttl_secs);
     cfg.heartbeat_interval = Duration::from_secs((args.lease_ttl_secs / 6).clamp(1, 5));
     cfg.threads = ncpu;
+    cfg.user_dirs = crate::user_dirs::UserDirs::from_env(args.results.clone());
     let coord = Coordinator::open(cfg)?;
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
@@ -299,11 +308,17 @@ async fn supervise(e: &Embedded, run: &Run, workers: &mut [WorkerProc], logs: &P
     if let Some(s) = e.coord.run_state(run.id.as_str()).filter(|s| s.is_terminal()) {
         return Ok(Outcome::Finished(s));
     }
+    // On a terminal the live fold table (the same as `nnunet watch`); one line per event otherwise.
+    let table = std::io::IsTerminal::is_terminal(&std::io::stdout());
     loop {
         tokio::select! {
             ev = events.recv() => match ev {
                 Ok(ev) if ev.run_id == run.id => {
-                    println!("{}", client::event_line(&convert::event_to_proto(&ev)));
+                    let line = client::event_line(&convert::event_to_proto(&ev));
+                    match if table { e.coord.run_view(run.id.as_str()) } else { None } {
+                        Some(view) => print!("\x1b[2J\x1b[H{}{line}\n", client::fold_table(&convert::run_info(&view))),
+                        None => println!("{line}"),
+                    }
                     if let EventBody::RunState(s) = ev.body {
                         if s.is_terminal() {
                             return Ok(Outcome::Finished(s));
@@ -397,7 +412,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
             Err(err) => eprintln!("could not score the held-out test images: {err:#}"),
         }
     }
-    println!("results: {}", run_dir.join("results").display());
+    let published = view.run.summary_json.as_deref().and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok());
+    match published.as_ref().and_then(|v| v.get("results_dir")).and_then(|d| d.as_str()) {
+        Some(dir) => println!("results: {dir}"),
+        None => println!("results: {}", run_dir.join("results").display()),
+    }
     if e.stop.send(()).is_err() {
         tracing::debug!("the server already stopped");
     }

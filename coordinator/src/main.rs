@@ -1,7 +1,8 @@
 //! `nnunet`: the user's command line and the coordinator. Needs no CUDA and no libtorch; commands
 //! that run a network (`predict`) delegate to the `nnunet-worker` binary next to it.
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
+use nnunet_common::nnunet_flags::normalize_args;
 use nnunet_common::Fold;
 use nnunet_coordinator::{cli_admin, cli_eval, cli_intake, cli_model, cli_monitor, cli_plan, cli_serve, client, local};
 
@@ -21,12 +22,14 @@ enum Cmd {
     /// Write a model folder as an nnU-Net v2 model zip (runs `nnunet-worker export-model`; see its --help).
     #[command(disable_help_flag = true)]
     ExportModel {
+        /// Arguments of `nnunet export-model` (-m MODEL_DIR -o model.zip [-f FOLDS] [--checkpoint NAME]).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Turn an nnU-Net v2 model zip into a model folder for `predict` (runs `nnunet-worker import-model`).
     #[command(disable_help_flag = true)]
     ImportModel {
+        /// Arguments of `nnunet import-model` (model.zip -o MODEL_DIR).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -53,6 +56,7 @@ enum Cmd {
     /// Predict images with trained folds (runs `nnunet-worker predict`).
     #[command(disable_help_flag = true)]
     Predict {
+        /// Arguments of `nnunet predict` (-i IN -o OUT, and -m MODEL_DIR or -d DATASET [-c 2d] [-tr TRAINER] [-p PLANS]).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -66,6 +70,7 @@ enum Cmd {
     Status {
         #[command(flatten)]
         conn: client::ConnectArgs,
+        /// Run id (omit it to list every run).
         run: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -75,6 +80,7 @@ enum Cmd {
     Watch {
         #[command(flatten)]
         conn: client::ConnectArgs,
+        /// Run id (as printed by `nnunet submit` or `nnunet status`).
         run: String,
         /// Print one line per event even on a terminal.
         #[arg(long)]
@@ -84,9 +90,12 @@ enum Cmd {
     Logs {
         #[command(flatten)]
         conn: client::ConnectArgs,
+        /// Run id (as printed by `nnunet submit` or `nnunet status`).
         run: String,
+        /// Keep following new events until the run ends (like `tail -f`).
         #[arg(long, short)]
         follow: bool,
+        /// Only this fold's events and log lines (a number or `all`).
         #[arg(long)]
         fold: Option<Fold>,
     },
@@ -94,13 +103,16 @@ enum Cmd {
     Cancel {
         #[command(flatten)]
         conn: client::ConnectArgs,
+        /// Run id to cancel.
         run: String,
     },
     /// Re-queue a fold of a run (training resumes from its last checkpoint).
     Retry {
         #[command(flatten)]
         conn: client::ConnectArgs,
+        /// Run id.
         run: String,
+        /// The fold to re-queue (a number or `all`).
         fold: Fold,
     },
     /// Manage finished runs.
@@ -121,6 +133,7 @@ enum RunsCmd {
     Rm {
         #[command(flatten)]
         conn: client::ConnectArgs,
+        /// Run ids to delete (finished runs only).
         #[arg(required = true)]
         runs: Vec<String>,
     },
@@ -132,7 +145,8 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
+    // nnU-Net v2's spellings (-device, -chk, -tr, --disable_tta, ...) become our long flags first.
+    let cli = Cli::parse_from(normalize_args(std::env::args_os()));
     if let Err(e) = dispatch(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -155,15 +169,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Ensemble(a) => cli_eval::run_ensemble(a),
         Cmd::Postprocess(a) => cli_eval::run_postprocess(a),
         Cmd::CvSummary(a) => cli_eval::run_cv_summary(a),
-        Cmd::Predict { args } => {
-            let bin = std::env::current_exe()?.with_file_name("nnunet-worker");
-            let status = std::process::Command::new(&bin)
-                .arg("predict")
-                .args(&args)
-                .status()
-                .with_context(|| format!("running {} (build nnunet-worker)", bin.display()))?;
-            std::process::exit(status.code().unwrap_or(1));
-        }
+        Cmd::Predict { args } => std::process::exit(cli_model::exec_worker("predict", &args)?),
         Cmd::ExportModel { args } => std::process::exit(cli_model::exec_worker("export-model", &args)?),
         Cmd::ImportModel { args } => std::process::exit(cli_model::exec_worker("import-model", &args)?),
         Cmd::Run(a) => rt()?.block_on(local::run(a)),

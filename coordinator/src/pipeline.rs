@@ -15,6 +15,7 @@
 //! test ensemble) run here, once; everything per case or per fold runs on workers.
 use crate::domain::{RunId, TaskKind as Kind};
 use crate::state::{Run, Task};
+use crate::user_dirs::UserDirs;
 use anyhow::{bail, Context, Result};
 use nnunet_common::paths::DatasetDirs;
 use nnunet_common::Fold;
@@ -48,13 +49,44 @@ pub fn prepare_run_dir(run_dir: &Path, run_id: &RunId, raw: &Path, dataset_name:
     Ok(())
 }
 
-/// Verifies, fingerprints and plans the dataset and writes the splits. Returns the case ids.
-pub fn plan(run: &Run, threads: usize) -> Result<Vec<String>> {
+/// A planned run: its training cases, and where its preprocessed data came from when it was reused.
+#[derive(Debug)]
+pub struct Planned {
+    pub cases: Vec<String>,
+    pub reused: Option<PathBuf>,
+}
+
+impl Planned {
+    /// The cases still to preprocess (none when the preprocessed data was reused).
+    pub fn to_preprocess(&self) -> &[String] {
+        if self.reused.is_some() {
+            &[]
+        } else {
+            &self.cases
+        }
+    }
+}
+
+/// Verifies, fingerprints and plans the dataset and writes the splits, unless `$nnUNet_preprocessed`
+/// holds this raw dataset's plans and complete preprocessed cases (then they are taken from there).
+pub fn plan(run: &Run, threads: usize, user: &UserDirs) -> Result<Planned> {
     let dirs = dirs_of(run);
-    nnunet_common::verify::verify_dataset(&dirs.raw)?.into_result()?;
     let planner = nnunet_common::planners::Planner::from_plans_name(&run.plans_name)
         .with_context(|| format!("run {} names plans {:?}, which no planner writes", run.id, run.plans_name))?;
-    nnunet_common::preprocess::plan_dataset(&dirs, planner, None, threads, false)?;
+    let digest = crate::user_dirs::raw_digest(&dirs.raw)?;
+    let reused = user
+        .preprocessed
+        .as_deref()
+        .and_then(|root| crate::user_dirs::reusable_preprocessed(root, &dirs, &digest))
+        .filter(|src| src.join(format!("{}.json", run.plans_name)).is_file());
+    match &reused {
+        Some(src) => crate::user_dirs::take_preprocessed(src, &dirs.preprocessed)?,
+        None => {
+            nnunet_common::verify::verify_dataset(&dirs.raw)?.into_result()?;
+            nnunet_common::preprocess::plan_dataset(&dirs, planner, None, threads, false)?;
+            nnunet_common::hash::write_atomic(&dirs.preprocessed.join(crate::user_dirs::RAW_DIGEST_FILE), digest.as_bytes())?;
+        }
+    }
     let model_dir = dirs.model_dir();
     std::fs::create_dir_all(&model_dir)?;
     std::fs::copy(dirs.plans_file(), model_dir.join("plans.json"))?;
@@ -73,7 +105,38 @@ pub fn plan(run: &Run, threads: usize) -> Result<Vec<String>> {
             bail!("fold {f} requested but splits_final.json has {} folds", splits.len());
         }
     }
-    Ok(cases)
+    Ok(Planned { cases, reused })
+}
+
+/// Publishes a finalized run to the nnU-Net roots: the preprocessed dataset to
+/// `$nnUNet_preprocessed/DatasetXXX_Name/` (unless it came from there) and the model folder to
+/// `$nnUNet_results/DatasetXXX_Name/<model folder>/`; adds `results_dir` to the summary.
+pub fn publish(run: &Run, user: &UserDirs, summary: String) -> Result<String> {
+    let dirs = dirs_of(run);
+    let mut v: serde_json::Value = serde_json::from_str(&summary)?;
+    if let Some(root) = &user.preprocessed {
+        let dest = root.join(&dirs.name);
+        let digest = std::fs::read_to_string(dirs.preprocessed.join(crate::user_dirs::RAW_DIGEST_FILE)).unwrap_or_default();
+        if crate::user_dirs::reusable_preprocessed(root, &dirs, digest.trim()).is_some() {
+            v["preprocessed_dir"] = serde_json::json!(dest);
+        } else if crate::user_dirs::ours_to_replace(&dest) {
+            crate::user_dirs::publish_dir(&dirs.preprocessed, &dest, &[])
+                .with_context(|| format!("publishing the preprocessed data to {}", dest.display()))?;
+            v["preprocessed_dir"] = serde_json::json!(dest);
+        } else {
+            tracing::warn!(
+                "{} exists and was not made by a run: left as it is (the run's copy stays in the run directory)",
+                dest.display()
+            );
+        }
+    }
+    if let Some(root) = &user.results {
+        let dest = root.join(&dirs.name).join(nnunet_common::paths::model_folder_name_for(&dirs.plans_name));
+        crate::user_dirs::publish_model(&dirs.model_dir(), &dest)
+            .with_context(|| format!("publishing the model folder to {}", dest.display()))?;
+        v["results_dir"] = serde_json::json!(dest);
+    }
+    Ok(serde_json::to_string(&v)?)
 }
 
 fn raw_case_files(dirs: &DatasetDirs, sub: &str, cases: &[String]) -> Result<Vec<PathBuf>> {

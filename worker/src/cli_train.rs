@@ -231,18 +231,25 @@ pub struct BenchStepArgs {
     /// Square patch edge.
     #[arg(long, default_value_t = 512)]
     pub patch: usize,
+    /// Encoder stages of the network.
     #[arg(long, default_value_t = 8)]
     pub stages: usize,
+    /// Batch size.
     #[arg(long, default_value_t = 2)]
     pub batch: usize,
+    /// Input channels.
     #[arg(long, default_value_t = 1)]
     pub channels: i64,
+    /// Output classes (background included).
     #[arg(long, default_value_t = 2)]
     pub classes: i64,
+    /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Untimed steps first.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
+    /// Timed steps.
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
     /// libtorch threads (default all cores).
@@ -285,15 +292,19 @@ pub struct SynthArgs {
     /// Output folder (`.../DatasetXXX_Name`).
     #[arg(long)]
     pub out: PathBuf,
+    /// Number of cases.
     #[arg(long, default_value_t = 16)]
     pub cases: usize,
     /// Square image and patch edge.
     #[arg(long, default_value_t = 512)]
     pub size: usize,
+    /// Input channels.
     #[arg(long, default_value_t = 3)]
     pub channels: usize,
+    /// Batch size written into the plan.
     #[arg(long, default_value_t = 12)]
     pub batch: usize,
+    /// Encoder stages written into the plan.
     #[arg(long, default_value_t = 8)]
     pub stages: usize,
 }
@@ -320,10 +331,13 @@ pub struct BenchAugArgs {
     /// Square final patch edge (the crop is the enlarged initial patch, 602 for 512).
     #[arg(long, default_value_t = 512)]
     pub patch: usize,
+    /// Input channels.
     #[arg(long, default_value_t = 1)]
     pub channels: usize,
+    /// Encoder stages (sets the deep-supervision targets).
     #[arg(long, default_value_t = 8)]
     pub stages: usize,
+    /// Samples to time.
     #[arg(long, default_value_t = 200)]
     pub samples: usize,
 }

@@ -19,6 +19,8 @@ pub mod export;
 pub mod folder;
 mod model;
 pub mod options;
+mod pipeline;
+mod progress;
 pub mod sliding_window;
 pub mod validate;
 

@@ -36,10 +36,13 @@ enum Cmd {
     /// Final sliding-window validation of a trained fold (writes validation/ and summary.json).
     Validate(cli_predict::ValidateArgs),
     /// Write a synthetic preprocessed dataset with a real 2D plan (for GPU checks and benchmarks).
+    #[command(hide = true)]
     SynthPreprocessed(cli_train::SynthArgs),
     /// Time training steps of a plan-shaped network on random data.
+    #[command(hide = true)]
     BenchStep(cli_train::BenchStepArgs),
     /// Time the augmentation pipeline (patches per second).
+    #[command(hide = true)]
     BenchAug(cli_train::BenchAugArgs),
     /// Lease tasks from a coordinator (same as giving --coordinator without a subcommand).
     Serve(serve::ServeArgs),
@@ -57,7 +60,8 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
+    // nnU-Net v2's spellings (-device, -chk, -tr, --disable_tta, ...) become our long flags first.
+    let cli = Cli::parse_from(nnunet_common::nnunet_flags::normalize_args(std::env::args_os()));
     let res = match cli.cmd {
         Some(Cmd::Train(a)) => cli_train::run_train(a),
         Some(Cmd::ExportModel(a)) => interop::cli::run_export(a),

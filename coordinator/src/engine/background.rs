@@ -42,7 +42,9 @@ impl Coordinator {
     fn finalize_ready_runs(self: &Arc<Self>) {
         for id in self.read(|st| st.runs_to_finalize()) {
             let Some(run) = self.read(|st| st.runs.get(&id).cloned()) else { continue };
-            let res = crate::pipeline::finalize(&run).map_err(|e| format!("{e:#}"));
+            let res = crate::pipeline::finalize(&run)
+                .and_then(|summary| crate::pipeline::publish(&run, &self.cfg.user_dirs, summary))
+                .map_err(|e| format!("{e:#}"));
             match &res {
                 Ok(_) => tracing::info!(run = %id, "run finished"),
                 Err(e) => tracing::warn!(run = %id, "finalizing failed: {e}"),

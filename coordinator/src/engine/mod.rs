@@ -51,6 +51,8 @@ pub struct CoordinatorConfig {
     pub retention: Retention,
     /// Caps the database file (SQLite `max_page_count`); writes beyond it fail like a full disk.
     pub max_db_bytes: Option<u64>,
+    /// `$nnUNet_preprocessed` / `$nnUNet_results` to reuse preprocessed data from and publish finished runs to.
+    pub user_dirs: crate::user_dirs::UserDirs,
 }
 
 impl CoordinatorConfig {
@@ -64,6 +66,7 @@ impl CoordinatorConfig {
             worker_idle_prune: Duration::from_secs(3600),
             retention: Retention::default(),
             max_db_bytes: None,
+            user_dirs: crate::user_dirs::UserDirs::default(),
         }
     }
 }

@@ -85,14 +85,28 @@ impl Coordinator {
     /// (blocking).
     pub(crate) fn plan_run(self: &Arc<Self>, run_id: &RunId) {
         let Some(run) = self.read(|st| st.runs.get(run_id).cloned()) else { return };
-        let res = crate::pipeline::plan(&run, self.cfg.threads);
+        let res = crate::pipeline::plan(&run, self.cfg.threads, &self.cfg.user_dirs);
         let rid = run_id.clone();
         let applied = match res {
-            Ok(cases) => {
+            Ok(planned) => {
                 let workers = self.read(|st| st.live_workers(self.now_ms()));
                 let shards = if run.preprocess_shards > 0 { run.preprocess_shards as usize } else { workers.max(1) };
-                tracing::info!(run = %run_id, cases = cases.len(), shards, "planned");
-                self.apply_blocking("create tasks", move |st, now| Ok(((), st.create_tasks(&rid, &cases, shards, now))))
+                tracing::info!(run = %run_id, cases = planned.cases.len(), shards, reused = ?planned.reused, "planned");
+                let note = planned.reused.as_ref().map(|src| {
+                    format!(
+                        "reusing the plans and the {} preprocessed case(s) in {} (same raw data, plans match): no planning, no preprocessing",
+                        planned.cases.len(),
+                        src.display()
+                    )
+                });
+                let cases = planned.to_preprocess().to_vec();
+                self.apply_blocking("create tasks", move |st, now| {
+                    let mut fx = st.create_tasks(&rid, &cases, shards, now);
+                    if let Some(msg) = note {
+                        st.emit(&mut fx, &rid, None, None, crate::state::EventBody::Log(msg), now);
+                    }
+                    Ok(((), fx))
+                })
             }
             Err(e) => {
                 tracing::warn!(run = %run_id, "planning failed: {e:#}");

@@ -6,7 +6,7 @@
 //! goes, and so does anything this call created (the output folder, missing parent folders, files it
 //! moved); files that were there before are left alone.
 use super::export::{class_values, export_case, mask_ending, write_outputs, CaseOutput};
-use super::model::{load_folds, report_progress, window_params};
+use super::model::{load_folds, window_params};
 use super::options::{PredictOptions, PredictReport};
 use super::sliding_window;
 use crate::net::PlainConvUNet;
@@ -229,29 +229,62 @@ pub fn predict_folder_with(
         postprocessing: pp_steps.iter().map(|s| s.describe()).collect(),
         seconds: 0.0,
     };
-    for (i, c) in cases.iter().enumerate() {
-        let image = read_case(c, n_channels, &channel_names)?;
-        let geometry = image.geometry.clone();
-        let (data, shape, _seg, props) =
-            preprocess::preprocess_case(&plans, &config, &dj, image, None).with_context(|| format!("preprocessing case {}", c.case))?;
-        let x = Tensor::from_slice(&data).reshape([shape[0] as i64, shape[1] as i64, shape[2] as i64, shape[3] as i64]);
-        let logits = sliding_window::predict_case_logits(&nets, &x, &params);
-        let exported = export_case(&logits, &props, &plans, &config, opts.save_probabilities)?;
-        let o = CaseOutput {
-            case: &c.case,
-            exported: &exported,
-            geometry: &geometry,
-            ending: mask_ending(&geometry.format),
-            values: &values,
-            pp_steps: &pp_steps,
-            save_probabilities: opts.save_probabilities,
-        };
-        let mask = write_outputs(&staging.stage, &o)?;
+    let ctx = CaseCtx { plans: &plans, config: &config, dj: &dj, n_channels, channel_names: &channel_names };
+    let out = OutCtx { plans: &plans, config: &config, values: &values, pp_steps: &pp_steps, opts, stage: &staging.stage };
+    let masks = predict_pipelined(&cases, &ctx, &out, |x| sliding_window::predict_case_logits(&nets, x, &params))?;
+    for (c, mask) in cases.iter().zip(masks) {
         report.cases.push(c.case.clone());
         report.outputs.push(output.join(mask.file_name().unwrap_or_default()));
-        report_progress(i, cases.len(), &c.case, start);
     }
     staging.commit(output)?;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// What reading a case needs.
+struct CaseCtx<'a> {
+    plans: &'a Plans,
+    config: &'a nnunet_common::plans::Configuration2d,
+    dj: &'a DatasetJson,
+    n_channels: usize,
+    channel_names: &'a [String],
+}
+
+/// What writing a case needs.
+struct OutCtx<'a> {
+    plans: &'a Plans,
+    config: &'a nnunet_common::plans::Configuration2d,
+    values: &'a [f64],
+    pp_steps: &'a [postprocess::KeepLargest],
+    opts: &'a PredictOptions,
+    stage: &'a Path,
+}
+
+/// Reads and preprocesses case `c` into the network's input and what exporting it needs.
+fn prepare(ctx: &CaseCtx, c: &InputCase) -> Result<(Tensor, (nnunet_common::case::CaseProperties, imageio::Geometry))> {
+    let image = read_case(c, ctx.n_channels, ctx.channel_names)?;
+    let geometry = image.geometry.clone();
+    let (data, shape, _seg, props) = preprocess::preprocess_case(ctx.plans, ctx.config, ctx.dj, image, None)
+        .with_context(|| format!("preprocessing case {}", c.case))?;
+    let data = Tensor::from_slice(&data).reshape([shape[0] as i64, shape[1] as i64, shape[2] as i64, shape[3] as i64]);
+    Ok((data, (props, geometry)))
+}
+
+/// Every case through [`super::pipeline::run`]: reading, the network and writing overlap. Returns the
+/// written mask paths in case order.
+fn predict_pipelined(cases: &[InputCase], ctx: &CaseCtx, out: &OutCtx, net: impl Fn(&Tensor) -> Tensor) -> Result<Vec<PathBuf>> {
+    let write = |i: usize, (props, geometry): (nnunet_common::case::CaseProperties, imageio::Geometry), logits: Tensor| {
+        let exported = export_case(&logits, &props, out.plans, out.config, out.opts.save_probabilities)?;
+        let o = CaseOutput {
+            case: &cases[i].case,
+            exported: &exported,
+            geometry: &geometry,
+            ending: mask_ending(&geometry.format),
+            values: out.values,
+            pp_steps: out.pp_steps,
+            save_probabilities: out.opts.save_probabilities,
+        };
+        write_outputs(out.stage, &o)
+    };
+    super::pipeline::run(cases.len(), "predicting", |i| cases[i].case.clone(), |i| prepare(ctx, &cases[i]), net, write)
 }

@@ -6,7 +6,6 @@ use crate::checkpoint::{self, CheckpointMeta};
 use crate::net::PlainConvUNet;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
-use std::time::Instant;
 
 /// One loaded fold.
 pub(crate) struct Fold {
@@ -90,10 +89,4 @@ pub(crate) fn window_params(folds: &[Fold], opts: &PredictOptions) -> Result<Win
     }
     let mirror = if opts.use_mirroring { a.inference_allowed_mirroring_axes.clone() } else { vec![] };
     Ok(WindowParams::new(patch, opts.step_size, mirror, opts.device))
-}
-
-/// Progress lines on stderr: one per case, with the running rate.
-pub(crate) fn report_progress(i: usize, n: usize, case: &str, start: Instant) {
-    let el = start.elapsed().as_secs_f64();
-    eprintln!("[{}/{}] {case} ({:.2} s/case)", i + 1, n, el / (i + 1) as f64);
 }

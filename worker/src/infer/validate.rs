@@ -1,6 +1,6 @@
 //! The final validation of one fold from the preprocessed data.
 use super::export::{class_values, export_case, write_outputs, CaseOutput};
-use super::model::{report_progress, window_params, Fold};
+use super::model::{window_params, Fold};
 use super::options::PredictOptions;
 use super::sliding_window;
 use crate::net::PlainConvUNet;
@@ -58,7 +58,8 @@ pub fn validate_fold(preprocessed_dir: &Path, fold: nnunet_common::Fold, fold_di
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let values = class_values(&dj, false);
     let ending = dj.file_ending.clone();
-    for (i, case) in split.val.iter().enumerate() {
+    let read = |i: usize| -> Result<(Tensor, nnunet_common::case::CaseProperties)> {
+        let case = &split.val[i];
         let files = CaseFiles::new(&data_dir, case);
         if !files.is_complete() {
             bail!(
@@ -71,8 +72,9 @@ pub fn validate_fold(preprocessed_dir: &Path, fold: nnunet_common::Fold, fold_di
         if shape.len() != 4 {
             bail!("{}: expected (C, Z, X, Y), found shape {shape:?}", files.data.display());
         }
-        let x = Tensor::from_slice(&data).reshape(shape.iter().map(|&s| s as i64).collect::<Vec<_>>());
-        let logits = sliding_window::predict_case_logits(&nets, &x, &params);
+        Ok((Tensor::from_slice(&data).reshape(shape.iter().map(|&s| s as i64).collect::<Vec<_>>()), props))
+    };
+    let write = |i: usize, props: nnunet_common::case::CaseProperties, logits: Tensor| -> Result<()> {
         let exported = export_case(&logits, &props, &plans, &config, opts.save_probabilities)?;
         let geometry = props.raw_geometry.clone().unwrap_or_else(|| Geometry {
             spacing: [999.0, 1.0, 1.0],
@@ -80,7 +82,7 @@ pub fn validate_fold(preprocessed_dir: &Path, fold: nnunet_common::Fold, fold_di
             format: ending.trim_start_matches('.').to_string(),
         });
         let o = CaseOutput {
-            case,
+            case: &split.val[i],
             exported: &exported,
             geometry: &geometry,
             ending: &ending,
@@ -88,9 +90,10 @@ pub fn validate_fold(preprocessed_dir: &Path, fold: nnunet_common::Fold, fold_di
             pp_steps: &[],
             save_probabilities: opts.save_probabilities,
         };
-        write_outputs(&out_dir, &o)?;
-        report_progress(i, split.val.len(), case, start);
-    }
+        write_outputs(&out_dir, &o).map(|_| ())
+    };
+    let net = |x: &Tensor| sliding_window::predict_case_logits(&nets, x, &params);
+    super::pipeline::run(split.val.len(), "validating", |i| split.val[i].clone(), read, net, write)?;
     let gt = evaluate::default_gt_dir(preprocessed_dir);
     let summary = evaluate::evaluate_folders(&gt, &out_dir, &dj.foreground_labels(), &ending, dj.ignore_label())
         .with_context(|| format!("evaluating fold {fold} validation against {}", gt.display()))?;
