@@ -316,7 +316,7 @@ async fn supervise(e: &Embedded, run: &Run, workers: &mut [WorkerProc], logs: &P
                 Ok(ev) if ev.run_id == run.id => {
                     let line = client::event_line(&convert::event_to_proto(&ev));
                     match if table { e.coord.run_view(run.id.as_str()) } else { None } {
-                        Some(view) => print!("\x1b[2J\x1b[H{}{line}\n", client::fold_table(&convert::run_info(&view))),
+                        Some(view) => println!("\x1b[2J\x1b[H{}{line}", client::fold_table(&convert::run_info(&view))),
                         None => println!("{line}"),
                     }
                     if let EventBody::RunState(s) = ev.body {
