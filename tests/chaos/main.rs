@@ -84,10 +84,10 @@ impl Config {
         Config {
             seed: env("CHAOS_SEED", 7),
             kills: env("CHAOS_KILLS", 3),
-            epochs: env("CHAOS_EPOCHS", 5),
+            epochs: env("CHAOS_EPOCHS", 16),
             iters: env("CHAOS_ITERS", 2),
             workers: env("CHAOS_WORKERS", 2),
-            gap: (env("CHAOS_GAP_MIN_S", 3.0), env("CHAOS_GAP_MAX_S", 8.0)),
+            gap: (env("CHAOS_GAP_MIN_S", 1.5), env("CHAOS_GAP_MAX_S", 4.0)),
             cases: env("CHAOS_CASES", 10),
             size: env("CHAOS_SIZE", 48),
             timeout: Duration::from_secs(env("CHAOS_TIMEOUT_S", 600)),

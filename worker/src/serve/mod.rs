@@ -327,8 +327,12 @@ async fn run_on_thread(ctx: TaskCtx) -> Result<String> {
 
 fn spawn_heartbeat(conn: Conn, task: pb::Task, lost: Arc<AtomicBool>, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        // The first beat goes out at once (the coordinator learns the worker's readings even for short
+        // tasks), then one every `every`.
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::time::sleep(every).await;
+            tick.tick().await;
             let gpu = tokio::task::spawn_blocking(crate::nvml::sample).await.ok().flatten();
             let req = pb::HeartbeatRequest {
                 worker_id: conn.id(),
