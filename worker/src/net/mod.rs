@@ -335,33 +335,39 @@ pub(crate) mod tests {
         assert_eq!(vars["encoder.stages.0.0.convs.0.norm.weight"].mean(tch::Kind::Float).double_value(&[]), 1.0);
     }
 
-    #[test]
-    fn forward_matches_the_reference_on_a_tiny_net() {
-        // Fixture made by tests/fixtures/train/make_forward_fixture.py with the reference PlainConvUNet.
+    /// Loads a reference fixture (`param/<name>`, `input`, `out<i>`) into a network built from `a`
+    /// and checks its deep-supervision outputs against the reference's within 1e-4.
+    fn check_forward_against_fixture(npz: &[u8], a: &ArchKwargs, in_channels: i64, classes: i64) {
         let dir = tempfile::tempdir().unwrap();
         let fx = dir.path().join("fx.npz");
-        std::fs::write(&fx, include_bytes!("../../../tests/fixtures/train/plainconvunet_tiny_forward.npz")).unwrap();
+        std::fs::write(&fx, npz).unwrap();
         let load = |key: &str| {
             let (shape, data) = nnunet_common::npy::read_npz_member::<f32>(&fx, key).unwrap();
             Tensor::from_slice(&data).reshape(shape.iter().map(|&s| s as i64).collect::<Vec<_>>())
         };
-        let mut a = arch(3, 4);
-        a.features_per_stage = vec![4, 8, 16];
         let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-        let net = PlainConvUNet::new(&vs.root(), &a, 2, 3);
+        let net = UNet::new(&vs.root(), a, in_channels, classes);
         tch::no_grad(|| {
             for (name, mut t) in net.named_parameters(&vs) {
                 t.copy_(&load(&format!("param/{name}")));
             }
         });
         let outs = tch::no_grad(|| net.forward_ds(&load("input")));
-        assert_eq!(outs.len(), 2);
+        assert_eq!(outs.len(), a.n_stages - 1);
         for (i, o) in outs.iter().enumerate() {
             let r = load(&format!("out{i}"));
             assert_eq!(o.size(), r.size());
             let diff = (o - &r).abs().max().double_value(&[]);
             assert!(diff < 1e-4, "output {i} differs from the reference by {diff}");
         }
+    }
+
+    #[test]
+    fn forward_matches_the_reference_on_a_tiny_net() {
+        // Fixture made by tests/fixtures/train/make_forward_fixture.py with the reference PlainConvUNet.
+        let mut a = arch(3, 4);
+        a.features_per_stage = vec![4, 8, 16];
+        check_forward_against_fixture(include_bytes!("../../../tests/fixtures/train/plainconvunet_tiny_forward.npz"), &a, 2, 3);
     }
 
     fn resenc_arch_from_plans(file: &str) -> ArchKwargs {
@@ -395,33 +401,13 @@ pub(crate) mod tests {
 
     #[test]
     fn resenc_forward_matches_the_reference_on_a_tiny_net() {
-        let dir = tempfile::tempdir().unwrap();
-        let fx = dir.path().join("fx.npz");
-        std::fs::write(&fx, include_bytes!("../../../tests/fixtures/train/resenc_tiny_forward.npz")).unwrap();
-        let load = |key: &str| {
-            let (shape, data) = nnunet_common::npy::read_npz_member::<f32>(&fx, key).unwrap();
-            Tensor::from_slice(&data).reshape(shape.iter().map(|&s| s as i64).collect::<Vec<_>>())
-        };
+        // Fixture made by tests/fixtures/train/make_resenc_fixtures.py with the reference ResidualEncoderUNet.
         let mut a = arch(3, 4);
         a.features_per_stage = vec![4, 8, 16];
         a.n_conv_per_stage = vec![];
         a.n_blocks_per_stage = vec![1, 2, 2];
         a.n_conv_per_stage_decoder = vec![1, 1];
-        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-        let net = UNet::new(&vs.root(), &a, 2, 3);
-        tch::no_grad(|| {
-            for (name, mut t) in net.named_parameters(&vs) {
-                t.copy_(&load(&format!("param/{name}")));
-            }
-        });
-        let outs = tch::no_grad(|| net.forward_ds(&load("input")));
-        assert_eq!(outs.len(), 2);
-        for (i, o) in outs.iter().enumerate() {
-            let r = load(&format!("out{i}"));
-            assert_eq!(o.size(), r.size());
-            let diff = (o - &r).abs().max().double_value(&[]);
-            assert!(diff < 1e-4, "output {i} differs from the reference by {diff}");
-        }
+        check_forward_against_fixture(include_bytes!("../../../tests/fixtures/train/resenc_tiny_forward.npz"), &a, 2, 3);
     }
 
     #[test]
