@@ -13,11 +13,7 @@ use tonic::Code;
 #[tokio::test]
 async fn nan_metrics_replay_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let h = start(dir.path(), Start::default()).await;
-    fake_run(&h.coord, dir.path(), "r1").await;
-    let mut api = api(&h.url, TOKEN).await;
-    let w = register(&mut api, "a").await;
-    let t = lease(&mut api, &w).await.unwrap();
+    let (h, mut api, w, t) = leased(dir.path()).await;
     let m = pb::EpochMetrics {
         epoch: 0,
         epochs: 2,

@@ -110,11 +110,7 @@ async fn a_restarted_coordinator_removes_cut_short_uploads() {
 #[tokio::test]
 async fn an_upload_cut_short_leaves_no_temp_file() {
     let dir = tempfile::tempdir().unwrap();
-    let h = start(dir.path(), Start::default()).await;
-    fake_run(&h.coord, dir.path(), "r1").await;
-    let mut api = api(&h.url, TOKEN).await;
-    let w = register(&mut api, "a").await;
-    let t = lease(&mut api, &w).await.unwrap();
+    let (_h, mut api, _w, t) = leased(dir.path()).await;
     let mut first = chunk(&t, t.fencing_token, &case_data("a"), b"first half");
     first.total_size = 100;
     first.last = false;

@@ -199,3 +199,13 @@ pub fn temp_files(dir: &Path) -> Vec<std::path::PathBuf> {
 pub fn case_data(c: &str) -> String {
     format!("preprocessed/{DS}/{}/{c}.npy", nnunet_common::paths::data_identifier())
 }
+
+/// A coordinator with one fake run `r1`, a registered worker `a` (admin token) and its first lease.
+pub async fn leased(dir: &Path) -> (Harness, Api, String, pb::Task) {
+    let h = start(dir, Start::default()).await;
+    fake_run(&h.coord, dir, "r1").await;
+    let mut api = api(&h.url, TOKEN).await;
+    let w = register(&mut api, "a").await;
+    let t = lease(&mut api, &w).await.expect("the fake run has a task to lease");
+    (h, api, w, t)
+}
