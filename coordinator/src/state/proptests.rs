@@ -60,7 +60,10 @@ fn apply(s: &mut State, grants: &mut Vec<Grant>, now: &mut i64, op: &Op) {
         }
         Op::Heartbeat(i) | Op::Report(i) | Op::Upload(i) | Op::Complete(i) | Op::Fail(i, _) => {
             let Some(g) = pick(*i, grants) else { return };
-            let valid = holds(s, &g);
+            // A heartbeat only needs the lease (it is how a worker learns that the run ended); every
+            // other call also needs the run to be live (`State::check_fence`).
+            let run_live = s.tasks.get(&g.0).and_then(|t| s.runs.get(&t.run_id)).is_some_and(|r| !r.state.is_terminal());
+            let valid = holds(s, &g) && (matches!(op, Op::Heartbeat(_)) || run_live);
             let id = g.0.as_str();
             let ok = match op {
                 Op::Heartbeat(_) => s.heartbeat(id, g.1, &g.2, *now).is_ok(),
