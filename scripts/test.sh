@@ -22,6 +22,7 @@ echo "== lint ([workspace.lints], clippy.toml)"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== module cycles"
 python3 scripts/check_module_cycles.py
+python3 scripts/check_sizes.py
 echo "== build"
 cargo build --workspace --bins --tests
 echo "== tests"

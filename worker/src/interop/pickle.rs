@@ -251,214 +251,237 @@ impl<'a> Reader<'a> {
     fn run(&mut self) -> Result<usize> {
         loop {
             let op = self.u8()?;
-            match op {
-                0x80 => {
-                    self.u8()?;
-                }
-                0x95 => {
-                    self.u64()?;
-                }
-                b'.' => return self.pop(),
-                b'(' => self.stack.push(Item::Mark),
-                b'}' => self.push(Obj::Dict(vec![])),
-                b']' => self.push(Obj::List(vec![])),
-                b')' => self.push(Obj::Tuple(vec![])),
-                0x8f => self.push(Obj::List(vec![])),
-                b'N' => self.push_leaf(Value::None),
-                0x88 => self.push_leaf(Value::Bool(true)),
-                0x89 => self.push_leaf(Value::Bool(false)),
-                b'J' => {
-                    let v = i32::from_le_bytes(self.take(4)?.try_into().unwrap());
-                    self.push_leaf(Value::Int(v as i64))
-                }
-                b'K' => {
-                    let v = self.u8()?;
-                    self.push_leaf(Value::Int(v as i64))
-                }
-                b'M' => {
-                    let v = self.u16()?;
-                    self.push_leaf(Value::Int(v as i64))
-                }
-                0x8a | 0x8b => {
-                    let n = if op == 0x8a { self.u8()? as usize } else { self.u32()? as usize };
-                    let b = self.take(n)?;
-                    if n > 8 {
-                        bail!("pickle: integer of {n} bytes is too large");
-                    }
-                    let mut buf = if b.last().is_some_and(|&x| x & 0x80 != 0) { [0xffu8; 8] } else { [0u8; 8] };
-                    buf[..n].copy_from_slice(b);
-                    self.push_leaf(Value::Int(i64::from_le_bytes(buf)))
-                }
-                b'I' | b'L' => {
-                    let l = self.line()?.trim_end_matches('L');
-                    let v = match l {
-                        "01" => Value::Bool(true),
-                        "00" => Value::Bool(false),
-                        _ => Value::Int(l.parse().map_err(|_| anyhow!("pickle: bad integer {l:?}"))?),
-                    };
-                    self.push_leaf(v)
-                }
-                b'G' => {
-                    let v = f64::from_be_bytes(self.take(8)?.try_into().unwrap());
-                    self.push_leaf(Value::Float(v))
-                }
-                b'F' => {
-                    let l = self.line()?;
-                    self.push_leaf(Value::Float(l.parse().map_err(|_| anyhow!("pickle: bad float {l:?}"))?))
-                }
-                b'X' | 0x8c | 0x8d => {
-                    let n = match op {
-                        b'X' => self.u32()? as usize,
-                        0x8c => self.u8()? as usize,
-                        _ => self.u64()? as usize,
-                    };
-                    let s = std::str::from_utf8(self.take(n)?).map_err(|_| anyhow!("pickle: string is not UTF-8"))?;
-                    self.push_leaf(Value::Str(s.to_string()))
-                }
-                b'B' | b'C' | 0x8e | b'T' | b'U' => {
-                    let n = match op {
-                        b'B' | b'T' => self.u32()? as usize,
-                        b'C' | b'U' => self.u8()? as usize,
-                        _ => self.u64()? as usize,
-                    };
-                    let b = self.take(n)?.to_vec();
-                    self.push_leaf(Value::Bytes(b))
-                }
-                b'c' => {
-                    let m = self.line()?.to_string();
-                    let n = self.line()?.to_string();
-                    self.push_leaf(Value::Global(m, n))
-                }
-                0x93 => {
-                    let n = self.pop()?;
-                    let m = self.pop()?;
-                    match (self.str_of(m), self.str_of(n)) {
-                        (Some(m), Some(n)) => {
-                            let g = Value::Global(m.to_string(), n.to_string());
-                            self.push_leaf(g)
-                        }
-                        _ => bail!("pickle: STACK_GLOBAL needs two strings"),
-                    }
-                }
-                b't' => {
-                    let items = self.pop_mark()?;
-                    self.push(Obj::Tuple(items))
-                }
-                0x85..=0x87 => {
-                    let n = (op - 0x84) as usize;
-                    let mut items = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        items.push(self.pop()?);
-                    }
-                    items.reverse();
-                    self.push(Obj::Tuple(items))
-                }
-                b'l' => {
-                    let items = self.pop_mark()?;
-                    self.push(Obj::List(items))
-                }
-                0x91 => {
-                    let items = self.pop_mark()?;
-                    self.push(Obj::Tuple(items))
-                }
-                b'd' => {
-                    let items = self.pop_mark()?;
-                    let id = self.alloc(Obj::Dict(vec![]));
-                    self.set_items(id, &items)?;
-                    self.stack.push(Item::Obj(id))
-                }
-                b'a' => {
-                    let v = self.pop()?;
-                    let l = self.top()?;
-                    self.append(l, &[v])?
-                }
-                b'e' | 0x90 => {
-                    let items = self.pop_mark()?;
-                    let l = self.top()?;
-                    self.append(l, &items)?
-                }
-                b's' => {
-                    let v = self.pop()?;
-                    let k = self.pop()?;
-                    let d = self.top()?;
-                    self.set_items(d, &[k, v])?
-                }
-                b'u' => {
-                    let items = self.pop_mark()?;
-                    let d = self.top()?;
-                    self.set_items(d, &items)?
-                }
-                b'R' | 0x81 => {
-                    let args = self.pop()?;
-                    let callable = self.pop()?;
-                    self.reduce(callable, args)
-                }
-                0x92 => {
-                    let _kwargs = self.pop()?;
-                    let args = self.pop()?;
-                    let callable = self.pop()?;
-                    self.reduce(callable, args)
-                }
-                b'b' => {
-                    let state = self.pop()?;
-                    let target = self.top()?;
-                    if let Obj::Object { state: s, .. } = &mut self.arena[target] {
-                        *s = Some(state);
-                    }
-                    // BUILD on a dict (an OrderedDict's `_metadata` attribute) carries nothing we use.
-                }
-                b'Q' => {
-                    let pid = self.pop()?;
-                    self.push(Obj::PersId(pid))
-                }
-                b'P' => {
-                    let l = self.line()?.to_string();
-                    let s = self.alloc(Obj::Leaf(Value::Str(l)));
-                    self.push(Obj::PersId(s))
-                }
-                b'q' => {
-                    let k = self.u8()? as u64;
-                    self.put(k)?
-                }
-                b'r' => {
-                    let k = self.u32()? as u64;
-                    self.put(k)?
-                }
-                b'p' => {
-                    let k: u64 = self.line()?.parse().map_err(|_| anyhow!("pickle: bad PUT key"))?;
-                    self.put(k)?
-                }
-                0x94 => {
-                    let k = self.memo.len() as u64;
-                    self.put(k)?
-                }
-                b'h' => {
-                    let k = self.u8()? as u64;
-                    self.get(k)?
-                }
-                b'j' => {
-                    let k = self.u32()? as u64;
-                    self.get(k)?
-                }
-                b'g' => {
-                    let k: u64 = self.line()?.parse().map_err(|_| anyhow!("pickle: bad GET key"))?;
-                    self.get(k)?
-                }
-                b'0' => {
-                    self.stack.pop().ok_or_else(|| anyhow!("pickle: POP on an empty stack"))?;
-                }
-                b'1' => {
-                    self.pop_mark()?;
-                }
-                b'2' => {
-                    let t = *self.stack.last().ok_or_else(|| anyhow!("pickle: DUP on an empty stack"))?;
-                    self.stack.push(t)
-                }
-                other => bail!("pickle: unsupported opcode 0x{other:02x} at byte {}", self.pos - 1),
+            if op == b'.' {
+                return self.pop();
+            }
+            if !(self.literal(op)? || self.structure(op)? || self.bookkeeping(op)?) {
+                bail!("pickle: unsupported opcode 0x{op:02x} at byte {}", self.pos - 1);
             }
         }
     }
 
+    /// Opcodes that push one value: None, booleans, integers, floats, strings, bytes, globals. Returns whether `op` is one of them.
+    fn literal(&mut self, op: u8) -> Result<bool> {
+        match op {
+            b'N' => self.push_leaf(Value::None),
+            0x88 => self.push_leaf(Value::Bool(true)),
+            0x89 => self.push_leaf(Value::Bool(false)),
+            b'J' => {
+                let v = i32::from_le_bytes(self.take(4)?.try_into().unwrap());
+                self.push_leaf(Value::Int(v as i64))
+            }
+            b'K' => {
+                let v = self.u8()?;
+                self.push_leaf(Value::Int(v as i64))
+            }
+            b'M' => {
+                let v = self.u16()?;
+                self.push_leaf(Value::Int(v as i64))
+            }
+            0x8a | 0x8b => {
+                let n = if op == 0x8a { self.u8()? as usize } else { self.u32()? as usize };
+                let b = self.take(n)?;
+                if n > 8 {
+                    bail!("pickle: integer of {n} bytes is too large");
+                }
+                let mut buf = if b.last().is_some_and(|&x| x & 0x80 != 0) { [0xffu8; 8] } else { [0u8; 8] };
+                buf[..n].copy_from_slice(b);
+                self.push_leaf(Value::Int(i64::from_le_bytes(buf)))
+            }
+            b'I' | b'L' => {
+                let l = self.line()?.trim_end_matches('L');
+                let v = match l {
+                    "01" => Value::Bool(true),
+                    "00" => Value::Bool(false),
+                    _ => Value::Int(l.parse().map_err(|_| anyhow!("pickle: bad integer {l:?}"))?),
+                };
+                self.push_leaf(v)
+            }
+            b'G' => {
+                let v = f64::from_be_bytes(self.take(8)?.try_into().unwrap());
+                self.push_leaf(Value::Float(v))
+            }
+            b'F' => {
+                let l = self.line()?;
+                self.push_leaf(Value::Float(l.parse().map_err(|_| anyhow!("pickle: bad float {l:?}"))?))
+            }
+            b'X' | 0x8c | 0x8d => {
+                let n = match op {
+                    b'X' => self.u32()? as usize,
+                    0x8c => self.u8()? as usize,
+                    _ => self.u64()? as usize,
+                };
+                let s = std::str::from_utf8(self.take(n)?).map_err(|_| anyhow!("pickle: string is not UTF-8"))?;
+                self.push_leaf(Value::Str(s.to_string()))
+            }
+            b'B' | b'C' | 0x8e | b'T' | b'U' => {
+                let n = match op {
+                    b'B' | b'T' => self.u32()? as usize,
+                    b'C' | b'U' => self.u8()? as usize,
+                    _ => self.u64()? as usize,
+                };
+                let b = self.take(n)?.to_vec();
+                self.push_leaf(Value::Bytes(b))
+            }
+            b'c' => {
+                let m = self.line()?.to_string();
+                let n = self.line()?.to_string();
+                self.push_leaf(Value::Global(m, n))
+            }
+            0x93 => {
+                let n = self.pop()?;
+                let m = self.pop()?;
+                match (self.str_of(m), self.str_of(n)) {
+                    (Some(m), Some(n)) => {
+                        let g = Value::Global(m.to_string(), n.to_string());
+                        self.push_leaf(g)
+                    }
+                    _ => bail!("pickle: STACK_GLOBAL needs two strings"),
+                }
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+    /// Opcodes that build containers and objects: marks, tuples, lists, dicts, REDUCE, BUILD, persistent ids. Returns whether `op` is one of them.
+    fn structure(&mut self, op: u8) -> Result<bool> {
+        match op {
+            b'(' => self.stack.push(Item::Mark),
+            b'}' => self.push(Obj::Dict(vec![])),
+            b']' => self.push(Obj::List(vec![])),
+            b')' => self.push(Obj::Tuple(vec![])),
+            0x8f => self.push(Obj::List(vec![])),
+            b't' => {
+                let items = self.pop_mark()?;
+                self.push(Obj::Tuple(items))
+            }
+            0x85..=0x87 => {
+                let n = (op - 0x84) as usize;
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    items.push(self.pop()?);
+                }
+                items.reverse();
+                self.push(Obj::Tuple(items))
+            }
+            b'l' => {
+                let items = self.pop_mark()?;
+                self.push(Obj::List(items))
+            }
+            0x91 => {
+                let items = self.pop_mark()?;
+                self.push(Obj::Tuple(items))
+            }
+            b'd' => {
+                let items = self.pop_mark()?;
+                let id = self.alloc(Obj::Dict(vec![]));
+                self.set_items(id, &items)?;
+                self.stack.push(Item::Obj(id))
+            }
+            b'a' => {
+                let v = self.pop()?;
+                let l = self.top()?;
+                self.append(l, &[v])?
+            }
+            b'e' | 0x90 => {
+                let items = self.pop_mark()?;
+                let l = self.top()?;
+                self.append(l, &items)?
+            }
+            b's' => {
+                let v = self.pop()?;
+                let k = self.pop()?;
+                let d = self.top()?;
+                self.set_items(d, &[k, v])?
+            }
+            b'u' => {
+                let items = self.pop_mark()?;
+                let d = self.top()?;
+                self.set_items(d, &items)?
+            }
+            b'R' | 0x81 => {
+                let args = self.pop()?;
+                let callable = self.pop()?;
+                self.reduce(callable, args)
+            }
+            0x92 => {
+                let _kwargs = self.pop()?;
+                let args = self.pop()?;
+                let callable = self.pop()?;
+                self.reduce(callable, args)
+            }
+            b'b' => {
+                let state = self.pop()?;
+                let target = self.top()?;
+                if let Obj::Object { state: s, .. } = &mut self.arena[target] {
+                    *s = Some(state);
+                }
+                // BUILD on a dict (an OrderedDict's `_metadata` attribute) carries nothing we use.
+            }
+            b'Q' => {
+                let pid = self.pop()?;
+                self.push(Obj::PersId(pid))
+            }
+            b'P' => {
+                let l = self.line()?.to_string();
+                let s = self.alloc(Obj::Leaf(Value::Str(l)));
+                self.push(Obj::PersId(s))
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+    /// Framing, memo and stack opcodes: PROTO, FRAME, PUT/GET in all their forms, POP, POP_MARK, DUP. Returns whether `op` is one of them.
+    fn bookkeeping(&mut self, op: u8) -> Result<bool> {
+        match op {
+            0x80 => {
+                self.u8()?;
+            }
+            0x95 => {
+                self.u64()?;
+            }
+            b'q' => {
+                let k = self.u8()? as u64;
+                self.put(k)?
+            }
+            b'r' => {
+                let k = self.u32()? as u64;
+                self.put(k)?
+            }
+            b'p' => {
+                let k: u64 = self.line()?.parse().map_err(|_| anyhow!("pickle: bad PUT key"))?;
+                self.put(k)?
+            }
+            0x94 => {
+                let k = self.memo.len() as u64;
+                self.put(k)?
+            }
+            b'h' => {
+                let k = self.u8()? as u64;
+                self.get(k)?
+            }
+            b'j' => {
+                let k = self.u32()? as u64;
+                self.get(k)?
+            }
+            b'g' => {
+                let k: u64 = self.line()?.parse().map_err(|_| anyhow!("pickle: bad GET key"))?;
+                self.get(k)?
+            }
+            b'0' => {
+                self.stack.pop().ok_or_else(|| anyhow!("pickle: POP on an empty stack"))?;
+            }
+            b'1' => {
+                self.pop_mark()?;
+            }
+            b'2' => {
+                let t = *self.stack.last().ok_or_else(|| anyhow!("pickle: DUP on an empty stack"))?;
+                self.stack.push(t)
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
     fn materialize(&self, id: usize, depth: usize, budget: &mut usize) -> Result<Value> {
         if depth > MAX_DEPTH {
             bail!("pickle: nesting deeper than {MAX_DEPTH} (or a cycle)");
