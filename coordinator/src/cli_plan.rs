@@ -62,14 +62,9 @@ impl DatasetSel {
     }
 }
 
-/// `nnunet plan DATASET`: verify, fingerprint, plan the 2d configuration, write the splits.
+/// The planner choice shared by `plan` and `plan-and-preprocess`.
 #[derive(clap::Args, Debug)]
-#[command(
-    after_help = "Example:\n  nnunet plan 501 --planner ResEncM\nWrites dataset_fingerprint.json, nnUNetPlans.json (or the preset's nnUNetResEncUNet{M,L,XL}Plans.json), splits_final.json and dataset.json under $nnUNet_preprocessed/DatasetXXX_Name/."
-)]
-pub struct PlanArgs {
-    #[command(flatten)]
-    pub sel: DatasetSel,
+pub struct PlannerArgs {
     /// The experiment planner: default (nnU-Net's ExperimentPlanner, PlainConvUNet, nnUNetPlans.json) or a
     /// Residual Encoder preset ResEncM | ResEncL | ResEncXL (nnUNetResEncUNet{M,L,XL}Plans.json; nnU-Net's -pl
     /// nnUNetPlannerResEnc{M,L,XL}).
@@ -78,6 +73,18 @@ pub struct PlanArgs {
     /// GPU memory the plan targets, in GB (nnU-Net's -gpu_memory_target; default: the planner's, 8 / 8 / 24 / 40).
     #[arg(long)]
     pub gpu_memory_target: Option<f64>,
+}
+
+/// `nnunet plan DATASET`: verify, fingerprint, plan the 2d configuration, write the splits.
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Example:\n  nnunet plan 501 --planner ResEncM\nWrites dataset_fingerprint.json, nnUNetPlans.json (or the preset's nnUNetResEncUNet{M,L,XL}Plans.json), splits_final.json and dataset.json under $nnUNet_preprocessed/DatasetXXX_Name/."
+)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub sel: DatasetSel,
+    #[command(flatten)]
+    pub planning: PlannerArgs,
 }
 
 /// `nnunet preprocess DATASET`: preprocess every case (or a shard) into nnUNetPlans_2d/.
@@ -100,14 +107,8 @@ pub struct PreprocessArgs {
 pub struct PlanAndPreprocessArgs {
     #[command(flatten)]
     pub sel: DatasetSel,
-    /// The experiment planner: default (nnU-Net's ExperimentPlanner, PlainConvUNet, nnUNetPlans.json) or a
-    /// Residual Encoder preset ResEncM | ResEncL | ResEncXL (nnUNetResEncUNet{M,L,XL}Plans.json; nnU-Net's -pl
-    /// nnUNetPlannerResEnc{M,L,XL}).
-    #[arg(long, default_value = "default", value_parser = parse_planner)]
-    pub planner: Planner,
-    /// GPU memory the plan targets, in GB (nnU-Net's -gpu_memory_target; default: the planner's, 8 / 8 / 24 / 40).
-    #[arg(long)]
-    pub gpu_memory_target: Option<f64>,
+    #[command(flatten)]
+    pub planning: PlannerArgs,
 }
 
 fn print_plan(dirs: &DatasetDirs, plans: &nnunet_common::plans::Plans) -> Result<()> {
@@ -158,7 +159,7 @@ fn preprocess_dirs(dirs: &DatasetDirs, sel: &DatasetSel, cases: Option<&[String]
 }
 
 pub fn run_plan(a: PlanArgs) -> Result<()> {
-    plan(&a.sel, a.planner, a.gpu_memory_target).map(|_| ())
+    plan(&a.sel, a.planning.planner, a.planning.gpu_memory_target).map(|_| ())
 }
 
 pub fn run_preprocess(a: PreprocessArgs) -> Result<()> {
@@ -168,6 +169,6 @@ pub fn run_preprocess(a: PreprocessArgs) -> Result<()> {
 }
 
 pub fn run_plan_and_preprocess(a: PlanAndPreprocessArgs) -> Result<()> {
-    let dirs = plan(&a.sel, a.planner, a.gpu_memory_target)?;
+    let dirs = plan(&a.sel, a.planning.planner, a.planning.gpu_memory_target)?;
     preprocess_dirs(&dirs, &a.sel, None)
 }

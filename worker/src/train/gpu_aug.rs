@@ -88,7 +88,7 @@ impl GpuAugmenter {
         (img, self.targets(&sg.clamp_min(0)))
     }
 
-    /// 1. Rotation/scaling: theta per sample maps output normalized (x, y) to input normalized (x, y).
+    /// Step 1, rotation/scaling: theta per sample maps output normalized (x, y) to input normalized (x, y).
     /// The seg is resampled as one-hot of (seg + 1) over labels -1..K-1, bilinear, with the outside
     /// weight added to label -1; ties go to the lower label.
     fn spatial(&self, r: &mut ChaCha8Rng, x: &Tensor, seg: &Tensor) -> (Tensor, Tensor) {
