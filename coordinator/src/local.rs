@@ -288,7 +288,15 @@ async fn start_embedded(args: &RunArgs, state_dir: &Path, ncpu: usize) -> Result
 /// otherwise a new run is submitted.
 async fn submit_or_resume(coord: &Arc<Coordinator>, spec: RunSpec) -> Result<Run> {
     let canonical = spec.dataset_dir.canonicalize()?.to_string_lossy().into_owned();
-    let weights = spec.pretrained_weights.as_ref().map(|p| p.canonicalize().map(|c| c.to_string_lossy().into_owned())).transpose()?;
+    let weights = match &spec.pretrained_weights {
+        Some(p) => Some(
+            p.canonicalize()
+                .with_context(|| format!("pretrained weights {} are not readable by the coordinator", p.display()))?
+                .to_string_lossy()
+                .into_owned(),
+        ),
+        None => None,
+    };
     let same_weights = |r: &Run| r.options.pretrained.as_ref().map(|p| &p.source) == weights.as_ref();
     if let Some(prev) = coord.resumable_run(&canonical, &spec.folds, spec.planner.plans_name()).filter(same_weights) {
         eprintln!("resuming unfinished run {} (finished tasks are kept; training resumes from the last checkpoints)", prev.id);

@@ -245,7 +245,7 @@ mod tests {
         let left: Vec<_> = std::fs::read_dir(run_copy.parent().unwrap()).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(left, ["Dataset001_X"], "the run's copy is gone, no temporaries are left");
         reference(&run_copy, &dest).unwrap(); // idempotent
-        // Publishing from the link works too (a run that reused the data and publishes it again).
+                                              // Publishing from the link works too (a run that reused the data and publishes it again).
         let again = t.path().join("other").join("Dataset001_X");
         publish_dir(&run_copy, &again, &[]).unwrap();
         assert!(again.join("nnUNetPlans_2d").join("c.npy").is_file());

@@ -58,16 +58,19 @@ pub fn check_root(what: &str, dir: &Path, allowed: &UserDirs, state_dir: &Path) 
             if list.is_empty() { "none".to_string() } else { list.join(", ") }
         );
     }
-    std::fs::create_dir_all(&canonical).with_context(|| format!("the coordinator cannot create the {what} folder {}", canonical.display()))?;
+    std::fs::create_dir_all(&canonical)
+        .with_context(|| format!("the coordinator cannot create the {what} folder {}", canonical.display()))?;
     let probe = canonical.join(format!(".nnunet-write-probe-{}", crate::domain::random_hex(4)));
-    std::fs::write(&probe, b"probe").with_context(|| format!("the coordinator cannot write into the {what} folder {}", canonical.display()))?;
+    std::fs::write(&probe, b"probe")
+        .with_context(|| format!("the coordinator cannot write into the {what} folder {}", canonical.display()))?;
     std::fs::remove_file(&probe).with_context(|| format!("removing {}", probe.display()))?;
     Ok(canonical)
 }
 
 /// Copies `src` to `<run_dir>/inputs/pretrained_weights.<ext>` (temp + fsync + rename), hashing it on the way.
 pub fn ingest_pretrained(src: &Path, run_dir: &Path, max_bytes: u64) -> Result<PretrainedWeights> {
-    let canonical = src.canonicalize().with_context(|| format!("pretrained weights {} are not readable by the coordinator", src.display()))?;
+    let canonical =
+        src.canonicalize().with_context(|| format!("pretrained weights {} are not readable by the coordinator", src.display()))?;
     let md = std::fs::metadata(&canonical).with_context(|| format!("reading {}", canonical.display()))?;
     if !md.is_file() {
         bail!("pretrained weights {} are not a regular file", canonical.display());
@@ -81,7 +84,11 @@ pub fn ingest_pretrained(src: &Path, run_dir: &Path, max_bytes: u64) -> Result<P
         );
     }
     if md.len() > max_bytes {
-        bail!("pretrained weights {} are {} bytes; the coordinator accepts at most {max_bytes} (--max-upload-mib)", canonical.display(), md.len());
+        bail!(
+            "pretrained weights {} are {} bytes; the coordinator accepts at most {max_bytes} (--max-upload-mib)",
+            canonical.display(),
+            md.len()
+        );
     }
     check_format(&canonical, &ext, md.len())?;
     let rel = format!("{PRETRAINED_DIR}/pretrained_weights.{ext}");
@@ -127,8 +134,8 @@ fn check_format(path: &Path, ext: &str, len: u64) -> Result<()> {
     }
     let mut header = vec![0u8; n as usize];
     f.read_exact(&mut header).with_context(|| format!("reading the safetensors header of {}", path.display()))?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&header).with_context(|| format!("{} is not a safetensors file (its header is not JSON)", path.display()))?;
+    let v: serde_json::Value = serde_json::from_slice(&header)
+        .with_context(|| format!("{} is not a safetensors file (its header is not JSON)", path.display()))?;
     if !v.is_object() {
         bail!("{} is not a safetensors file (its header is not a JSON object)", path.display());
     }

@@ -19,7 +19,9 @@ pub fn validate_spec(spec: &RunSpec) -> Result<(), Refusal> {
     if dir == 0 || dir > limits::PATH {
         return bad(format!("dataset folder path must be 1..={} bytes (got {dir})", limits::PATH));
     }
-    for (what, p) in [("pretrained weights", &spec.pretrained_weights), ("results", &spec.results_dir), ("preprocessed", &spec.preprocessed_dir)] {
+    for (what, p) in
+        [("pretrained weights", &spec.pretrained_weights), ("results", &spec.results_dir), ("preprocessed", &spec.preprocessed_dir)]
+    {
         if p.as_ref().is_some_and(|p| p.as_os_str().is_empty() || p.as_os_str().len() > limits::PATH) {
             return bad(format!("{what} path must be 1..={} bytes", limits::PATH));
         }
@@ -66,17 +68,17 @@ impl Coordinator {
         let mut seen = std::collections::BTreeSet::new();
         folds.retain(|f| seen.insert(*f));
         crate::pipeline::prepare_run_dir(&run_dir, &run_id, &raw, &dataset_name)?;
-        let options =
-            match super::run_inputs::resolve(&spec, &run_dir, &self.cfg.user_dirs, &self.cfg.state_dir, self.cfg.max_upload_bytes) {
-                Ok(o) => o,
-                Err(e) => {
-                    // Nothing of a refused submit stays behind.
-                    if let Err(rm) = std::fs::remove_dir_all(&run_dir) {
-                        tracing::warn!("removing {}: {rm}", run_dir.display());
-                    }
-                    return Err(e);
+        let options = match super::run_inputs::resolve(&spec, &run_dir, &self.cfg.user_dirs, &self.cfg.state_dir, self.cfg.max_upload_bytes)
+        {
+            Ok(o) => o,
+            Err(e) => {
+                // Nothing of a refused submit stays behind.
+                if let Err(rm) = std::fs::remove_dir_all(&run_dir) {
+                    tracing::warn!("removing {}: {rm}", run_dir.display());
                 }
-            };
+                return Err(e);
+            }
+        };
         if let Some(p) = &options.pretrained {
             tracing::info!(run = %run_id, source = %p.source, sha256 = %p.sha256, bytes = p.size, "pretrained weights copied into the run");
         }

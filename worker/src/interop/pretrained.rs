@@ -5,8 +5,8 @@
 //! entries of the file the network does not have are ignored.
 use super::nnunet_model;
 use crate::checkpoint;
-use crate::net::PlainConvUNet;
 use crate::error::WorkerError;
+use crate::net::PlainConvUNet;
 use anyhow::{Context, Result};
 use std::collections::HashMap;
 use std::path::Path;

@@ -22,7 +22,10 @@ pub fn uses_run_dir_in_place(run_dir: &str, run_id: &str, no_shared_fs: bool) ->
 /// The paths were checked by `untrusted::check_task`.
 pub fn first_invisible_input<'a>(run_dir: &str, inputs: &'a [nnunet_proto::v1::ArtifactRef]) -> Option<&'a str> {
     let root = Path::new(run_dir);
-    inputs.iter().find(|a| std::fs::metadata(root.join(&a.path)).map(|m| !m.is_file() || m.len() != a.size).unwrap_or(true)).map(|a| a.path.as_str())
+    inputs
+        .iter()
+        .find(|a| std::fs::metadata(root.join(&a.path)).map(|m| !m.is_file() || m.len() != a.size).unwrap_or(true))
+        .map(|a| a.path.as_str())
 }
 
 /// The task's workspace with every input in place (see the module docs).
