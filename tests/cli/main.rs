@@ -4,6 +4,7 @@
 //! `nnunet predict -d DATASET` resolves the model folder under `$nnUNet_results` like `nnUNetv2_predict`.
 mod pretrained;
 mod results;
+mod submit_dirs;
 
 use nnunet_tests::bin;
 use std::path::Path;

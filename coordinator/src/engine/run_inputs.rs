@@ -34,18 +34,8 @@ pub fn check_root(what: &str, dir: &Path, allowed: &UserDirs, state_dir: &Path) 
         bail!("the {what} folder {} must not contain '.' or '..'", dir.display());
     }
     let roots = allowed.allowed_roots();
-    let canonical_roots: Vec<PathBuf> = roots.iter().filter_map(|r| r.canonicalize().ok()).collect();
-    // Resolve the part that exists (links included) before creating anything, so a link cannot lead outside.
-    let mut existing = dir.to_path_buf();
-    let mut rest = Vec::new();
-    while !existing.exists() {
-        rest.push(existing.file_name().with_context(|| format!("the {what} folder {} has no existing parent", dir.display()))?.to_owned());
-        existing = existing.parent().with_context(|| format!("the {what} folder {} has no existing parent", dir.display()))?.to_path_buf();
-    }
-    let mut canonical = existing.canonicalize().with_context(|| format!("resolving {}", existing.display()))?;
-    for c in rest.iter().rev() {
-        canonical.push(c);
-    }
+    let canonical_roots: Vec<PathBuf> = roots.iter().filter_map(|r| resolve_path(r).ok()).collect();
+    let canonical = resolve_path(dir).with_context(|| format!("the {what} folder {}", dir.display()))?;
     let state = state_dir.canonicalize().unwrap_or_else(|_| state_dir.to_path_buf());
     if canonical.starts_with(&state) {
         bail!("the {what} folder {} is inside the coordinator's state directory {}", dir.display(), state.display());
@@ -64,6 +54,22 @@ pub fn check_root(what: &str, dir: &Path, allowed: &UserDirs, state_dir: &Path) 
     std::fs::write(&probe, b"probe")
         .with_context(|| format!("the coordinator cannot write into the {what} folder {}", canonical.display()))?;
     std::fs::remove_file(&probe).with_context(|| format!("removing {}", probe.display()))?;
+    Ok(canonical)
+}
+
+/// `p` made absolute, its existing part resolved through links (the part that does not
+/// exist yet is appended as it is, so a link cannot lead the rest elsewhere).
+fn resolve_path(p: &Path) -> Result<PathBuf> {
+    let mut existing = std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?;
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        rest.push(existing.file_name().context("has no existing parent")?.to_owned());
+        existing = existing.parent().context("has no existing parent")?.to_path_buf();
+    }
+    let mut canonical = existing.canonicalize().with_context(|| format!("resolving {}", existing.display()))?;
+    for c in rest.iter().rev() {
+        canonical.push(c);
+    }
     Ok(canonical)
 }
 
