@@ -43,7 +43,24 @@ impl Coordinator {
             .map_err(|e| ApplyError::Refused(Refusal::Invalid(format!("{e:#}"))))?;
         let id = run.id.clone();
         let r = run.clone();
-        self.apply("submit", move |st, now| Ok(((), st.add_run(r, now)))).await?;
+        let mut notes = Vec::new();
+        if let Some(p) = &run.options.pretrained {
+            notes.push(format!("training starts from the pretrained weights {} (sha256 {}, copied into the run)", p.source, p.sha256));
+        }
+        for (what, dir) in [("model folder", &run.options.results_root), ("preprocessed data", &run.options.preprocessed_root)] {
+            if let Some(d) = dir {
+                notes.push(format!("the {what} is published under the submitter's {}", d.display()));
+            }
+        }
+        let rid = id.clone();
+        self.apply("submit", move |st, now| {
+            let mut fx = st.add_run(r, now);
+            for n in notes {
+                st.emit(&mut fx, &rid, None, None, crate::state::EventBody::Log(n), now);
+            }
+            Ok(((), fx))
+        })
+        .await?;
         tracing::info!(run = %id, dataset = %run.dataset_name, folds = ?run.folds, "run submitted");
         let me = self.clone();
         let rid = id.clone();
