@@ -33,20 +33,25 @@ pub fn check_root(what: &str, dir: &Path, allowed: &UserDirs, state_dir: &Path) 
     if dir.components().any(|c| matches!(c, std::path::Component::ParentDir | std::path::Component::CurDir)) {
         bail!("the {what} folder {} must not contain '.' or '..'", dir.display());
     }
-    let roots = allowed.allowed_roots();
-    let canonical_roots: Vec<PathBuf> = roots.iter().filter_map(|r| resolve_path(r).ok()).collect();
+    let resolved = |roots: &[&PathBuf]| -> Vec<PathBuf> { roots.iter().filter_map(|r| resolve_path(r).ok()).collect() };
+    let own = resolved(&allowed.results.iter().chain(&allowed.preprocessed).collect::<Vec<_>>());
+    let extra = resolved(&allowed.allow_under.iter().collect::<Vec<_>>());
     let canonical = resolve_path(dir).with_context(|| format!("the {what} folder {}", dir.display()))?;
-    let state = state_dir.canonicalize().unwrap_or_else(|_| state_dir.to_path_buf());
-    if canonical.starts_with(&state) {
-        bail!("the {what} folder {} is inside the coordinator's state directory {}", dir.display(), state.display());
-    }
-    if !canonical_roots.iter().any(|r| canonical.starts_with(r)) {
-        let list: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
-        bail!(
-            "the coordinator may not write the {what} folder {} (allowed: {}); its operator can allow it with `nnunet serve --allow-output-under DIR`, or submit with --coordinator-dirs to use the coordinator's own folders",
-            dir.display(),
-            if list.is_empty() { "none".to_string() } else { list.join(", ") }
-        );
+    // Under the coordinator's own folders anything goes (they may lie in its state directory);
+    // elsewhere, only under an allowed folder and never inside the state directory.
+    if !own.iter().any(|r| canonical.starts_with(r)) {
+        let state = state_dir.canonicalize().unwrap_or_else(|_| state_dir.to_path_buf());
+        if canonical.starts_with(&state) {
+            bail!("the {what} folder {} is inside the coordinator's state directory {}", dir.display(), state.display());
+        }
+        if !extra.iter().any(|r| canonical.starts_with(r)) {
+            let list: Vec<String> = allowed.allowed_roots().iter().map(|r| r.display().to_string()).collect();
+            bail!(
+                "the coordinator may not write the {what} folder {} (allowed: {}); its operator can allow it with `nnunet serve --allow-output-under DIR`, or submit with --coordinator-dirs to use the coordinator's own folders",
+                dir.display(),
+                if list.is_empty() { "none".to_string() } else { list.join(", ") }
+            );
+        }
     }
     std::fs::create_dir_all(&canonical)
         .with_context(|| format!("the coordinator cannot create the {what} folder {}", canonical.display()))?;
@@ -201,6 +206,9 @@ mod tests {
         assert!(err(&allowed_root.join("link/elsewhere")).contains("may not write"));
         let inside_state = UserDirs { allow_under: vec![t.path().to_path_buf()], ..Default::default() };
         assert!(format!("{:#}", check_root("results", &state.join("runs"), &inside_state, &state).unwrap_err()).contains("state directory"));
+        // The coordinator's own results folder may lie in its state directory: a submitter may name it.
+        let own_in_state = UserDirs { results: Some(state.join("nnUNet_results")), ..Default::default() };
+        check_root("results", &state.join("nnUNet_results"), &own_in_state, &state).unwrap();
         // A folder the coordinator cannot write (read-only parent): refused at submit.
         if unsafe { libc::geteuid() } != 0 {
             let ro = allowed_root.join("ro");
