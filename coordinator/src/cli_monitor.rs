@@ -47,9 +47,37 @@ pub struct SubmitArgs {
     /// Wait for the run to finish (exit code 0 only if it is DONE), printing events.
     #[arg(long)]
     pub wait: bool,
+    /// Start every fold from these weights (ours .safetensors or an nnU-Net .pth; nnU-Net's
+    /// -pretrained_weights), a file the coordinator can read; it is copied into the run at submit.
+    #[arg(long, value_name = "FILE")]
+    pub pretrained_weights: Option<PathBuf>,
+    /// Publish the finished model folder under DIR/DatasetXXX_Name/ (default: this shell's $nnUNet_results;
+    /// with $nnUNet_preprocessed set, preprocessed data is reused from and published there too). The
+    /// coordinator must be able to write it and allow it (`nnunet serve --allow-output-under`).
+    #[arg(long, value_name = "DIR")]
+    pub results: Option<PathBuf>,
+    /// Ignore this shell's $nnUNet_results/$nnUNet_preprocessed: the coordinator publishes to its own.
+    #[arg(long, conflicts_with = "results")]
+    pub coordinator_dirs: bool,
+}
+
+/// This shell's nnU-Net roots for a submitted run, absolute (the coordinator resolves nothing
+/// against the submitter's working directory): (results, preprocessed).
+fn submitter_dirs(a: &SubmitArgs) -> Result<(Option<PathBuf>, Option<PathBuf>)> {
+    if a.coordinator_dirs {
+        return Ok((None, None));
+    }
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let abs = |p: PathBuf| -> Result<PathBuf> { Ok(if p.is_absolute() { p } else { std::env::current_dir()?.join(p) }) };
+    let results = a.results.clone().or_else(|| var("nnUNet_results")).map(abs).transpose()?;
+    let preprocessed = var("nnUNet_preprocessed").map(abs).transpose()?;
+    Ok((results, preprocessed))
 }
 
 pub async fn submit(a: SubmitArgs) -> Result<()> {
+    let (results_dir, preprocessed_dir) = submitter_dirs(&a)?;
+    // A weights file this shell can see is sent as an absolute path (the coordinator may share the filesystem).
+    let pretrained_weights = a.pretrained_weights.map(|p| p.canonicalize().unwrap_or(p));
     let spec = RunSpec {
         dataset_dir: a.dataset,
         budget: Budget {
@@ -66,6 +94,9 @@ pub async fn submit(a: SubmitArgs) -> Result<()> {
         preprocess_shards: a.shards,
         predict_test: a.predict_test,
         planner: a.planner,
+        pretrained_weights,
+        results_dir,
+        preprocessed_dir,
     };
     let mut c = client::monitor(&a.conn).await?;
     let info = c.submit_run(crate::service::convert::spec_to_proto(&spec)).await.map_err(client::explain)?.into_inner();

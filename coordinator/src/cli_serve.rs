@@ -49,6 +49,10 @@ pub struct ServeArgs {
     /// published there and reused by later runs on the same raw data.
     #[arg(long, value_name = "DIR")]
     pub results: Option<PathBuf>,
+    /// Also accept a submitter's own nnUNet_results/nnUNet_preprocessed (`nnunet submit` sends them)
+    /// under DIR (repeatable); without it only folders under this coordinator's own are accepted.
+    #[arg(long, value_name = "DIR")]
+    pub allow_output_under: Vec<PathBuf>,
 }
 
 pub async fn serve(a: ServeArgs) -> Result<()> {
@@ -80,6 +84,7 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
     cfg.threads = a.threads;
     cfg.max_upload_bytes = a.max_upload_mib << 20;
     cfg.user_dirs = crate::user_dirs::UserDirs::from_env(a.results.clone());
+    cfg.user_dirs.allow_under = a.allow_output_under.clone();
     cfg.retention =
         Retention { keep_finished: a.retain_finished_runs, max_age: a.retain_days.map(|d| Duration::from_secs_f64(d * 86_400.0)) };
     let coord = Coordinator::open(cfg)?;

@@ -83,6 +83,10 @@ pub struct RunArgs {
     /// Experiment planner: default (nnUNetPlans), ResEncM, ResEncL or ResEncXL (nnUNetResEncUNet{M,L,XL}Plans).
     #[arg(long, default_value = "default", value_parser = crate::cli_plan::parse_planner)]
     pub planner: nnunet_common::planners::Planner,
+    /// Start every fold from these weights (ours .safetensors or an nnU-Net .pth; nnU-Net's
+    /// -pretrained_weights): all but the segmentation heads must match the network in name and shape.
+    #[arg(long, value_name = "FILE")]
+    pub pretrained_weights: Option<PathBuf>,
 }
 
 fn worker_binary() -> Result<PathBuf> {
@@ -284,7 +288,17 @@ async fn start_embedded(args: &RunArgs, state_dir: &Path, ncpu: usize) -> Result
 /// otherwise a new run is submitted.
 async fn submit_or_resume(coord: &Arc<Coordinator>, spec: RunSpec) -> Result<Run> {
     let canonical = spec.dataset_dir.canonicalize()?.to_string_lossy().into_owned();
-    if let Some(prev) = coord.resumable_run(&canonical, &spec.folds, spec.planner.plans_name()) {
+    let weights = match &spec.pretrained_weights {
+        Some(p) => Some(
+            p.canonicalize()
+                .with_context(|| format!("pretrained weights {} are not readable by the coordinator", p.display()))?
+                .to_string_lossy()
+                .into_owned(),
+        ),
+        None => None,
+    };
+    let same_weights = |r: &Run| r.options.pretrained.as_ref().map(|p| &p.source) == weights.as_ref();
+    if let Some(prev) = coord.resumable_run(&canonical, &spec.folds, spec.planner.plans_name()).filter(same_weights) {
         eprintln!("resuming unfinished run {} (finished tasks are kept; training resumes from the last checkpoints)", prev.id);
         let id = prev.id.clone();
         coord
@@ -367,6 +381,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
         preprocess_shards: devices.len() as u32,
         predict_test: dataset_dir.join("imagesTs").is_dir(),
         planner: args.planner,
+        pretrained_weights: args.pretrained_weights.clone(),
+        results_dir: None,
+        preprocessed_dir: None,
     };
     let run = submit_or_resume(&e.coord, spec).await?;
     let folds: Vec<String> = run.folds.iter().map(|f| f.to_string()).collect();

@@ -80,7 +80,8 @@ pub fn plan(run: &Run, threads: usize, user: &UserDirs) -> Result<Planned> {
         .and_then(|root| crate::user_dirs::reusable_preprocessed(root, &dirs, &digest))
         .filter(|src| src.join(format!("{}.json", run.plans_name)).is_file());
     match &reused {
-        Some(src) => crate::user_dirs::take_preprocessed(src, &dirs.preprocessed)?,
+        // The run references the published data instead of copying it (`user_dirs::reference`).
+        Some(src) => crate::user_dirs::reference(&dirs.preprocessed, src)?,
         None => {
             nnunet_common::verify::verify_dataset(&dirs.raw)?.into_result()?;
             nnunet_common::preprocess::plan_dataset(&dirs, planner, None, threads, false)?;
@@ -109,23 +110,28 @@ pub fn plan(run: &Run, threads: usize, user: &UserDirs) -> Result<Planned> {
 }
 
 /// Publishes a finalized run to the nnU-Net roots: the preprocessed dataset to
-/// `$nnUNet_preprocessed/DatasetXXX_Name/` (unless it came from there) and the model folder to
-/// `$nnUNet_results/DatasetXXX_Name/<model folder>/`; adds `results_dir` to the summary.
-pub fn publish(run: &Run, user: &UserDirs, summary: String) -> Result<String> {
+/// `$nnUNet_preprocessed/DatasetXXX_Name/` (unless it came from there, or another active run reads
+/// the folder there: `in_use`) and the model folder to `$nnUNet_results/DatasetXXX_Name/<model folder>/`;
+/// the run directory then links to what was published instead of keeping a copy
+/// ([`crate::user_dirs::reference`]). Adds `results_dir` / `preprocessed_dir` to the summary.
+pub fn publish(run: &Run, user: &UserDirs, in_use: &[PathBuf], summary: String) -> Result<String> {
     let dirs = dirs_of(run);
     let mut v: serde_json::Value = serde_json::from_str(&summary)?;
     if let Some(root) = &user.preprocessed {
         let dest = root.join(&dirs.name);
         let digest = std::fs::read_to_string(dirs.preprocessed.join(crate::user_dirs::RAW_DIGEST_FILE)).unwrap_or_default();
+        let busy = dest.canonicalize().is_ok_and(|d| in_use.contains(&d));
         if crate::user_dirs::reusable_preprocessed(root, &dirs, digest.trim()).is_some() {
+            crate::user_dirs::reference(&dirs.preprocessed, &dest)?;
             v["preprocessed_dir"] = serde_json::json!(dest);
-        } else if crate::user_dirs::ours_to_replace(&dest) {
+        } else if crate::user_dirs::ours_to_replace(&dest) && !busy {
             crate::user_dirs::publish_dir(&dirs.preprocessed, &dest, &[])
                 .with_context(|| format!("publishing the preprocessed data to {}", dest.display()))?;
+            crate::user_dirs::reference(&dirs.preprocessed, &dest)?;
             v["preprocessed_dir"] = serde_json::json!(dest);
         } else {
             tracing::warn!(
-                "{} exists and was not made by a run: left as it is (the run's copy stays in the run directory)",
+                "{} exists and was not made by a run, or another active run reads it: left as it is (the run's copy stays in the run directory)",
                 dest.display()
             );
         }
@@ -134,9 +140,15 @@ pub fn publish(run: &Run, user: &UserDirs, summary: String) -> Result<String> {
         let dest = root.join(&dirs.name).join(nnunet_common::paths::model_folder_name_for(&dirs.plans_name));
         crate::user_dirs::publish_model(&dirs.model_dir(), &dest)
             .with_context(|| format!("publishing the model folder to {}", dest.display()))?;
+        crate::user_dirs::reference(&dirs.model_dir(), &dest)?;
         v["results_dir"] = serde_json::json!(dest);
     }
     Ok(serde_json::to_string(&v)?)
+}
+
+/// Where the run's preprocessed dataset links to, when it references published data.
+pub fn preprocessed_reference(run: &Run) -> Option<PathBuf> {
+    crate::user_dirs::link_target(&dirs_of(run).preprocessed)
 }
 
 fn raw_case_files(dirs: &DatasetDirs, sub: &str, cases: &[String]) -> Result<Vec<PathBuf>> {
@@ -228,6 +240,8 @@ pub fn task_inputs(run: &Run, t: &Task) -> Result<Vec<String>> {
                 }
                 files.push(fold_dir.join("checkpoint_final.safetensors"));
                 files.push(fold_dir.join("checkpoint_final.json"));
+            } else if let Some(w) = task_pretrained(run, t) {
+                files.push(Path::new(&run.run_dir).join(w));
             } else if let Some(ck) = &t.checkpoint {
                 // Resume material: the last checkpoint and the logs written so far.
                 let ck = Path::new(&run.run_dir).join(ck);
@@ -252,6 +266,13 @@ pub fn task_inputs(run: &Run, t: &Task) -> Result<Vec<String>> {
         }
     }
     Ok(files.iter().map(|p| rel(run, p)).collect())
+}
+
+/// The pretrained weights a training task starts from (relative to the run dir): only when it does
+/// not resume from a checkpoint (nnU-Net loads them only when not continuing,
+/// `nnunetv2/run/run_training.py::maybe_load_checkpoint`).
+pub fn task_pretrained(run: &Run, t: &Task) -> Option<String> {
+    (t.kind == Kind::Train && t.checkpoint.is_none()).then(|| run.options.pretrained.as_ref().map(|p| p.path.clone())).flatten()
 }
 
 /// The checkpoint a task starts from, relative to the run dir.

@@ -248,6 +248,7 @@ mod tests {
             summary_json: None,
             error: None,
             next_seq: 0,
+            options: Default::default(),
         }
     }
 

@@ -2,7 +2,9 @@
 //! by walking the `Commands:` sections of the real binaries' `--help`) documents every flag and
 //! argument; internal commands are hidden; nnU-Net v2's flag spellings are accepted; and
 //! `nnunet predict -d DATASET` resolves the model folder under `$nnUNet_results` like `nnUNetv2_predict`.
+mod pretrained;
 mod results;
+mod submit_dirs;
 
 use nnunet_tests::bin;
 use std::path::Path;

@@ -38,17 +38,18 @@ fn run_once(env: &[(&str, &Path)], state: &Path) -> (String, f64, f64) {
     (out, to_train.expect("fold 0 never started training"), start.elapsed().as_secs_f64())
 }
 
-#[test]
-fn run_twice_publishes_to_nnunet_results_and_reuses_the_preprocessed_data() {
-    let t = tempfile::tempdir().unwrap();
-    let (raw, pre, res) = (t.path().join("nnUNet_raw"), t.path().join("nnUNet_preprocessed"), t.path().join("nnUNet_results"));
-    let env = [("nnUNet_raw", raw.as_path()), ("nnUNet_preprocessed", pre.as_path()), ("nnUNet_results", res.as_path())];
-    let synth = t.path().join("synth");
-    let ok = Command::new(bin("nnunet")).args(["synth", "--cases", "30", "--size", "192", "--out"]).arg(&synth).status().unwrap();
+/// `nnunet synth` + `nnunet convert` into `$nnUNet_raw` (from `env`): DatasetID_NAME.
+pub(crate) fn convert_synthetic(env: &[(&str, &Path)], work: &Path, id: u32, name: &str, cases: usize, size: usize) {
+    let synth = work.join(format!("synth{id}"));
+    let ok = Command::new(bin("nnunet"))
+        .args(["synth", "--cases", &cases.to_string(), "--size", &size.to_string(), "--out"])
+        .arg(&synth)
+        .status()
+        .unwrap();
     assert!(ok.success());
     let ok = Command::new(bin("nnunet"))
-        .envs(env)
-        .args(["convert", "--id", "501", "--name", "Tiny", "--quiet", "--images"])
+        .envs(env.iter().copied())
+        .args(["convert", "--id", &id.to_string(), "--name", name, "--quiet", "--images"])
         .arg(synth.join("images"))
         .arg("--masks")
         .arg(synth.join("masks"))
@@ -56,6 +57,28 @@ fn run_twice_publishes_to_nnunet_results_and_reuses_the_preprocessed_data() {
         .status()
         .unwrap();
     assert!(ok.success());
+}
+
+/// Bytes of the regular files under `dir`, links not followed (what the folder itself holds).
+pub(crate) fn state_bytes(dir: &Path) -> u64 {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let md = std::fs::symlink_metadata(e.path()).unwrap();
+        if md.is_dir() {
+            n += state_bytes(&e.path());
+        } else if md.is_file() {
+            n += md.len();
+        }
+    }
+    n
+}
+
+#[test]
+fn run_twice_publishes_to_nnunet_results_and_reuses_the_preprocessed_data() {
+    let t = tempfile::tempdir().unwrap();
+    let (raw, pre, res) = (t.path().join("nnUNet_raw"), t.path().join("nnUNet_preprocessed"), t.path().join("nnUNet_results"));
+    let env = [("nnUNet_raw", raw.as_path()), ("nnUNet_preprocessed", pre.as_path()), ("nnUNet_results", res.as_path())];
+    convert_synthetic(&env, t.path(), 501, "Tiny", 30, 192);
 
     let (out1, train1, total1) = run_once(&env, &t.path().join("state"));
     assert!(!out1.contains("reusing the plans"), "nothing to reuse yet:\n{out1}");
@@ -88,6 +111,21 @@ fn run_twice_publishes_to_nnunet_results_and_reuses_the_preprocessed_data() {
     let left: Vec<String> =
         std::fs::read_dir(res.join("Dataset501_Tiny")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(left, ["nnUNetTrainer__nnUNetPlans__2d"], "no temporary folders left behind");
+    // The run directories keep only what is the run's own: both reference the published data and model.
+    for state in ["state", "state2"] {
+        let run_dir = std::fs::read_dir(t.path().join(state).join("runs")).unwrap().flatten().next().unwrap().path();
+        for linked in ["preprocessed/Dataset501_Tiny", "results/Dataset501_Tiny/nnUNetTrainer__nnUNetPlans__2d"] {
+            let md = std::fs::symlink_metadata(run_dir.join(linked)).unwrap();
+            assert!(md.file_type().is_symlink(), "{state}: {linked} is a copy, not a reference to the published folder");
+        }
+        let kept = state_bytes(&run_dir);
+        eprintln!(
+            "{state}: run directory {kept} bytes; published preprocessed data {} bytes, model folder {} bytes",
+            state_bytes(&data),
+            state_bytes(&model)
+        );
+        assert!(kept < state_bytes(&data) / 4, "{state}: the run directory holds {kept} bytes");
+    }
     eprintln!("first run: training started after {train1:.1} s ({total1:.1} s total); second: {train2:.1} s ({total2:.1} s total)");
     assert!(train2 < train1, "reusing was not faster: training started after {train2:.1} s vs {train1:.1} s");
 }

@@ -1,6 +1,9 @@
 //! The coordinator's own vocabulary: typed ids, run/task states and kinds, the run budget and the
 //! run specification. Nothing here knows about the wire ([`crate::service::convert`] does).
 pub mod metrics;
+pub mod run_options;
+
+pub use run_options::{PretrainedWeights, RunOptions};
 
 use nnunet_common::Fold;
 use serde::{Deserialize, Serialize};
@@ -221,6 +224,12 @@ pub struct RunSpec {
     pub predict_test: bool,
     /// The experiment planner (`--planner`): its plans file names the model folder.
     pub planner: nnunet_common::planners::Planner,
+    /// Weights every training task starts from (`--pretrained-weights`), a file the coordinator can read.
+    pub pretrained_weights: Option<PathBuf>,
+    /// The submitter's `$nnUNet_results` / `--results` root (None: the coordinator's own).
+    pub results_dir: Option<PathBuf>,
+    /// The submitter's `$nnUNet_preprocessed` root (None: the coordinator's own).
+    pub preprocessed_dir: Option<PathBuf>,
 }
 
 /// What a credential may do. `Admin` is the legacy single token: everything.

@@ -1,6 +1,7 @@
 //! Artifact policy on the coordinator's disk: which task may write which path, uploads into temp
 //! files that are always removed unless committed, and downloads that never leave the run's
 //! directories nor follow a symlink.
+use crate::domain::run_options::PRETRAINED_DIR;
 use crate::domain::TaskKind;
 use crate::state::{Run, Task};
 use sha2::Digest;
@@ -169,9 +170,26 @@ pub struct Download {
     pub size: u64,
 }
 
+/// The run's preprocessed dataset folder: `<run_dir>/preprocessed/<dataset>`, or, when the
+/// coordinator made that a link to a published one in `$nnUNet_preprocessed` (reused, or moved
+/// there when the run finished; `crate::user_dirs`), the folder it points to.
+fn preprocessed_root(run: &Run) -> Result<PathBuf, String> {
+    let p = Path::new(&run.run_dir).join("preprocessed").join(&run.dataset_name);
+    let md = std::fs::symlink_metadata(&p).map_err(|e| e.to_string())?;
+    if md.file_type().is_symlink() {
+        let target = p.canonicalize().map_err(|e| format!("resolving the run's preprocessed data: {e}"))?;
+        if !target.is_dir() {
+            return Err("the run's preprocessed data is not a folder".into());
+        }
+        return Ok(target);
+    }
+    Ok(p)
+}
+
 /// Opens `rel` of `run` for reading: `raw/<dataset>/...` inside the user's dataset folder,
-/// `preprocessed/...` or `results/...` inside the run directory; no component may be a symlink
-/// and the target must be a regular file (blocking).
+/// `preprocessed/<dataset>/...` inside the run's preprocessed data (see [`preprocessed_root`]),
+/// `results/...` inside the run directory, and `inputs/` only the run's pretrained weights; no
+/// further component may be a symlink and the target must be a regular file (blocking).
 pub fn open_download(run: &Run, rel: &Path) -> Result<Download, String> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut comps = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned());
@@ -183,8 +201,20 @@ pub fn open_download(run: &Run, rel: &Path) -> Result<Download, String> {
             }
             PathBuf::from(&run.raw_dir)
         }
-        "preprocessed" | "results" => Path::new(&run.run_dir).join(&first),
-        _ => return Err(format!("{} is not under raw/, preprocessed/ or results/", rel.display())),
+        "preprocessed" => {
+            if comps.next().as_deref() != Some(run.dataset_name.as_str()) {
+                return Err(format!("{} is not in the run's dataset", rel.display()));
+            }
+            preprocessed_root(run).map_err(|e| format!("{}: {e}", rel.display()))?
+        }
+        "results" => Path::new(&run.run_dir).join(&first),
+        PRETRAINED_DIR => {
+            if run.options.pretrained.as_ref().map(|p| Path::new(&p.path)) != Some(rel) {
+                return Err(format!("{} is not an input of the run", rel.display()));
+            }
+            Path::new(&run.run_dir).join(PRETRAINED_DIR)
+        }
+        _ => return Err(format!("{} is not under raw/, preprocessed/, results/ or {PRETRAINED_DIR}/", rel.display())),
     };
     let mut md = None;
     for c in comps {
@@ -219,12 +249,16 @@ mod tests {
     use nnunet_common::Fold;
 
     fn run() -> Run {
+        run_for(Path::new("/runs/r"))
+    }
+
+    pub(super) fn run_for(run_dir: &Path) -> Run {
         Run {
             id: "r".into(),
             name: "r".into(),
             dataset_name: "Dataset001_X".into(),
             raw_dir: "/raw/Dataset001_X".into(),
-            run_dir: "/runs/r".into(),
+            run_dir: run_dir.to_string_lossy().into_owned(),
             state: RunState::Training,
             budget: Budget::default(),
             folds: vec![Fold::Index(0), Fold::All],
@@ -236,6 +270,7 @@ mod tests {
             summary_json: None,
             error: None,
             next_seq: 0,
+            options: Default::default(),
         }
     }
 
@@ -259,5 +294,43 @@ mod tests {
         assert!(ok(&pre, "preprocessed/Dataset001_X/gt_segmentations/c1.nii.gz"));
         assert!(!ok(&pre, "preprocessed/Dataset001_X/gt_segmentations/c10.nii.gz"));
         assert!(!ok(&pre, &format!("{data}/c2.npy")) && !ok(&pre, "preprocessed/Dataset001_X/nnUNetPlans.json"));
+    }
+}
+
+#[cfg(test)]
+mod download_tests {
+    use super::*;
+    use crate::domain::PretrainedWeights;
+
+    /// Downloads serve the run's own files only: its pretrained weights under `inputs/` (nothing
+    /// else there), and its preprocessed data through the coordinator's reference to a published
+    /// folder, but no other link.
+    #[test]
+    fn downloads_reach_the_run_inputs_and_a_referenced_preprocessed_folder_only() {
+        let t = tempfile::tempdir().unwrap();
+        let run_dir = t.path().join("runs").join("r");
+        let published = t.path().join("nnUNet_preprocessed").join("Dataset001_X");
+        std::fs::create_dir_all(published.join("nnUNetPlans_2d")).unwrap();
+        std::fs::write(published.join("nnUNetPlans_2d").join("c.npy"), b"data").unwrap();
+        std::fs::create_dir_all(run_dir.join("inputs")).unwrap();
+        std::fs::write(run_dir.join("inputs").join("pretrained_weights.safetensors"), b"w").unwrap();
+        std::fs::write(run_dir.join("inputs").join("other.safetensors"), b"x").unwrap();
+        crate::user_dirs::reference(&run_dir.join("preprocessed").join("Dataset001_X"), &published).unwrap();
+        let mut run = super::tests::run_for(&run_dir);
+        run.options.pretrained = Some(PretrainedWeights {
+            path: "inputs/pretrained_weights.safetensors".into(),
+            sha256: "0".repeat(64),
+            size: 1,
+            source: "/w.safetensors".into(),
+        });
+        let open = |run: &Run, p: &str| open_download(run, Path::new(p)).map(|d| d.size);
+        assert_eq!(open(&run, "preprocessed/Dataset001_X/nnUNetPlans_2d/c.npy").unwrap(), 4);
+        assert_eq!(open(&run, "inputs/pretrained_weights.safetensors").unwrap(), 1);
+        assert!(open(&run, "inputs/other.safetensors").unwrap_err().contains("not an input"));
+        assert!(open(&run, "preprocessed/Dataset002_Y/c.npy").is_err());
+        std::os::unix::fs::symlink("/etc/hostname", published.join("nnUNetPlans_2d").join("evil.npy")).unwrap();
+        assert!(open(&run, "preprocessed/Dataset001_X/nnUNetPlans_2d/evil.npy").unwrap_err().contains("symbolic link"));
+        run.options.pretrained = None;
+        assert!(open(&run, "inputs/pretrained_weights.safetensors").is_err(), "no weights: nothing under inputs/");
     }
 }

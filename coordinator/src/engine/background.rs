@@ -42,8 +42,14 @@ impl Coordinator {
     fn finalize_ready_runs(self: &Arc<Self>) {
         for id in self.read(|st| st.runs_to_finalize()) {
             let Some(run) = self.read(|st| st.runs.get(&id).cloned()) else { continue };
+            // Published preprocessed data that other active runs read is not replaced under them.
+            let in_use: Vec<std::path::PathBuf> = self
+                .read(|st| st.runs.values().filter(|r| r.id != id && !r.state.is_terminal()).cloned().collect::<Vec<_>>())
+                .iter()
+                .filter_map(crate::pipeline::preprocessed_reference)
+                .collect();
             let res = crate::pipeline::finalize(&run)
-                .and_then(|summary| crate::pipeline::publish(&run, &self.cfg.user_dirs, summary))
+                .and_then(|summary| crate::pipeline::publish(&run, &self.cfg.user_dirs.for_run(&run.options), &in_use, summary))
                 .map_err(|e| format!("{e:#}"));
             match &res {
                 Ok(_) => tracing::info!(run = %id, "run finished"),

@@ -9,6 +9,7 @@
 mod artifacts;
 mod background;
 mod pairs;
+pub mod run_inputs;
 mod submit;
 mod sweep;
 
@@ -121,6 +122,8 @@ pub struct TaskOrder {
     pub run: Run,
     pub inputs: Vec<InputFile>,
     pub checkpoint: Option<String>,
+    /// TRAIN from scratch: the run's pretrained weights (relative to the run dir, also an input).
+    pub pretrained: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -368,7 +371,8 @@ impl Coordinator {
             inputs.push(InputFile { path: rel, sha256, size });
         }
         let checkpoint = crate::pipeline::task_checkpoint(&run, &task);
-        Ok(TaskOrder { task, run, inputs, checkpoint })
+        let pretrained = crate::pipeline::task_pretrained(&run, &task);
+        Ok(TaskOrder { task, run, inputs, checkpoint, pretrained })
     }
 
     /// Leases a task to `worker` and prepares it; a task whose inputs cannot be read goes back

@@ -19,6 +19,13 @@ pub fn validate_spec(spec: &RunSpec) -> Result<(), Refusal> {
     if dir == 0 || dir > limits::PATH {
         return bad(format!("dataset folder path must be 1..={} bytes (got {dir})", limits::PATH));
     }
+    for (what, p) in
+        [("pretrained weights", &spec.pretrained_weights), ("results", &spec.results_dir), ("preprocessed", &spec.preprocessed_dir)]
+    {
+        if p.as_ref().is_some_and(|p| p.as_os_str().is_empty() || p.as_os_str().len() > limits::PATH) {
+            return bad(format!("{what} path must be 1..={} bytes", limits::PATH));
+        }
+    }
     if spec.folds.len() > limits::FOLDS {
         return bad(format!("{} folds requested; at most {}", spec.folds.len(), limits::FOLDS));
     }
@@ -36,7 +43,24 @@ impl Coordinator {
             .map_err(|e| ApplyError::Refused(Refusal::Invalid(format!("{e:#}"))))?;
         let id = run.id.clone();
         let r = run.clone();
-        self.apply("submit", move |st, now| Ok(((), st.add_run(r, now)))).await?;
+        let mut notes = Vec::new();
+        if let Some(p) = &run.options.pretrained {
+            notes.push(format!("training starts from the pretrained weights {} (sha256 {}, copied into the run)", p.source, p.sha256));
+        }
+        for (what, dir) in [("model folder", &run.options.results_root), ("preprocessed data", &run.options.preprocessed_root)] {
+            if let Some(d) = dir {
+                notes.push(format!("the {what} is published under the submitter's {}", d.display()));
+            }
+        }
+        let rid = id.clone();
+        self.apply("submit", move |st, now| {
+            let mut fx = st.add_run(r, now);
+            for n in notes {
+                st.emit(&mut fx, &rid, None, None, crate::state::EventBody::Log(n), now);
+            }
+            Ok(((), fx))
+        })
+        .await?;
         tracing::info!(run = %id, dataset = %run.dataset_name, folds = ?run.folds, "run submitted");
         let me = self.clone();
         let rid = id.clone();
@@ -61,6 +85,20 @@ impl Coordinator {
         let mut seen = std::collections::BTreeSet::new();
         folds.retain(|f| seen.insert(*f));
         crate::pipeline::prepare_run_dir(&run_dir, &run_id, &raw, &dataset_name)?;
+        let options = match super::run_inputs::resolve(&spec, &run_dir, &self.cfg.user_dirs, &self.cfg.state_dir, self.cfg.max_upload_bytes)
+        {
+            Ok(o) => o,
+            Err(e) => {
+                // Nothing of a refused submit stays behind.
+                if let Err(rm) = std::fs::remove_dir_all(&run_dir) {
+                    tracing::warn!("removing {}: {rm}", run_dir.display());
+                }
+                return Err(e);
+            }
+        };
+        if let Some(p) = &options.pretrained {
+            tracing::info!(run = %run_id, source = %p.source, sha256 = %p.sha256, bytes = p.size, "pretrained weights copied into the run");
+        }
         Ok(Run {
             id: run_id,
             name: if spec.name.is_empty() { dataset_name.clone() } else { spec.name },
@@ -78,6 +116,7 @@ impl Coordinator {
             summary_json: None,
             error: None,
             next_seq: 0,
+            options,
         })
     }
 
@@ -85,7 +124,7 @@ impl Coordinator {
     /// (blocking).
     pub(crate) fn plan_run(self: &Arc<Self>, run_id: &RunId) {
         let Some(run) = self.read(|st| st.runs.get(run_id).cloned()) else { return };
-        let res = crate::pipeline::plan(&run, self.cfg.threads, &self.cfg.user_dirs);
+        let res = crate::pipeline::plan(&run, self.cfg.threads, &self.cfg.user_dirs.for_run(&run.options));
         let rid = run_id.clone();
         let applied = match res {
             Ok(planned) => {

@@ -1,6 +1,8 @@
 //! Temp files a killed coordinator leaves in its run directories: uploads cut short
 //! (`.{name}.upload-{tag}`, see [`super::UploadSink`]) and atomic writes cut short
-//! (`.{name}.tmp-{pid}`, `nnunet_common::atomic`). Only one coordinator serves a state directory, so
+//! (`.{name}.tmp-{pid}`, `nnunet_common::atomic`), and a run folder being swapped for a link to its
+//! published copy (`.{name}.trim-{tag}` folder, `.{name}.link-{tag}` link, `crate::user_dirs::reference`).
+//! Only one coordinator serves a state directory, so
 //! at start every upload temp is stale, and so is an atomic-write temp whose writer is gone.
 use std::path::Path;
 
@@ -27,7 +29,14 @@ pub fn remove_stale_temps(root: &Path) -> (usize, u64) {
         let Ok(rd) = std::fs::read_dir(&dir) else { continue };
         for e in rd.flatten() {
             let Ok(ft) = e.file_type() else { continue };
-            if ft.is_dir() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && (name.contains(".trim-") || name.contains(".link-")) {
+                let res = if ft.is_dir() { std::fs::remove_dir_all(e.path()) } else { std::fs::remove_file(e.path()) };
+                match res {
+                    Ok(()) => n += 1,
+                    Err(err) => tracing::warn!("could not remove the cut-short run copy {}: {err}", e.path().display()),
+                }
+            } else if ft.is_dir() {
                 stack.push(e.path());
             } else if ft.is_file() && stale(&e.file_name().to_string_lossy()) {
                 let size = e.metadata().map(|m| m.len()).unwrap_or(0);
@@ -66,7 +75,10 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join(".a.upload-1-2"), b"user's").unwrap();
         std::os::unix::fs::symlink(outside.path(), d.path().join("r1/raw")).unwrap();
-        assert_eq!(remove_stale_temps(d.path()), (2, 101));
+        std::fs::create_dir_all(d.path().join("r1/preprocessed/.D.trim-ab12/sub")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), d.path().join("r1/preprocessed/.D.link-ab12")).unwrap();
+        assert_eq!(remove_stale_temps(d.path()), (4, 101));
+        assert!(!d.path().join("r1/preprocessed/.D.trim-ab12").exists() && outside.path().is_dir(), "a link is removed, not followed");
         for k in keep {
             assert!(fold.join(k).is_file(), "{k} kept");
         }

@@ -74,6 +74,13 @@ pub fn spec_from_proto(r: pb::SubmitRunRequest) -> Result<RunSpec, Status> {
     } else {
         r.planner.parse().map_err(|e: nnunet_common::Error| Status::invalid_argument(e.to_string()))?
     };
+    let path = |field: &str, v: String| -> Result<Option<std::path::PathBuf>, Status> {
+        bounded(field, &v, limits::PATH)?;
+        Ok((!v.is_empty()).then(|| v.into()))
+    };
+    let pretrained_weights = path("pretrained_weights", r.pretrained_weights)?;
+    let results_dir = path("results_dir", r.results_dir)?;
+    let preprocessed_dir = path("preprocessed_dir", r.preprocessed_dir)?;
     Ok(RunSpec {
         dataset_dir: r.dataset_dir.into(),
         budget: budget_from_proto(r.budget.as_ref()),
@@ -82,6 +89,9 @@ pub fn spec_from_proto(r: pb::SubmitRunRequest) -> Result<RunSpec, Status> {
         preprocess_shards: r.preprocess_shards,
         predict_test: r.predict_test,
         planner,
+        pretrained_weights,
+        results_dir,
+        preprocessed_dir,
     })
 }
 
@@ -94,7 +104,14 @@ pub fn spec_to_proto(s: &RunSpec) -> pb::SubmitRunRequest {
         preprocess_shards: s.preprocess_shards,
         predict_test: s.predict_test,
         planner: s.planner.to_string(),
+        pretrained_weights: path_string(&s.pretrained_weights),
+        results_dir: path_string(&s.results_dir),
+        preprocessed_dir: path_string(&s.preprocessed_dir),
     }
+}
+
+fn path_string(p: &Option<std::path::PathBuf>) -> String {
+    p.as_ref().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 pub fn run_info(v: &RunView) -> pb::RunInfo {
@@ -174,6 +191,7 @@ pub fn order_to_proto(o: &TaskOrder) -> pb::Task {
         checkpoint: o.checkpoint.clone().unwrap_or_default(),
         attempt: t.attempt,
         plans_name: run.plans_name.clone(),
+        pretrained_weights: o.pretrained.clone().unwrap_or_default(),
     }
 }
 

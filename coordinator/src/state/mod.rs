@@ -66,6 +66,9 @@ pub struct Run {
     pub error: Option<String>,
     /// Next event sequence number.
     pub next_seq: u64,
+    /// Pretrained weights and the submitter's nnU-Net roots (none for runs stored before them).
+    #[serde(default)]
+    pub options: crate::domain::RunOptions,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

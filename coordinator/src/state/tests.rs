@@ -18,6 +18,7 @@ pub(super) fn run(id: &str, folds: Vec<Fold>) -> Run {
         summary_json: None,
         error: None,
         next_seq: 0,
+        options: Default::default(),
     }
 }
 

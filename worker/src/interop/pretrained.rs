@@ -5,8 +5,9 @@
 //! entries of the file the network does not have are ignored.
 use super::nnunet_model;
 use crate::checkpoint;
+use crate::error::WorkerError;
 use crate::net::PlainConvUNet;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::collections::HashMap;
 use std::path::Path;
 use tch::Tensor;
@@ -29,7 +30,8 @@ pub fn read_weights(path: &Path) -> Result<HashMap<String, Tensor>> {
 
 /// Copies the pretrained weights into `net`; returns a one-line summary for the log.
 pub fn load_pretrained_weights(net: &PlainConvUNet, vs: &tch::nn::VarStore, path: &Path) -> Result<String> {
-    let pretrained = read_weights(path)?;
+    // A file that cannot be decoded stays so: not retryable either.
+    let pretrained = read_weights(path).map_err(crate::error::bad_input)?;
     let ours = net.named_parameters(vs);
     let mut mismatches = Vec::new();
     let mut transfer = Vec::new();
@@ -44,12 +46,13 @@ pub fn load_pretrained_weights(net: &PlainConvUNet, vs: &tch::nn::VarStore, path
         }
     }
     if !mismatches.is_empty() {
-        bail!(
+        // Deterministic: a distributed run fails the fold at once instead of retrying it.
+        return Err(anyhow::Error::new(WorkerError::BadInput(format!(
             "pretrained weights {} do not fit this network ({} mismatching parameter(s); all but the segmentation heads must match in name and shape):\n  {}",
             path.display(),
             mismatches.len(),
             mismatches.join("\n  ")
-        );
+        ))));
     }
     let n = transfer.len();
     tch::no_grad(|| {

@@ -225,11 +225,15 @@ impl Worker {
     async fn run_task(&self, task: pb::Task, fold: Fold) -> Result<()> {
         let kind = pb::TaskKind::try_from(task.kind).unwrap_or(pb::TaskKind::Unspecified);
         tracing::info!(task = %task.task_id, ?kind, %fold, attempt = task.attempt, "leased");
-        let (cache, run_id, run_dir) = (self.cache.clone(), task.run_id.clone(), task.run_dir.clone());
+        let (cache, run_id, run_dir, inputs) = (self.cache.clone(), task.run_id.clone(), task.run_dir.clone(), task.inputs.clone());
         let (keep, no_shared_fs) = (self.args.cache_keep_runs.max(1), self.args.no_shared_fs);
         // The run's cache folder: held while the task runs; other runs' folders pruned.
         let (in_place, run_cache) = blocking(move || {
-            let in_place = staging::uses_run_dir_in_place(&run_dir, &run_id, no_shared_fs);
+            let mut in_place = staging::uses_run_dir_in_place(&run_dir, &run_id, no_shared_fs);
+            if let Some(missing) = staging::first_invisible_input(&run_dir, &inputs).filter(|_| in_place) {
+                tracing::info!("the run directory is shared but {missing} is not readable here: downloading this task's inputs");
+                in_place = false;
+            }
             let lease = crate::cache::RunLease::acquire(&cache, &run_id);
             for p in crate::cache::prune(&cache, &run_id, keep) {
                 tracing::info!("cache: removed {} (least recently used run folder)", p.display());
@@ -296,7 +300,8 @@ impl Worker {
             return Ok(());
         }
         let signalled = self.stop.load(Ordering::SeqCst);
-        let refused = matches!(crate::error::classify(&e), Some(WorkerError::Refused(_)));
+        // Refused tasks and bad input (e.g. pretrained weights that do not fit) fail the same way on every worker.
+        let refused = matches!(crate::error::classify(&e), Some(WorkerError::Refused(_) | WorkerError::BadInput(_)));
         let msg = if signalled { "worker stopped by a signal (preemption or eviction)".to_string() } else { format!("{e:#}") };
         tracing::error!(task = %task.task_id, "failed: {msg}");
         let req = pb::FailRequest { worker_id: wid, task_id: tid, lease_id, fencing_token: token, error: msg, retryable: !refused };

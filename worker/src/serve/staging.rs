@@ -16,6 +16,18 @@ pub fn uses_run_dir_in_place(run_dir: &str, run_id: &str, no_shared_fs: bool) ->
         && std::fs::read_to_string(Path::new(run_dir).join(RUN_MARKER)).map(|s| s.trim() == run_id).unwrap_or(false)
 }
 
+/// The first input of a task that cannot be read in place under the run directory, if any: the
+/// coordinator may reference preprocessed data in its `$nnUNet_preprocessed`, which a host that
+/// shares the run directory does not necessarily see; such a task downloads its inputs instead.
+/// The paths were checked by `untrusted::check_task`.
+pub fn first_invisible_input<'a>(run_dir: &str, inputs: &'a [nnunet_proto::v1::ArtifactRef]) -> Option<&'a str> {
+    let root = Path::new(run_dir);
+    inputs
+        .iter()
+        .find(|a| std::fs::metadata(root.join(&a.path)).map(|m| !m.is_file() || m.len() != a.size).unwrap_or(true))
+        .map(|a| a.path.as_str())
+}
+
 /// The task's workspace with every input in place (see the module docs).
 pub fn prepare(ctx: &TaskCtx) -> Result<Workspace> {
     let run_dir = PathBuf::from(&ctx.task.run_dir);

@@ -3,7 +3,7 @@
 //! stay inside the worker's cache folder for its run.
 //!
 //! - ids (run, task, dataset, case): `[A-Za-z0-9._-]`, not `.` or `..`, at most [`MAX_ID_LEN`] bytes;
-//! - relative paths (inputs, checkpoint): at most [`MAX_PATH_LEN`] bytes, no NUL, not absolute, only
+//! - relative paths (inputs, checkpoint, pretrained weights, which must also be an input): at most [`MAX_PATH_LEN`] bytes, no NUL, not absolute, only
 //!   plain components (no `..`, `.`, root or prefix), each a valid file name;
 //! - the run directory (read in place on a shared filesystem): absolute, no `..`, no NUL.
 //!
@@ -113,6 +113,13 @@ pub fn check_task(task: &pb::Task) -> Result<Fold, WorkerError> {
     if !task.checkpoint.is_empty() {
         check_rel_path("checkpoint", &task.checkpoint)?;
     }
+    if !task.pretrained_weights.is_empty() {
+        check_rel_path("pretrained_weights", &task.pretrained_weights)?;
+        // Only a file verified like every input (sha256) is loaded.
+        if !task.inputs.iter().any(|a| a.path == task.pretrained_weights) {
+            return Err(refuse(format!("pretrained weights {:?} are not among the task's inputs", truncate(&task.pretrained_weights))));
+        }
+    }
     check_run_dir(&task.run_dir)?;
     Fold::from_wire(task.fold).map_err(|e| refuse(e.to_string()))
 }
@@ -167,6 +174,9 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(check_task(&good).unwrap(), Fold::All);
+        let mut with_weights = good.clone();
+        with_weights.pretrained_weights = with_weights.inputs[0].path.clone();
+        assert_eq!(check_task(&with_weights).unwrap(), Fold::All);
         type Mutation = Box<dyn Fn(&mut pb::Task)>;
         let variants: Vec<Mutation> = vec![
             Box::new(|t| t.run_id = "../victim".into()),
@@ -180,6 +190,8 @@ mod tests {
             Box::new(|t| t.run_dir = "relative/dir".into()),
             Box::new(|t| t.fold = -7),
             Box::new(|t| t.inputs[0].sha256 = String::new()),
+            Box::new(|t| t.pretrained_weights = "../w.safetensors".into()),
+            Box::new(|t| t.pretrained_weights = "inputs/not_an_input.safetensors".into()),
         ];
         for (i, f) in variants.iter().enumerate() {
             let mut t = good.clone();

@@ -107,8 +107,9 @@ fn remove_leftovers(fd: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The task's training configuration: nnU-Net's defaults with the run's budget.
-fn config(ctx: &TaskCtx) -> TrainingConfig {
+/// The task's training configuration: nnU-Net's defaults with the run's budget, and the run's
+/// pretrained weights (a verified input, read where the inputs are).
+fn config(ctx: &TaskCtx, ws: &Workspace) -> Result<TrainingConfig> {
     let b = ctx.task.budget.unwrap_or_default();
     let mut config = TrainingConfig::nnunet_v2();
     config.epochs = b.epochs as usize;
@@ -117,7 +118,10 @@ fn config(ctx: &TaskCtx) -> TrainingConfig {
     config.save_every = b.save_every.max(1) as usize;
     config.seed = train::fold_seed(b.seed, ctx.fold);
     config.torch_threads = ctx.threads();
-    config
+    if !ctx.task.pretrained_weights.is_empty() {
+        config.pretrained_weights = Some(untrusted::resolve_inside(&ws.root, "pretrained_weights", &ctx.task.pretrained_weights)?);
+    }
+    Ok(config)
 }
 
 fn announce(ctx: &TaskCtx, scratch: &Path) -> Result<()> {
@@ -150,7 +154,7 @@ pub fn run(ctx: &TaskCtx) -> Result<String> {
         fold: ctx.fold,
         fold_dir: fd.clone(),
         device: ctx.device,
-        config: config(ctx),
+        config: config(ctx, &ws)?,
         resume: true,
     };
     let uploader = Uploader::new(ctx.conn.clone(), ctx.task.clone(), ctx.rt.clone());
