@@ -248,6 +248,7 @@ mod tests {
             summary_json: None,
             error: None,
             next_seq: 0,
+            memory_estimate_mib: None,
         }
     }
 

@@ -9,7 +9,8 @@ impl State {
 
     /// Picks the next runnable task for `worker_id` and leases it. Runs are served oldest first;
     /// within a run, preprocessing before training before validation; a task whose previous
-    /// attempt ran on this worker is preferred (its cache is warm).
+    /// attempt ran on this worker is preferred (its cache is warm). A device task waits while the
+    /// worker's device is full (`devices.rs`).
     pub fn lease(&mut self, worker_id: &WorkerId, now: i64) -> (Option<Task>, Effects) {
         let mut fx = Effects::default();
         let mut best: Option<(bool, i64, TaskKind, Option<Fold>, TaskId)> = None;
@@ -19,6 +20,9 @@ impl State {
             }
             let Some(run) = self.runs.get(&t.run_id) else { continue };
             if run.state.is_terminal() || run.state == RunState::Planning || !self.deps_done(t) {
+                continue;
+            }
+            if self.device_full(worker_id, t.kind, &t.run_id) {
                 continue;
             }
             let affinity = t.worker_id.as_ref() != Some(worker_id);

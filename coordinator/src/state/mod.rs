@@ -13,6 +13,7 @@
 //! - A finished run (done, failed, cancelled) never goes back to running by itself.
 //! - Global artifacts (fingerprint, plans, splits) are written by the coordinator before any task
 //!   is created, so workers never race to create them.
+mod devices;
 mod lease;
 #[cfg(test)]
 mod proptests;
@@ -66,6 +67,9 @@ pub struct Run {
     pub error: Option<String>,
     /// Next event sequence number.
     pub next_seq: u64,
+    /// Device memory one GPU task of this run needs (MiB, from its plan; `state::devices`).
+    #[serde(default)]
+    pub memory_estimate_mib: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -103,6 +107,13 @@ pub struct Worker {
     pub device_name: String,
     pub registered_ms: i64,
     pub last_seen_ms: i64,
+    /// Which device the worker computes on, unique per host and GPU ("" for CPU workers): workers
+    /// with the same key share its memory (`state::devices`).
+    #[serde(default)]
+    pub device_key: String,
+    /// The device's free memory when the worker registered (MiB; 0 unknown).
+    #[serde(default)]
+    pub device_free_mib: u64,
 }
 
 /// A journal event (stored per run, streamed by `WatchRun`).
@@ -164,6 +175,9 @@ pub struct State {
     pub workers: BTreeMap<WorkerId, Worker>,
     pub next_lease: u64,
     pub lease_ttl_ms: i64,
+    /// Per device key, the most GPU tasks at once after an out-of-memory failure there (in memory
+    /// only: a restarted coordinator learns it again).
+    pub device_limits: BTreeMap<String, u32>,
 }
 
 /// What a mutation changed: events to journal and the rows to persist. A row id listed here that

@@ -50,6 +50,8 @@ fn apply(s: &mut State, grants: &mut Vec<Grant>, now: &mut i64, op: &Op) {
                 device_name: String::new(),
                 registered_ms: *now,
                 last_seen_ms: *now,
+                device_key: String::new(),
+                device_free_mib: 0,
             });
         }
         Op::Lease(w) => {

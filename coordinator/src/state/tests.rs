@@ -18,6 +18,7 @@ pub(super) fn run(id: &str, folds: Vec<Fold>) -> Run {
         summary_json: None,
         error: None,
         next_seq: 0,
+        memory_estimate_mib: None,
     }
 }
 
@@ -220,6 +221,8 @@ fn stale_workers_are_pruned_unless_they_hold_a_lease() {
             device_name: String::new(),
             registered_ms: 0,
             last_seen_ms: 0,
+            device_key: String::new(),
+            device_free_mib: 0,
         });
     }
     s.lease(&w("a"), 0).0.unwrap();

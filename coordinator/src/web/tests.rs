@@ -28,6 +28,7 @@ async fn start() -> (tempfile::TempDir, Arc<Coordinator>, String) {
         summary_json: None,
         error: None,
         next_seq: 0,
+        memory_estimate_mib: None,
     };
     coord.apply_blocking("test run", move |st, now| Ok(((), st.add_run(run, now)))).unwrap();
     let tokens = StaticTokens::single(STEER.into()).with(VIEW.into(), Access { can_steer: false });
