@@ -33,8 +33,8 @@ pub struct TrainArgs {
     /// Write checkpoint_latest every N epochs (nnU-Net: 50).
     #[arg(long)]
     pub save_every: Option<usize>,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
+    /// auto (cuda when a GPU is visible, else cpu; nnU-Net's -device default is cuda), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
     pub device: String,
     /// Continue from the fold's checkpoint_latest (like nnU-Net's --c).
     #[arg(long = "continue")]
@@ -243,8 +243,8 @@ pub struct BenchStepArgs {
     /// Output classes (background included).
     #[arg(long, default_value_t = 2)]
     pub classes: i64,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
+    /// auto (cuda when a GPU is visible, else cpu; nnU-Net's -device default is cuda), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
     pub device: String,
     /// Untimed steps first.
     #[arg(long, default_value_t = 1)]

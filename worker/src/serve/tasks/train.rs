@@ -143,6 +143,8 @@ pub fn run(ctx: &TaskCtx) -> Result<String> {
     remove_leftovers(&fd)?;
     let ws = staging::prepare(ctx)?;
     std::fs::create_dir_all(&fd).with_context(|| format!("creating {}", fd.display()))?;
+    // Tests of fold packing without a GPU: the simulated device's share for this fold (crate::sim_memory).
+    let _device_share = crate::sim_memory::from_env().map(|d| d.claim(&ctx.task.task_id)).transpose()?;
     announce(ctx, &scratch)?;
     let spec = FoldSpec {
         preprocessed_dir: ctx.dirs(&ws.root).preprocessed,
