@@ -323,6 +323,11 @@ async fn supervise(e: &Embedded, run: &Run, workers: &mut [WorkerProc], logs: &P
                         if s.is_terminal() {
                             return Ok(Outcome::Finished(s));
                         }
+                        if s == RunState::Training {
+                            for line in e.coord.read(|st| packing_lines(st, &run.id)) {
+                                eprintln!("{line}");
+                            }
+                        }
                     }
                 }
                 Ok(_) => {}
@@ -356,6 +361,24 @@ async fn supervise(e: &Embedded, run: &Run, workers: &mut [WorkerProc], logs: &P
             }
         }
     }
+}
+
+/// One line per shared device: how many of the run's GPU tasks it takes at once, and why.
+fn packing_lines(st: &crate::state::State, run_id: &crate::domain::RunId) -> Vec<String> {
+    let Some(run) = st.runs.get(run_id) else { return vec![] };
+    let mut keys: Vec<&str> = st.workers.values().map(|w| w.device_key.as_str()).filter(|k| !k.is_empty()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| st.workers.values().filter(|w| w.device_key == *k).count() > 1)
+        .map(|k| match (st.device_slots(k, run), run.memory_estimate_mib, st.device_free_mib(k)) {
+            (Some(n), Some(est), Some(free)) => {
+                format!("device {k}: at most {n} fold(s) at once ({free} MiB free, about {est} MiB per fold from the plan)")
+            }
+            (Some(n), _, _) => format!("device {k}: at most {n} fold(s) at once"),
+            (None, _, _) => format!("device {k}: its free memory is unknown; folds share it until one runs out of memory"),
+        })
+        .collect()
 }
 
 pub async fn run(args: RunArgs) -> Result<()> {

@@ -135,6 +135,7 @@ pub async fn fake_run(coord: &Arc<Coordinator>, dir: &Path, id: &str) -> RunId {
         summary_json: None,
         error: None,
         next_seq: 0,
+        memory_estimate_mib: None,
     };
     coord.apply("test: add run", move |st, now| Ok(((), st.add_run(run, now)))).await.unwrap();
     let r2 = rid.clone();

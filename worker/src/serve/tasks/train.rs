@@ -117,6 +117,13 @@ fn config(ctx: &TaskCtx) -> TrainingConfig {
     config.save_every = b.save_every.max(1) as usize;
     config.seed = train::fold_seed(b.seed, ctx.fold);
     config.torch_threads = ctx.threads();
+    if ctx.device.is_cuda() {
+        // On a GPU the cores this worker was given feed the loader (several fold workers may share
+        // one machine); libtorch gets one thread, as nnU-Net sets (`nnunetv2/run/run_training.py::run_training_entry`).
+        config.torch_threads = 1;
+        config.loader_threads = ctx.threads().min(12);
+        config.gpu_augmentation = train::config::gpu_augmentation_by_default(ctx.device, ctx.threads());
+    }
     config
 }
 
