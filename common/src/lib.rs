@@ -58,8 +58,8 @@ pub mod stats;
 pub mod synthetic;
 pub mod tensorboard;
 pub mod train_log;
-pub mod vram;
 pub mod verify;
+pub mod vram;
 
 pub use error::{Error, Result};
 pub use fold::Fold;

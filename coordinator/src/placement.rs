@@ -87,13 +87,17 @@ pub fn plan_workers(req: &Request, detected: &(Vec<String>, String), ncpu: usize
             })
             .collect()
     };
-    let packing = |n: usize| if per_gpu > 1 { format!(", {per_gpu} fold workers per GPU") } else { String::new() } + &format!(" ({n} GPU(s))");
+    let packing =
+        |n: usize| if per_gpu > 1 { format!(", {per_gpu} fold workers per GPU") } else { String::new() } + &format!(" ({n} GPU(s))");
     if !req.gpus.is_empty() {
         return Ok((gpu_slots(req.gpus), format!("using the GPUs given by --gpus{}", packing(req.gpus.len()))));
     }
     let explicit_cpu = req.device == Some("cpu") || (req.workers.is_some() && req.device.is_none());
     if let (Some(dev), Some(n)) = (req.device.filter(|d| *d != "cpu"), req.workers) {
-        return Ok(((0..n).map(|_| WorkerSlot { device: dev.to_string(), env: vec![] }).collect(), format!("{n} worker(s) on --device {dev}")));
+        return Ok((
+            (0..n).map(|_| WorkerSlot { device: dev.to_string(), env: vec![] }).collect(),
+            format!("{n} worker(s) on --device {dev}"),
+        ));
     }
     let (ids, why) = detected;
     if !explicit_cpu && !ids.is_empty() {

@@ -402,7 +402,8 @@ fn nnunet_run_with_the_resenc_m_planner_trains_five_folds_in_parallel() {
     );
     assert!(out.contains("run is DONE"), "{out}");
     let chose = err.lines().find(|l| l.starts_with("workers: ")).unwrap_or_else(|| panic!("no line says which workers:\n{err}"));
-    let cpu_workers: Option<usize> = chose.strip_prefix("workers: using ").and_then(|r| r.split(" CPU worker").next()).and_then(|n| n.parse().ok());
+    let cpu_workers: Option<usize> =
+        chose.strip_prefix("workers: using ").and_then(|r| r.split(" CPU worker").next()).and_then(|n| n.parse().ok());
     match cpu_workers {
         Some(n) => {
             assert!(chose.contains("no GPU found"), "{chose}");
@@ -467,6 +468,7 @@ fn a_fold_out_of_device_memory_is_retried_with_fewer_neighbours() {
     for f in 0..3 {
         assert!(md.join(format!("fold_{f}/checkpoint_final.safetensors")).is_file(), "fold {f} trained");
     }
-    let leftovers: Vec<_> = std::fs::read_dir(work.join("simulated-device")).unwrap().flatten().filter(|e| e.file_name() != ".lock").collect();
+    let leftovers: Vec<_> =
+        std::fs::read_dir(work.join("simulated-device")).unwrap().flatten().filter(|e| e.file_name() != ".lock").collect();
     assert!(leftovers.is_empty(), "every fold released its share of the device: {leftovers:?}");
 }

@@ -68,9 +68,13 @@ impl WorkerService {
 impl WorkerApi for WorkerService {
     async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterReply>, Status> {
         let r = req.into_inner();
-        for (f, v) in
-            [("host", &r.host), ("device", &r.device), ("device_name", &r.device_name), ("version", &r.version), ("device_key", &r.device_key)]
-        {
+        for (f, v) in [
+            ("host", &r.host),
+            ("device", &r.device),
+            ("device_name", &r.device_name),
+            ("version", &r.version),
+            ("device_key", &r.device_key),
+        ] {
             bounded(f, v, limits::SHORT)?;
         }
         bounded("shared_root", &r.shared_root, limits::PATH)?;
@@ -256,7 +260,11 @@ impl WorkerApi for WorkerService {
         tracing::warn!(task = %task, worker = %w, retryable = retry, out_of_memory = oom, "task failed: {error}");
         self.0
             .apply("fail", move |st, now| {
-                let fx = if oom { st.fail_out_of_memory(&task, token, &w, &error, now)? } else { st.fail(&task, token, &w, &error, retry, now)? };
+                let fx = if oom {
+                    st.fail_out_of_memory(&task, token, &w, &error, now)?
+                } else {
+                    st.fail(&task, token, &w, &error, retry, now)?
+                };
                 Ok(((), fx))
             })
             .await

@@ -79,7 +79,14 @@ impl State {
         let key = self.device_key_of(worker).map(str::to_string);
         let sharing = key.as_deref().map_or(1, |k| self.device_tasks(k));
         let Some(key) = key.filter(|_| sharing > 1) else {
-            return self.fail(task_id, token, worker, &format!("out of device memory with no other task on its device: {error}"), true, now);
+            return self.fail(
+                task_id,
+                token,
+                worker,
+                &format!("out of device memory with no other task on its device: {error}"),
+                true,
+                now,
+            );
         };
         let limit = sharing - 1;
         let entry = self.device_limits.entry(key.clone()).or_insert(limit);

@@ -26,7 +26,8 @@ fn upload(host: Tensor, device: Device) -> Tensor {
 
 /// Host batch -> device tensors (image, one int64 target per deep-supervision output).
 pub(crate) fn to_device(b: &Batch, device: Device) -> (Tensor, Vec<Tensor>) {
-    let x = upload(Tensor::from_slice(&b.image).view([b.batch_size as i64, b.channels as i64, b.patch[0] as i64, b.patch[1] as i64]), device);
+    let x =
+        upload(Tensor::from_slice(&b.image).view([b.batch_size as i64, b.channels as i64, b.patch[0] as i64, b.patch[1] as i64]), device);
     let ts = b
         .targets
         .iter()
