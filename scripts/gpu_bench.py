@@ -125,20 +125,20 @@ def summarize(work, out_json):
             })
         rows.append(row)
     fmt = lambda v, p=3: "-" if v is None else (f"{v:.{p}f}" if isinstance(v, float) else str(v))
-    print("\n| dataset | loader threads | who | s/iteration | step s | loader wait s | GPU % (last epoch) | peak MiB | wall s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| dataset | loader threads | who | augmentation | s/iteration | step s | loader wait s | GPU % (last epoch) | peak MiB | wall s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in [r for r in rows if r.get("kind") == "train"]:
-        print(f"| {r['dataset']} | {r['threads']} | {r['who']} | {fmt(r.get('s_per_iteration'), 4)} | {fmt(r.get('step_seconds'), 4)} | "
+        print(f"| {r['dataset']} | {r['threads']} | {r['who']} | {r.get('augmentation', '-')} | {fmt(r.get('s_per_iteration'), 4)} | {fmt(r.get('step_seconds'), 4)} | "
               f"{fmt(r.get('loader_wait_seconds'), 2)} | {fmt(r.get('gpu_util_percent_last_epoch'), 1)} | "
               f"{fmt(r.get('peak_device_mib_over_base'), 0)} | {fmt(r.get('wall_seconds'), 1)} |")
     ratios = {}
     for r in rows:
-        if r.get("kind") == "train" and r["who"] == "ours":
+        if r.get("kind") == "train" and r["who"].startswith("ours"):
             ref = next((x for x in rows if x.get("kind") == "train" and x["who"] == "reference" and x["dataset"] == r["dataset"] and x["threads"] == r["threads"]), None)
             if ref and ref.get("s_per_iteration") and r.get("s_per_iteration"):
-                ratios[f"{r['dataset']}_{r['threads']}"] = r["s_per_iteration"] / ref["s_per_iteration"]
+                ratios[f"{r['who']} {r['dataset']} {r['threads']}"] = r["s_per_iteration"] / ref["s_per_iteration"]
     for k, v in ratios.items():
-        print(f"ours / reference s/iteration, {k} loader threads: {v:.2f} (target <= 0.7)")
+        print(f"s/iteration over the reference's, {k} loader threads: {v:.2f} (target <= 0.7)")
     packs = {r["who"]: r for r in rows if r.get("kind") == "packing"}
     if "packed" in packs and "sequential" in packs:
         p, s = packs["packed"]["wall_seconds"], packs["sequential"]["wall_seconds"]

@@ -17,6 +17,7 @@
 # Prints a table and writes $OUT/gpu_bench.json (OUT, else the work folder).
 # Knobs: DEVICE (cuda; `cpu` runs the same on CPU: the CPU half, for checking the script), ITERS (30), EPOCHS (2),
 # VAL_ITERS (2), THREADS ("16 4"), DATASETS ("isbi ph2"), PACK (1), PACK_FOLDS ("0 1 2 3 4"), PACK_ITERS (ITERS),
+# OURS_BF16 (0; 1 adds a row of ours with bf16 autocast, NNUNET_AUTOCAST_DTYPE=bf16),
 # PYTHON (python3: its torch is the reference's), GPU_BENCH_DIR (.gpu), NNUNET_BIN_DIR (without .gpu/bin.tar.gz), WORK.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -84,16 +85,17 @@ meta() { # dir kind dataset threads who wall base [extra json]
     "$2" "$3" "$4" "$5" "$6" "$7" "$ITERS" "$EPOCHS" "${8:-}" > "$1/meta.json"
 }
 
-train_ours() { # dataset id threads
-  local d=$WORK/runs/$1_$3_ours; mkdir -p "$d"; local base; base=$(base_mib)
-  log "$1, $3 loader threads: ours"
+train_ours() { # dataset id threads [who [env assignment]]
+  local who=${4:-ours}
+  local d=$WORK/runs/$1_$3_$who; mkdir -p "$d"; local base; base=$(base_mib)
+  log "$1, $3 loader threads: $who"
   sampler_start "$d" "$d/fold_0/training_log.jsonl"; local t0; t0=$(date +%s.%N)
-  ( ours_env; "$BIN/nnunet-worker" train --dataset "$2" --fold 0 --epochs "$EPOCHS" --iters "$ITERS" --val-iters "$VAL_ITERS" \
+  ( ours_env; [ -z "${5:-}" ] || export "${5?}"; "$BIN/nnunet-worker" train --dataset "$2" --fold 0 --epochs "$EPOCHS" --iters "$ITERS" --val-iters "$VAL_ITERS" \
       --device "$OURS_DEV" --loader-threads "$3" --skip-validation --out "$d/fold_0" > "$d/log" 2>&1 ) || { tail -20 "$d/log"; sampler_stop; return 1; }
   local t1; t1=$(date +%s.%N); sampler_stop
   cp "$d/fold_0/training_log.jsonl" "$d/epochs.jsonl"
   local aug=cpu; grep -q "augmenting on the GPU" "$d/log" && aug=gpu
-  meta "$d" train "$1" "$3" ours "$(awk "BEGIN{print $t1 - $t0}")" "$base" ",\"augmentation\":\"$aug\""
+  meta "$d" train "$1" "$3" "$who" "$(awk "BEGIN{print $t1 - $t0}")" "$base" ",\"augmentation\":\"$aug\""
 }
 
 train_ref() { # dataset id threads
@@ -126,6 +128,7 @@ for ds in $DATASETS; do
   prepare "$ds" "${IDS[$ds]}" "${NAMES[$ds]}"
   for t in $THREADS; do
     train_ours "$ds" "${IDS[$ds]}" "$t"
+    [ "${OURS_BF16:-0}" != 1 ] || train_ours "$ds" "${IDS[$ds]}" "$t" ours-bf16 NNUNET_AUTOCAST_DTYPE=bf16
     train_ref "$ds" "${IDS[$ds]}" "$t"
   done
 done
