@@ -96,7 +96,7 @@ impl State {
         let t = self.tasks.get_mut(&id).expect("checked");
         let attempt = t.attempt;
         t.state = TaskState::Pending;
-        t.attempt = t.attempt.saturating_sub(1);
+        t.uncounted_attempts += 1;
         t.error = Some(error.to_string());
         t.not_before_ms = now + 1000;
         let (run_id, fold, kind) = (t.run_id.clone(), t.fold, t.kind);
@@ -183,7 +183,7 @@ mod tests {
         let (wid, attempt) = (t.worker_id.clone().unwrap(), t.attempt);
         let fx = s.fail_out_of_memory(t.id.as_str(), t.fencing_token, &wid, "CUDA out of memory", 10).unwrap();
         let after = &s.tasks[&t.id];
-        assert_eq!((after.state, after.attempt), (TaskState::Pending, attempt - 1), "requeued, not counted");
+        assert_eq!((after.state, after.attempt, after.uncounted_attempts), (TaskState::Pending, attempt, 1), "requeued, not counted");
         assert_eq!(s.device_limits["h/GPU-0"], 2);
         assert!(fx.events.iter().any(|e| matches!(&e.body, EventBody::TaskState { detail, .. } if detail.contains("at most 2"))));
         assert_eq!(s.runs["r"].state, RunState::Training, "the run goes on");
@@ -193,7 +193,7 @@ mod tests {
         s.complete(done.id.as_str(), done.fencing_token, done.worker_id.as_ref().unwrap(), "{}".into(), 5_000).unwrap();
         let again = s.lease(&wid, 5_000).0.expect("a slot is free");
         assert_eq!(again.id, t.id, "the requeued fold goes first (same worker, lowest fold)");
-        assert_eq!(again.attempt, attempt, "the retry reuses the uncounted attempt");
+        assert_eq!(again.attempt, attempt + 1);
         // Out of memory again with one neighbour: the device drops to one task at a time.
         s.fail_out_of_memory(again.id.as_str(), again.fencing_token, &wid, "CUDA out of memory", 6_000).unwrap();
         assert_eq!(s.device_limits["h/GPU-0"], 1);

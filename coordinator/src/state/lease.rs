@@ -187,7 +187,7 @@ impl State {
 
     pub(crate) fn fail_task(&mut self, task_id: &TaskId, error: &str, retryable: bool, fx: &mut Effects, now: i64) {
         let t = self.tasks.get_mut(task_id).expect("task exists");
-        let give_up = !retryable || t.attempt >= MAX_ATTEMPTS;
+        let give_up = !retryable || t.attempt.saturating_sub(t.uncounted_attempts) >= MAX_ATTEMPTS;
         t.state = if give_up { TaskState::Failed } else { TaskState::Pending };
         t.error = Some(error.to_string());
         let (run_id, fold, kind, attempt, worker) = (t.run_id.clone(), t.fold, t.kind, t.attempt, t.worker_id.clone());

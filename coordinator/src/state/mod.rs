@@ -9,7 +9,8 @@
 //!   count and its low [`TOKEN_RANDOM_BITS`] bits are random, so a token cannot be guessed. A write
 //!   (metrics, upload, complete, fail) that carries another token, or comes from another worker
 //!   than the holder, is refused.
-//! - At most one worker holds a task; attempts never decrease except by an explicit retry.
+//! - At most one worker holds a task; attempts never decrease except by an explicit retry (an
+//!   out-of-memory requeue beside other tasks is counted in `uncounted_attempts` instead).
 //! - A finished run (done, failed, cancelled) never goes back to running by itself.
 //! - Global artifacts (fingerprint, plans, splits) are written by the coordinator before any task
 //!   is created, so workers never race to create them.
@@ -97,6 +98,10 @@ pub struct Task {
     /// A retried task is not leased before this time (backoff between attempts, ms since the epoch).
     #[serde(default)]
     pub not_before_ms: i64,
+    /// Attempts that ran out of device memory beside other tasks (`devices.rs`): requeued, not
+    /// counted towards [`MAX_ATTEMPTS`].
+    #[serde(default)]
+    pub uncounted_attempts: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -357,6 +362,7 @@ impl Task {
             error: None,
             result_json: None,
             not_before_ms: 0,
+            uncounted_attempts: 0,
         }
     }
 }
