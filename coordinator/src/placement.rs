@@ -103,6 +103,12 @@ pub fn plan_workers(req: &Request, detected: &(Vec<String>, String), ncpu: usize
     if !explicit_cpu && !ids.is_empty() {
         return Ok((gpu_slots(ids), format!("using every visible GPU: {why}{}", packing(ids.len()))));
     }
+    if let Some(dev) = req.device.filter(|d| *d != "cpu") {
+        // Asked for a GPU that NVML does not show (no driver library in a container, say): one worker,
+        // and the worker says whether libtorch sees it.
+        let slot = WorkerSlot { device: dev.to_string(), env: vec![] };
+        return Ok((vec![slot], format!("1 worker on --device {dev} (no GPU listed: {why})")));
+    }
     if req.folds_per_gpu.is_some() && req.device != Some("cpu") && req.workers.is_none() {
         bail!("--folds-per-gpu needs a GPU, and none is visible ({why}); pass --gpus, or --workers N --device cpu");
     }
@@ -144,6 +150,9 @@ mod tests {
         assert!(slots.len() == 3 && slots[0].device == "cpu" && why.contains("as asked"), "{why}");
         let (slots, _) = plan_workers(&req(&[], Some(3), None, None), &two, 8).unwrap();
         assert!(slots.iter().all(|s| s.device == "cpu"));
+        // --device cuda without a listed GPU: one worker on it, not a silent CPU fallback.
+        let (slots, why) = plan_workers(&req(&[], None, Some("cuda"), None), &none, 8).unwrap();
+        assert!(slots.len() == 1 && slots[0].device == "cuda" && why.contains("no GPU listed"), "{why}");
     }
 
     #[test]
