@@ -18,7 +18,8 @@
 # Knobs: DEVICE (cuda; `cpu` runs the same on CPU: the CPU half, for checking the script), ITERS (30), EPOCHS (2),
 # VAL_ITERS (2), THREADS ("16 4"), DATASETS ("isbi ph2"), PACK (1), PACK_FOLDS ("0 1 2 3 4"), PACK_ITERS (ITERS),
 # OURS_BF16 (0; 1 adds a row of ours with bf16 autocast, NNUNET_AUTOCAST_DTYPE=bf16),
-# PYTHON (python3: its torch is the reference's), GPU_BENCH_DIR (.gpu), NNUNET_BIN_DIR (without .gpu/bin.tar.gz), WORK.
+# PYTHON (python3: its torch is the reference's), GPU_BENCH_DIR (.gpu), NNUNET_BIN_DIR (without .gpu/bin.tar.gz), WORK,
+# DEADLINE_S (520: later steps are skipped), RUN_TIMEOUT_S (200 per run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -28,6 +29,10 @@ THREADS=${THREADS:-16 4}; DATASETS=${DATASETS:-isbi ph2}; PACK=${PACK:-1}; PACK_
 WORK=${WORK:-$(mktemp -d)}; RES=${OUT:-$WORK}; PY=${PYTHON:-python3}
 mkdir -p "$WORK/runs" "$RES"
 log() { echo "[$(date +%T)] $*"; }
+# one device call has 10 minutes: steps that would start after DEADLINE_S are skipped (the table shows what ran),
+# and each run is cut at RUN_TIMEOUT_S
+START=$(date +%s); DEADLINE_S=${DEADLINE_S:-520}; RUN_TIMEOUT_S=${RUN_TIMEOUT_S:-200}
+time_left() { [ $(( $(date +%s) - START )) -lt "$DEADLINE_S" ] || { log "skipping $1: past DEADLINE_S=$DEADLINE_S s"; return 1; }; }
 export TORCH_CPP_LOG_LEVEL=${TORCH_CPP_LOG_LEVEL:-ERROR} PYTHONUNBUFFERED=1
 
 # binaries: carried, else built
@@ -90,7 +95,7 @@ train_ours() { # dataset id threads [who [env assignment]]
   local d=$WORK/runs/$1_$3_$who; mkdir -p "$d"; local base; base=$(base_mib)
   log "$1, $3 loader threads: $who"
   sampler_start "$d" "$d/fold_0/training_log.jsonl"; local t0; t0=$(date +%s.%N)
-  ( ours_env; [ -z "${5:-}" ] || export "${5?}"; "$BIN/nnunet-worker" train --dataset "$2" --fold 0 --epochs "$EPOCHS" --iters "$ITERS" --val-iters "$VAL_ITERS" \
+  ( ours_env; [ -z "${5:-}" ] || export "${5?}"; timeout "$RUN_TIMEOUT_S" "$BIN/nnunet-worker" train --dataset "$2" --fold 0 --epochs "$EPOCHS" --iters "$ITERS" --val-iters "$VAL_ITERS" \
       --device "$OURS_DEV" --loader-threads "$3" --skip-validation --out "$d/fold_0" > "$d/log" 2>&1 ) || { tail -20 "$d/log"; sampler_stop; return 1; }
   local t1; t1=$(date +%s.%N); sampler_stop
   cp "$d/fold_0/training_log.jsonl" "$d/epochs.jsonl"
@@ -104,7 +109,7 @@ train_ref() { # dataset id threads
   sampler_start "$d" "$d/epochs.jsonl"; local t0; t0=$(date +%s.%N)
   ( ref_env; export nnUNet_n_proc_DA=$3 nnUNet_compile=$([ "${REF_COMPILE:-0}" = 1 ] && echo t || echo f) \
       GPU_BENCH_EPOCHS=$EPOCHS GPU_BENCH_ITERS=$ITERS GPU_BENCH_VAL_ITERS=$VAL_ITERS GPU_BENCH_LOG=$d/epochs.jsonl
-    "$PY" -c 'from nnunetv2.run.run_training import run_training_entry as m; m()' "$2" 2d 0 -tr nnUNetTrainer_GpuBench -device "$DEVICE" \
+    timeout "$RUN_TIMEOUT_S" "$PY" -c 'from nnunetv2.run.run_training import run_training_entry as m; m()' "$2" 2d 0 -tr nnUNetTrainer_GpuBench -device "$DEVICE" \
       > "$d/log" 2>&1 ) || { tail -20 "$d/log"; sampler_stop; return 1; }
   local t1; t1=$(date +%s.%N); sampler_stop
   meta "$d" train "$1" "$3" reference "$(awk "BEGIN{print $t1 - $t0}")" "$base" ",\"augmentation\":\"cpu\""
@@ -116,7 +121,7 @@ pack() { # who folds-per-device
   log "fold packing: $1 (${place[*]})"
   local t0; t0=$(date +%s.%N)
   # shellcheck disable=SC2086
-  env -u nnUNet_raw -u nnUNet_preprocessed -u nnUNet_results "$BIN/nnunet" run "$(ls -d "$WORK"/ours/raw/Dataset901_*)" --folds $PACK_FOLDS \
+  env -u nnUNet_raw -u nnUNet_preprocessed -u nnUNet_results timeout "$RUN_TIMEOUT_S" "$BIN/nnunet" run "$(ls -d "$WORK"/ours/raw/Dataset901_*)" --folds $PACK_FOLDS \
     --epochs 1 --iters "$PACK_ITERS" --val-iters "$VAL_ITERS" "${place[@]}" --state-dir "$d/state" > "$d/log" 2>&1 || { tail -30 "$d/log"; return 1; }
   local t1; t1=$(date +%s.%N)
   grep -E "^(workers:|device )" "$d/log" || true
@@ -125,17 +130,18 @@ pack() { # who folds-per-device
 
 declare -A IDS=([isbi]=901 [ph2]=902) NAMES=([isbi]=ISBI [ph2]=PH2)
 for ds in $DATASETS; do
-  prepare "$ds" "${IDS[$ds]}" "${NAMES[$ds]}"
+  time_left "$ds" || continue
+  prepare "$ds" "${IDS[$ds]}" "${NAMES[$ds]}" || { log "preparing $ds failed"; continue; }
   for t in $THREADS; do
-    train_ours "$ds" "${IDS[$ds]}" "$t"
-    [ "${OURS_BF16:-0}" != 1 ] || train_ours "$ds" "${IDS[$ds]}" "$t" ours-bf16 NNUNET_AUTOCAST_DTYPE=bf16
-    train_ref "$ds" "${IDS[$ds]}" "$t"
+    time_left "ours $ds $t" && { train_ours "$ds" "${IDS[$ds]}" "$t" || true; }
+    [ "${OURS_BF16:-0}" != 1 ] || { time_left "ours-bf16 $ds $t" && { train_ours "$ds" "${IDS[$ds]}" "$t" ours-bf16 NNUNET_AUTOCAST_DTYPE=bf16 || true; }; }
+    time_left "reference $ds $t" && { train_ref "$ds" "${IDS[$ds]}" "$t" || true; }
   done
 done
-if [ "$PACK" = 1 ]; then
+if [ "$PACK" = 1 ] && time_left "fold packing"; then
   case " $DATASETS " in *" isbi "*) ;; *) prepare isbi 901 ISBI;; esac
   N=$(echo $PACK_FOLDS | wc -w)
-  pack packed "$N"
-  pack sequential 1
+  pack packed "$N" || true
+  time_left "sequential folds" && { pack sequential 1 || true; }
 fi
 "$PY" scripts/gpu_bench.py summarize "$WORK" "$RES/gpu_bench.json"
