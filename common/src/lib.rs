@@ -15,7 +15,7 @@
 //!   [`masks`] (label volumes and mask folders).
 //! - Intake: [`raw`] (a raw dataset's training cases), [`convert`], [`verify`], [`synthetic`].
 //! - Array steps shared by fingerprint, preprocessing and inference: [`crop`], [`resample`].
-//! - Self-configuration: [`fingerprint`] -> [`planning`] -> [`splits`] -> [`preprocess`].
+//! - Self-configuration: [`fingerprint`] -> [`planning`] -> [`splits`] -> [`preprocess`]; [`vram`] (a plan's device memory).
 //! - Training side: [`augment`] (the v2 augmentation pipeline on CPU arrays), [`train_log`].
 //! - Scoring: [`metrics`] -> [`evaluate`] -> [`postprocess`] -> [`crossval`]; [`ensemble`].
 
@@ -59,6 +59,7 @@ pub mod synthetic;
 pub mod tensorboard;
 pub mod train_log;
 pub mod verify;
+pub mod vram;
 
 pub use error::{Error, Result};
 pub use fold::Fold;

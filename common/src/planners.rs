@@ -74,7 +74,7 @@ impl Planner {
     }
 
     /// (`UNet_reference_val_2d`, `UNet_reference_val_corresp_GB`) of a ResEnc preset.
-    fn resenc_reference(self) -> Option<(f64, f64)> {
+    pub(crate) fn resenc_reference(self) -> Option<(f64, f64)> {
         match self {
             Planner::Default => None,
             Planner::ResEncM => Some((135_000_000.0, 8.0)),

@@ -54,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
         error: None,
         next_seq: 0,
         options: Default::default(),
+        memory_estimate_mib: None,
     };
     coord.apply("bench: run", move |st, now| Ok(((), st.add_run(run, now)))).await?;
     coord.apply("bench: tasks", |st, now| Ok(((), st.create_tasks(&RunId::from("r1"), &["a".into()], 1, now)))).await?;

@@ -11,7 +11,8 @@
 //! - [`clock`]: system and manual clocks.
 //! - [`pipeline`]: planning and finalizing on the run directory (calls `nnunet-common`); [`user_dirs`]:
 //!   reusing and publishing to `$nnUNet_preprocessed` / `$nnUNet_results`.
-//! - [`local`]: `nnunet run`, an embedded coordinator with local worker processes.
+//! - [`local`]: `nnunet run`, an embedded coordinator with local worker processes; [`placement`]: which
+//!   devices its workers use (every visible GPU by default, `--folds-per-gpu`) and a plan's memory estimate.
 //! - [`client`]: the CLI side of the Monitor API; `cli_*`: the CLI commands.
 //! - [`metrics_http`]: Prometheus `/metrics`; [`web`]: the dashboard on the same listener.
 pub mod access;
@@ -29,6 +30,7 @@ pub mod engine;
 pub mod local;
 pub mod metrics_http;
 pub mod pipeline;
+pub mod placement;
 pub mod service;
 pub mod state;
 pub mod store;

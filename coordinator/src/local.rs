@@ -1,5 +1,6 @@
 //! `nnunet run`: the main job on one machine. Starts an embedded coordinator on loopback, one
-//! worker process per device (`--gpus 0,1,2,3,4` or `--workers N --device cpu`), submits the run,
+//! worker process per device (every visible GPU by default, `--gpus 0,1,2,3,4`, several per GPU
+//! with `--folds-per-gpu`, or `--workers N --device cpu`; `placement.rs`), submits the run,
 //! prints progress, supervises the workers (a crashed worker is restarted; its task resumes from
 //! the last checkpoint) and ends with per-fold and cross-validation Dice.
 use crate::client;
@@ -28,15 +29,22 @@ pub struct RunArgs {
     /// Optional test images, predicted with every fold and ensembled at the end.
     #[arg(long)]
     pub test_images: Option<PathBuf>,
-    /// GPUs to use, one worker each (`0,1,2,3,4`). Each worker sees only its GPU.
+    /// GPUs to use, one worker each (`0,1,2,3,4`, or GPU UUIDs). Each worker sees only its GPU.
+    /// Default: every visible GPU (CUDA_VISIBLE_DEVICES, else NVML), CPU workers when there is none.
     #[arg(long, value_delimiter = ',')]
-    pub gpus: Vec<u32>,
-    /// Number of CPU workers (when no --gpus).
+    pub gpus: Vec<String>,
+    /// Number of workers instead of one per GPU (CPU workers unless --device says otherwise).
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Device for --workers: cpu (default) or cuda.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    /// Device for --workers: cpu or cuda (default: cpu with --workers, else the GPUs).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Fold workers per GPU (several folds train at once on one large GPU), or `auto`: as many as
+    /// the GPU's free memory holds at the plan's estimate, up to the number of folds. The
+    /// coordinator never starts more on a device than its memory holds; a fold that runs out of
+    /// memory is retried with fewer neighbours.
+    #[arg(long, value_name = "N|auto")]
+    pub folds_per_gpu: Option<crate::placement::FoldsPerGpu>,
     /// Training epochs per fold (default: a small budget for the built-in dataset; nnU-Net: 1000).
     #[arg(long)]
     pub epochs: Option<u32>,
@@ -197,6 +205,7 @@ struct WorkerProc {
     device: String,
     env: Vec<(String, String)>,
     restarts: u32,
+    oom_restarts: u32,
 }
 
 fn spawn_worker(
@@ -217,15 +226,6 @@ fn spawn_worker(
     }
     cmd.stdout(Stdio::from(log_file.try_clone()?)).stderr(Stdio::from(log_file)).kill_on_drop(true);
     cmd.spawn().with_context(|| format!("starting {}", bin.display()))
-}
-
-/// One worker per GPU, or N CPU workers sharing the cores: (device, environment) each.
-fn devices(args: &RunArgs, ncpu: usize) -> Vec<(String, Vec<(String, String)>)> {
-    if !args.gpus.is_empty() {
-        return args.gpus.iter().map(|g| ("cuda:0".to_string(), vec![("CUDA_VISIBLE_DEVICES".to_string(), g.to_string())])).collect();
-    }
-    let n = args.workers.unwrap_or(if args.device == "cpu" { 2.min(ncpu).max(1) } else { 1 });
-    (0..n).map(|_| (args.device.clone(), vec![])).collect()
 }
 
 /// The run's budget: nnU-Net's defaults, or the built-in dataset's small one.
@@ -337,6 +337,11 @@ async fn supervise(e: &Embedded, run: &Run, workers: &mut [WorkerProc], logs: &P
                         if s.is_terminal() {
                             return Ok(Outcome::Finished(s));
                         }
+                        if s == RunState::Training {
+                            for line in e.coord.read(|st| packing_lines(st, &run.id)) {
+                                eprintln!("{line}");
+                            }
+                        }
                     }
                 }
                 Ok(_) => {}
@@ -347,10 +352,18 @@ async fn supervise(e: &Embedded, run: &Run, workers: &mut [WorkerProc], logs: &P
                 for (i, w) in workers.iter_mut().enumerate() {
                     if let Ok(Some(status)) = w.child.try_wait() {
                         let active = e.coord.run_state(run.id.as_str()).is_some_and(|s| !s.is_terminal());
-                        if active && w.restarts < 5 {
-                            w.restarts += 1;
+                        // A worker that ran out of GPU memory exits to hand its cached memory back to
+                        // the device; its fold is requeued by the coordinator, so it is not a crash.
+                        let oom = status.code() == Some(nnunet_proto::wire::EXIT_OUT_OF_DEVICE_MEMORY);
+                        if active && (w.restarts < 5 || (oom && w.oom_restarts < 20)) {
                             let log = logs.join(format!("worker-{i}.log"));
-                            eprintln!("worker {i} ({}) exited with {status}; restarting it ({}/5); see {}", w.device, w.restarts, log.display());
+                            if oom {
+                                w.oom_restarts += 1;
+                                eprintln!("worker {i} ({}) ran out of device memory and exited to free it; restarting it", w.device);
+                            } else {
+                                w.restarts += 1;
+                                eprintln!("worker {i} ({}) exited with {status}; restarting it ({}/5); see {}", w.device, w.restarts, log.display());
+                            }
                             w.child = spawn_worker(worker_bin, &e.url, &e.token, &w.device, threads, &w.env, &log)?;
                         }
                     }
@@ -364,13 +377,41 @@ async fn supervise(e: &Embedded, run: &Run, workers: &mut [WorkerProc], logs: &P
     }
 }
 
+/// One line per shared device: how many of the run's GPU tasks it takes at once, and why.
+fn packing_lines(st: &crate::state::State, run_id: &crate::domain::RunId) -> Vec<String> {
+    let Some(run) = st.runs.get(run_id) else { return vec![] };
+    let mut keys: Vec<&str> = st.workers.values().map(|w| w.device_key.as_str()).filter(|k| !k.is_empty()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| st.workers.values().filter(|w| w.device_key == *k).count() > 1)
+        .map(|k| match (st.device_slots(k, run), run.memory_estimate_mib, st.device_free_mib(k)) {
+            (Some(n), Some(est), Some(free)) => {
+                format!("device {k}: at most {n} fold(s) at once ({free} MiB free, about {est} MiB per fold from the plan)")
+            }
+            (Some(n), _, _) => format!("device {k}: at most {n} fold(s) at once"),
+            (None, _, _) => format!("device {k}: its free memory is unknown; folds share it until one runs out of memory"),
+        })
+        .collect()
+}
+
 pub async fn run(args: RunArgs) -> Result<()> {
     std::fs::create_dir_all(&args.state_dir)?;
     let state_dir = args.state_dir.canonicalize()?;
     let (dataset_dir, builtin) = resolve_dataset(&args)?;
     let worker_bin = worker_binary()?;
     let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    let devices = devices(&args, ncpu);
+    let detected = if args.gpus.is_empty() { crate::placement::visible_gpus() } else { (vec![], String::new()) };
+    let req = crate::placement::Request {
+        gpus: &args.gpus,
+        workers: args.workers,
+        device: args.device.as_deref(),
+        folds_per_gpu: args.folds_per_gpu,
+        folds: args.folds.len(),
+    };
+    let (slots, why) = crate::placement::plan_workers(&req, &detected, ncpu)?;
+    eprintln!("workers: {why}");
+    let devices: Vec<(String, Vec<(String, String)>)> = slots.into_iter().map(|s| (s.device, s.env)).collect();
     let threads = (ncpu / devices.len()).max(1);
     let e = start_embedded(&args, &state_dir, ncpu).await?;
     let spec = RunSpec {
@@ -409,7 +450,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut workers = Vec::new();
     for (i, (dev, env)) in devices.iter().enumerate() {
         let child = spawn_worker(&worker_bin, &e.url, &e.token, dev, threads, env, &logs.join(format!("worker-{i}.log")))?;
-        workers.push(WorkerProc { child, device: dev.clone(), env: env.clone(), restarts: 0 });
+        workers.push(WorkerProc { child, device: dev.clone(), env: env.clone(), restarts: 0, oom_restarts: 0 });
     }
     let outcome = supervise(&e, &run, &mut workers, &logs, &worker_bin, threads).await?;
     for w in &mut workers {

@@ -21,6 +21,10 @@ pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// off by a silent partition fails after this and is retried with backoff.
 pub const UNARY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(12);
 pub const RUN_MARKER: &str = ".nnunet-run-id";
+/// Exit code of a GPU worker that ran out of device memory: its task went back to the coordinator
+/// and it exits to hand the memory its allocator cached back to the device; a supervisor (`nnunet
+/// run`) restarts it without counting a crash (75 is `EX_TEMPFAIL`).
+pub const EXIT_OUT_OF_DEVICE_MEMORY: i32 = 75;
 /// The metadata key of the bearer token.
 pub const AUTHORIZATION: &str = "authorization";
 

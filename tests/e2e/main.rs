@@ -56,6 +56,14 @@ fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Like [`run_ok`], returning (stdout, stderr).
+fn run_ok_both(cmd: &mut Command) -> (String, String) {
+    let out = cmd.output().expect("spawn");
+    let (o, e) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(out.status.success(), "{cmd:?} failed:\n{o}{e}");
+    (o, e)
+}
+
 struct Cluster {
     work: PathBuf,
     port: u16,
@@ -382,17 +390,27 @@ fn nnunet_run_with_the_resenc_m_planner_trains_five_folds_in_parallel() {
     let out = Command::new(bin("nnunet")).arg("run").arg(&ds).args(["--planner", "ResEncXXL"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("unknown planner \"ResEncXXL\"") && err.contains("ResEncM"), "{err}");
-    let out = run_ok(
+    // No --gpus/--workers/--device: every visible GPU, or CPU workers on a machine without one.
+    let (out, err) = run_ok_both(
         Command::new(bin("nnunet"))
             .arg("run")
             .arg(&ds)
-            .args(["--workers", "2", "--device", "cpu", "--epochs", "1", "--iters", "2", "--val-iters", "1", "--planner", "ResEncM"])
+            .args(["--epochs", "1", "--iters", "2", "--val-iters", "1", "--planner", "ResEncM"])
             .arg("--state-dir")
             .arg(work.join("state"))
             .env("RUST_LOG", "warn"),
     );
     assert!(out.contains("run is DONE"), "{out}");
-    assert!(max_parallel_trains(&out) >= 2, "two workers must train folds at the same time:\n{out}");
+    let chose = err.lines().find(|l| l.starts_with("workers: ")).unwrap_or_else(|| panic!("no line says which workers:\n{err}"));
+    let cpu_workers: Option<usize> =
+        chose.strip_prefix("workers: using ").and_then(|r| r.split(" CPU worker").next()).and_then(|n| n.parse().ok());
+    match cpu_workers {
+        Some(n) => {
+            assert!(chose.contains("no GPU found"), "{chose}");
+            assert!(max_parallel_trains(&out) >= n.min(2), "{n} CPU workers must train folds at the same time:\n{out}");
+        }
+        None => assert!(chose.contains("every visible GPU"), "{chose}"),
+    }
     let runs: Vec<PathBuf> = std::fs::read_dir(work.join("state/runs")).unwrap().flatten().map(|e| e.path()).collect();
     assert_eq!(runs.len(), 1, "{runs:?}");
     let results = runs[0].join("results/Dataset001_ISBI");
@@ -416,4 +434,41 @@ fn nnunet_run_with_the_resenc_m_planner_trains_five_folds_in_parallel() {
         assert!(md.join(format!("fold_{f}/validation/summary.json")).is_file(), "fold {f} validated");
     }
     assert!(md.join("crossval_results_folds_0_1_2_3_4/summary.json").is_file());
+}
+
+/// Fold packing without a GPU: three CPU workers share one simulated device (the worker's hidden
+/// `NNUNET_SIMULATED_DEVICE_MEMORY_MIB`) where only two folds fit. The third fold to start runs out
+/// of device memory, is requeued without counting as a failure, the device takes at most two at a
+/// time from then on, and the run completes with every fold.
+#[test]
+fn a_fold_out_of_device_memory_is_retried_with_fewer_neighbours() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path();
+    let (out, err) = run_ok_both(
+        Command::new(bin("nnunet"))
+            .arg("run")
+            .args(["--workers", "3", "--device", "cpu", "--folds", "0", "1", "2", "--epochs", "1", "--iters", "2", "--val-iters", "1"])
+            .arg("--state-dir")
+            .arg(work.join("state"))
+            .env("NNUNET_SIMULATED_DEVICE_MEMORY_MIB", "4000")
+            .env("NNUNET_SIMULATED_FOLD_MEMORY_MIB", "1500")
+            .env("NNUNET_SIMULATED_DEVICE_DIR", work.join("simulated-device"))
+            .env("RUST_LOG", "warn"),
+    );
+    assert!(out.contains("run is DONE"), "{out}\n{err}");
+    assert!(
+        out.contains("out of device memory with 3 tasks") && out.contains("at most 2 at a time"),
+        "the third fold must run out of memory and be retried with fewer neighbours:\n{out}"
+    );
+    assert!(!out.contains("FAILED"), "{out}");
+    let state = work.join("state");
+    let runs: Vec<PathBuf> = std::fs::read_dir(state.join("runs")).unwrap().flatten().map(|e| e.path()).collect();
+    let md = runs[0].join("results/Dataset999_Synthetic/nnUNetTrainer__nnUNetPlans__2d");
+    for f in 0..3 {
+        assert!(md.join(format!("fold_{f}/checkpoint_final.safetensors")).is_file(), "fold {f} trained");
+    }
+    let leftovers: Vec<_> =
+        std::fs::read_dir(work.join("simulated-device")).unwrap().flatten().filter(|e| e.file_name() != ".lock").collect();
+    assert!(leftovers.is_empty(), "every fold released its share of the device: {leftovers:?}");
 }

@@ -10,4 +10,7 @@ void nnunet_autocast_set_enabled_cuda(bool b) { at::autocast::set_autocast_enabl
 int64_t nnunet_autocast_increment_nesting() { return at::autocast::increment_nesting(); }
 int64_t nnunet_autocast_decrement_nesting() { return at::autocast::decrement_nesting(); }
 void nnunet_autocast_clear_cache() { at::autocast::clear_cache(); }
+// The CUDA autocast dtype: 1 = bfloat16, 0 = float16 (libtorch's default).
+int nnunet_autocast_dtype_is_bf16_cuda() { return at::autocast::get_autocast_dtype(at::kCUDA) == at::kBFloat16; }
+void nnunet_autocast_set_dtype_bf16_cuda(int bf16) { at::autocast::set_autocast_dtype(at::kCUDA, bf16 ? at::kBFloat16 : at::kHalf); }
 }

@@ -46,8 +46,8 @@ pub struct PredictArgs {
     /// Also write {case}.npz with the softmax probabilities (key `probabilities`) for `nnunet ensemble`.
     #[arg(long = "save-probabilities")]
     pub save_probabilities: bool,
-    /// cpu, cuda or cuda:N.
-    #[arg(long = "device", default_value = "cpu")]
+    /// auto (cuda when a GPU is visible, else cpu; nnU-Net's -device default is cuda), cpu, cuda or cuda:N.
+    #[arg(long = "device", default_value = "auto")]
     pub device: String,
     /// Sliding-window step as a fraction of the patch size.
     #[arg(long = "step-size", default_value_t = 0.5)]
@@ -133,8 +133,8 @@ pub struct ValidateArgs {
     /// The fold (a number or `all`).
     #[arg(long = "fold")]
     pub fold: Fold,
-    /// cpu, cuda or cuda:N.
-    #[arg(long = "device", default_value = "cpu")]
+    /// auto (cuda when a GPU is visible, else cpu; nnU-Net's -device default is cuda), cpu, cuda or cuda:N.
+    #[arg(long = "device", default_value = "auto")]
     pub device: String,
     /// Disable test-time mirroring (4x faster, slightly less accurate).
     #[arg(long = "disable-tta")]

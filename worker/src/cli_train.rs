@@ -33,8 +33,8 @@ pub struct TrainArgs {
     /// Write checkpoint_latest every N epochs (nnU-Net: 50).
     #[arg(long)]
     pub save_every: Option<usize>,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
+    /// auto (cuda when a GPU is visible, else cpu; nnU-Net's -device default is cuda), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
     pub device: String,
     /// Continue from the fold's checkpoint_latest (like nnU-Net's --c).
     #[arg(long = "continue")]
@@ -51,9 +51,13 @@ pub struct TrainArgs {
     /// Data-loader threads (default: cores, at most 12).
     #[arg(long)]
     pub loader_threads: Option<usize>,
-    /// On CUDA, run the augmentations batched on the GPU.
-    #[arg(long)]
+    /// On CUDA, run the augmentations batched on the GPU (the default with fewer than 8 loader
+    /// cores: --loader-threads, else the machine's cores).
+    #[arg(long, conflicts_with = "cpu_augmentation")]
     pub gpu_augmentation: bool,
+    /// Augment on the loader threads (CPU) even with few cores.
+    #[arg(long)]
+    pub cpu_augmentation: bool,
     /// Start from these weights instead of random init (ours .safetensors or nnU-Net .pth): every
     /// weight but the segmentation heads must match in name and shape (nnU-Net's -pretrained_weights).
     #[arg(long = "pretrained-weights")]
@@ -190,7 +194,12 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     let fold_dir = fold_dir(&args, &pre)?;
     copy_model_files(&pre, &args.plans, &fold_dir)?;
     let device = crate::device::parse_device(&args.device)?;
-    let config = training_config(&args);
+    let mut config = training_config(&args);
+    let cores = args.loader_threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    if !args.gpu_augmentation && !args.cpu_augmentation && train::config::gpu_augmentation_by_default(device, cores) {
+        eprintln!("{cores} loader core(s) for one GPU: augmenting on the GPU (--cpu-augmentation to keep it on the loader threads)");
+        config.gpu_augmentation = true;
+    }
     let stop = stop_on_signals();
     let spec = FoldSpec {
         preprocessed_dir: pre.clone(),
@@ -243,8 +252,8 @@ pub struct BenchStepArgs {
     /// Output classes (background included).
     #[arg(long, default_value_t = 2)]
     pub classes: i64,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
+    /// auto (cuda when a GPU is visible, else cpu; nnU-Net's -device default is cuda), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
     pub device: String,
     /// Untimed steps first.
     #[arg(long, default_value_t = 1)]

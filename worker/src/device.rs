@@ -4,18 +4,42 @@
 use anyhow::{bail, Result};
 use tch::Device;
 
-/// Parses "cpu", "cuda", "cuda:N".
+/// The device `auto` (the default of `--device`) stands for: `cuda` when libtorch sees a GPU, as
+/// nnU-Net's `-device cuda` default (`nnunetv2/run/run_training.py::run_training_entry`), else `cpu`
+/// with a message.
+pub fn auto_device() -> &'static str {
+    if tch::Cuda::is_available() {
+        "cuda:0"
+    } else {
+        eprintln!("no CUDA device visible to libtorch: using the CPU (pass --device cpu to silence this)");
+        "cpu"
+    }
+}
+
+/// `--device` with `auto` resolved ([`auto_device`]).
+pub fn resolve(s: &str) -> String {
+    if s.trim() == "auto" {
+        auto_device().to_string()
+    } else {
+        s.trim().to_string()
+    }
+}
+
+/// Parses "auto", "cpu", "cuda", "cuda:N".
 pub fn parse_device(s: &str) -> Result<Device> {
     let s = s.trim();
+    if s == "auto" {
+        return parse_device(auto_device());
+    }
     if s == "cpu" {
         return Ok(Device::Cpu);
     }
     let idx = if s == "cuda" {
         0
     } else if let Some(n) = s.strip_prefix("cuda:") {
-        n.parse::<usize>().map_err(|_| anyhow::anyhow!("bad device {s:?}: expected cpu, cuda or cuda:N"))?
+        n.parse::<usize>().map_err(|_| anyhow::anyhow!("bad device {s:?}: expected auto, cpu, cuda or cuda:N"))?
     } else {
-        bail!("bad device {s:?}: expected cpu, cuda or cuda:N");
+        bail!("bad device {s:?}: expected auto, cpu, cuda or cuda:N");
     };
     if !tch::Cuda::is_available() {
         bail!("device {s} requested but CUDA is not available to libtorch (no GPU, or the worker was built without libtorch_cuda); use --device cpu");

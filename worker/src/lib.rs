@@ -6,7 +6,8 @@
 //! - [`infer`]: sliding-window prediction with Gaussian weighting and mirroring TTA, export.
 //! - [`serve`]: the gRPC loop that leases tasks from a coordinator and runs them.
 //! - [`error`]: the one error classification and its exit codes.
-//! - [`device`]: device selection and reporting.
+//! - [`device`]: device selection (`auto`: cuda when visible) and reporting; [`nvml`]: GPU readings and identity;
+//!   [`sim_memory`]: a simulated device memory budget for tests of fold packing without a GPU.
 //! - [`cache`]: the bounded local cache of run folders.
 
 pub mod cache;
@@ -20,4 +21,5 @@ pub mod interop;
 pub mod net;
 pub mod nvml;
 pub mod serve;
+pub mod sim_memory;
 pub mod train;

@@ -51,26 +51,32 @@ pub fn select(device: &str) {
             _ => Target::Index(n as u32),
         }
     });
-    *TARGET.lock().unwrap() = target;
+    *TARGET.lock().unwrap_or_else(|e| e.into_inner()) = target;
 }
 
-/// Reads the selected device; `None` on a CPU worker or without NVML. Blocking (an FFI call of
-/// well under a millisecond); call it off the async runtime.
-pub fn sample() -> Option<Reading> {
-    let target = TARGET.lock().unwrap();
+/// The selected NVML device; `None` on a CPU worker, without NVML or when the lookup fails.
+fn selected() -> Option<nvml_wrapper::Device<'static>> {
+    let target = TARGET.lock().unwrap_or_else(|e| e.into_inner());
     let target = target.as_ref()?;
     let nvml = nvml()?;
     let dev = match target {
         Target::Index(i) => nvml.device_by_index(*i),
         Target::Uuid(u) => nvml.device_by_uuid(u.as_str()),
     };
-    let dev = match dev {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::debug!("NVML device lookup failed: {e}");
-            return None;
-        }
-    };
+    dev.map_err(|e| tracing::debug!("NVML device lookup failed: {e}")).ok()
+}
+
+/// The selected device's UUID and its free memory in bytes now (what the worker registers with,
+/// so that the coordinator packs tasks onto it by memory); `None` without NVML.
+pub fn identity() -> Option<(String, u64)> {
+    let dev = selected()?;
+    Some((dev.uuid().ok()?, dev.memory_info().ok()?.free))
+}
+
+/// Reads the selected device; `None` on a CPU worker or without NVML. Blocking (an FFI call of
+/// well under a millisecond); call it off the async runtime.
+pub fn sample() -> Option<Reading> {
+    let dev = selected()?;
     let mem = dev.memory_info().ok()?;
     PEAK_USED.fetch_max(mem.used, Ordering::Relaxed);
     Some(Reading {

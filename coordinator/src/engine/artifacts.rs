@@ -271,6 +271,7 @@ mod tests {
             error: None,
             next_seq: 0,
             options: Default::default(),
+            memory_estimate_mib: None,
         }
     }
 

@@ -117,6 +117,7 @@ impl Coordinator {
             error: None,
             next_seq: 0,
             options,
+            memory_estimate_mib: None,
         })
     }
 
@@ -139,8 +140,15 @@ impl Coordinator {
                     )
                 });
                 let cases = planned.to_preprocess().to_vec();
+                let estimate = crate::placement::memory_estimate_mib(&run)
+                    .map_err(|e| tracing::warn!(run = %run_id, "no device memory estimate (GPUs are not packed by memory): {e:#}"))
+                    .ok();
                 self.apply_blocking("create tasks", move |st, now| {
                     let mut fx = st.create_tasks(&rid, &cases, shards, now);
+                    if let Some(mib) = estimate {
+                        let more = st.set_memory_estimate(&rid, mib);
+                        fx.runs.extend(more.runs);
+                    }
                     if let Some(msg) = note {
                         st.emit(&mut fx, &rid, None, None, crate::state::EventBody::Log(msg), now);
                     }

@@ -68,14 +68,28 @@ impl WorkerService {
 impl WorkerApi for WorkerService {
     async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterReply>, Status> {
         let r = req.into_inner();
-        for (f, v) in [("host", &r.host), ("device", &r.device), ("device_name", &r.device_name), ("version", &r.version)] {
+        for (f, v) in [
+            ("host", &r.host),
+            ("device", &r.device),
+            ("device_name", &r.device_name),
+            ("version", &r.version),
+            ("device_key", &r.device_key),
+        ] {
             bounded(f, v, limits::SHORT)?;
         }
         bounded("shared_root", &r.shared_root, limits::PATH)?;
         let id = WorkerId(format!("w-{}-{}", sanitize(&r.host), crate::domain::random_hex(8)));
         let now = self.0.now_ms();
-        let w =
-            Worker { id: id.clone(), host: r.host, device: r.device, device_name: r.device_name, registered_ms: now, last_seen_ms: now };
+        let w = Worker {
+            id: id.clone(),
+            host: r.host,
+            device: r.device,
+            device_name: r.device_name,
+            registered_ms: now,
+            last_seen_ms: now,
+            device_key: r.device_key,
+            device_free_mib: r.device_memory_free_bytes >> 20,
+        };
         self.0.apply("register", move |st, _| Ok(((), st.register_worker(w)))).await.map_err(apply_status)?;
         tracing::info!(worker = %id, "worker registered");
         Ok(Response::new(pb::RegisterReply {
@@ -242,9 +256,19 @@ impl WorkerApi for WorkerService {
         let r = req.into_inner();
         let w = worker_id(&r.worker_id)?;
         let error = truncate(&r.error, limits::TEXT);
-        let (task, token, retry) = (r.task_id, r.fencing_token, r.retryable);
-        tracing::warn!(task = %task, worker = %w, retryable = retry, "task failed: {error}");
-        self.0.apply("fail", move |st, now| Ok(((), st.fail(&task, token, &w, &error, retry, now)?))).await.map_err(apply_status)?;
+        let (task, token, retry, oom) = (r.task_id, r.fencing_token, r.retryable, r.out_of_memory);
+        tracing::warn!(task = %task, worker = %w, retryable = retry, out_of_memory = oom, "task failed: {error}");
+        self.0
+            .apply("fail", move |st, now| {
+                let fx = if oom {
+                    st.fail_out_of_memory(&task, token, &w, &error, now)?
+                } else {
+                    st.fail(&task, token, &w, &error, retry, now)?
+                };
+                Ok(((), fx))
+            })
+            .await
+            .map_err(apply_status)?;
         Ok(Response::new(pb::Ack {}))
     }
 }

@@ -9,7 +9,8 @@ impl State {
 
     /// Picks the next runnable task for `worker_id` and leases it. Runs are served oldest first;
     /// within a run, preprocessing before training before validation; a task whose previous
-    /// attempt ran on this worker is preferred (its cache is warm).
+    /// attempt ran on this worker is preferred (its cache is warm). A device task waits while the
+    /// worker's device is full (`devices.rs`).
     pub fn lease(&mut self, worker_id: &WorkerId, now: i64) -> (Option<Task>, Effects) {
         let mut fx = Effects::default();
         let mut best: Option<(bool, i64, TaskKind, Option<Fold>, TaskId)> = None;
@@ -19,6 +20,9 @@ impl State {
             }
             let Some(run) = self.runs.get(&t.run_id) else { continue };
             if run.state.is_terminal() || run.state == RunState::Planning || !self.deps_done(t) {
+                continue;
+            }
+            if self.device_full(worker_id, t.kind, &t.run_id) {
                 continue;
             }
             let affinity = t.worker_id.as_ref() != Some(worker_id);
@@ -183,7 +187,7 @@ impl State {
 
     pub(crate) fn fail_task(&mut self, task_id: &TaskId, error: &str, retryable: bool, fx: &mut Effects, now: i64) {
         let t = self.tasks.get_mut(task_id).expect("task exists");
-        let give_up = !retryable || t.attempt >= MAX_ATTEMPTS;
+        let give_up = !retryable || t.attempt.saturating_sub(t.uncounted_attempts) >= MAX_ATTEMPTS;
         t.state = if give_up { TaskState::Failed } else { TaskState::Pending };
         t.error = Some(error.to_string());
         let (run_id, fold, kind, attempt, worker) = (t.run_id.clone(), t.fold, t.kind, t.attempt, t.worker_id.clone());

@@ -9,10 +9,12 @@
 //!   count and its low [`TOKEN_RANDOM_BITS`] bits are random, so a token cannot be guessed. A write
 //!   (metrics, upload, complete, fail) that carries another token, or comes from another worker
 //!   than the holder, is refused.
-//! - At most one worker holds a task; attempts never decrease except by an explicit retry.
+//! - At most one worker holds a task; attempts never decrease except by an explicit retry (an
+//!   out-of-memory requeue beside other tasks is counted in `uncounted_attempts` instead).
 //! - A finished run (done, failed, cancelled) never goes back to running by itself.
 //! - Global artifacts (fingerprint, plans, splits) are written by the coordinator before any task
 //!   is created, so workers never race to create them.
+mod devices;
 mod lease;
 #[cfg(test)]
 mod proptests;
@@ -69,6 +71,9 @@ pub struct Run {
     /// Pretrained weights and the submitter's nnU-Net roots (none for runs stored before them).
     #[serde(default)]
     pub options: crate::domain::RunOptions,
+    /// Device memory one GPU task of this run needs (MiB, from its plan; `state::devices`).
+    #[serde(default)]
+    pub memory_estimate_mib: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -96,6 +101,10 @@ pub struct Task {
     /// A retried task is not leased before this time (backoff between attempts, ms since the epoch).
     #[serde(default)]
     pub not_before_ms: i64,
+    /// Attempts that ran out of device memory beside other tasks (`devices.rs`): requeued, not
+    /// counted towards [`MAX_ATTEMPTS`].
+    #[serde(default)]
+    pub uncounted_attempts: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -106,6 +115,13 @@ pub struct Worker {
     pub device_name: String,
     pub registered_ms: i64,
     pub last_seen_ms: i64,
+    /// Which device the worker computes on, unique per host and GPU ("" for CPU workers): workers
+    /// with the same key share its memory (`state::devices`).
+    #[serde(default)]
+    pub device_key: String,
+    /// The device's free memory when the worker registered (MiB; 0 unknown).
+    #[serde(default)]
+    pub device_free_mib: u64,
 }
 
 /// A journal event (stored per run, streamed by `WatchRun`).
@@ -167,6 +183,9 @@ pub struct State {
     pub workers: BTreeMap<WorkerId, Worker>,
     pub next_lease: u64,
     pub lease_ttl_ms: i64,
+    /// Per device key, the most GPU tasks at once after an out-of-memory failure there (in memory
+    /// only: a restarted coordinator learns it again).
+    pub device_limits: BTreeMap<String, u32>,
 }
 
 /// What a mutation changed: events to journal and the rows to persist. A row id listed here that
@@ -346,6 +365,7 @@ impl Task {
             error: None,
             result_json: None,
             not_before_ms: 0,
+            uncounted_attempts: 0,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Random sequences of register/lease/heartbeat/report/upload/complete/fail/expire/cancel against
+//! Random sequences of register/lease/heartbeat/report/upload/complete/fail/out-of-memory/expire/cancel against
 //! the state machine keep its invariants. `PROPTEST_CASES=10000 cargo test -p nnunet-coordinator
 //! state::proptests` for a long run (the default is a short one).
 use super::tests::run;
@@ -14,6 +14,7 @@ enum Op {
     Upload(usize),
     Complete(usize),
     Fail(usize, bool),
+    OutOfMemory(usize),
     Expire(u16),
     Cancel,
 }
@@ -27,6 +28,7 @@ fn op() -> impl Strategy<Value = Op> {
         any::<usize>().prop_map(Op::Upload),
         any::<usize>().prop_map(Op::Complete),
         (any::<usize>(), any::<bool>()).prop_map(|(i, r)| Op::Fail(i, r)),
+        any::<usize>().prop_map(Op::OutOfMemory),
         (0u16..20_000).prop_map(Op::Expire),
         Just(Op::Cancel).prop_map(|c| c),
     ]
@@ -43,22 +45,32 @@ fn apply(s: &mut State, grants: &mut Vec<Grant>, now: &mut i64, op: &Op) {
     match op {
         Op::Register(w) => {
             let id = WorkerId(format!("w{w}"));
+            // Even workers share one GPU (fold packing), odd ones are CPU workers.
+            let gpu = w % 2 == 0;
             s.register_worker(Worker {
                 id,
                 host: "h".into(),
-                device: "cpu".into(),
+                device: if gpu { "cuda:0" } else { "cpu" }.into(),
                 device_name: String::new(),
                 registered_ms: *now,
                 last_seen_ms: *now,
+                device_key: if gpu { "h/GPU-0" } else { "" }.into(),
+                device_free_mib: if gpu { 3_000 } else { 0 },
             });
         }
         Op::Lease(w) => {
             let wid = WorkerId(format!("w{w}"));
             if let (Some(t), _) = s.lease(&wid, *now) {
+                // A lease never puts more device tasks on a device than it takes.
+                if let (Some(key), true) = (s.device_key_of(&wid), t.kind != TaskKind::Preprocess) {
+                    if let Some(slots) = s.device_slots(key, &s.runs[&t.run_id]) {
+                        assert!(s.device_tasks(key) <= slots, "{} device tasks on {key}, {slots} slots", s.device_tasks(key));
+                    }
+                }
                 grants.push((t.id.clone(), t.fencing_token, wid));
             }
         }
-        Op::Heartbeat(i) | Op::Report(i) | Op::Upload(i) | Op::Complete(i) | Op::Fail(i, _) => {
+        Op::Heartbeat(i) | Op::Report(i) | Op::Upload(i) | Op::Complete(i) | Op::Fail(i, _) | Op::OutOfMemory(i) => {
             let Some(g) = pick(*i, grants) else { return };
             // A heartbeat only needs the lease (it is how a worker learns that the run ended); every
             // other call also needs the run to be live (`State::check_fence`).
@@ -71,6 +83,7 @@ fn apply(s: &mut State, grants: &mut Vec<Grant>, now: &mut i64, op: &Op) {
                 Op::Upload(_) => s.checkpoint_uploaded(id, g.1, Some(&g.2), "ck", Some(1), *now).is_ok(),
                 Op::Complete(_) => s.complete(id, g.1, &g.2, "{}".into(), *now).is_ok(),
                 Op::Fail(_, r) => s.fail(id, g.1, &g.2, "boom", *r, *now).is_ok(),
+                Op::OutOfMemory(_) => s.fail_out_of_memory(id, g.1, &g.2, "CUDA out of memory", *now).is_ok(),
                 _ => unreachable!(),
             };
             assert_eq!(ok, valid, "{op:?} with grant {g:?}: accepted only from the current holder with the current token");
@@ -90,6 +103,8 @@ fn check(before: &State, after: &State) {
         let b = &before.tasks[id];
         assert!(t.fencing_token >= b.fencing_token, "fencing token of {id} went backwards");
         assert!(t.attempt >= b.attempt, "attempt of {id} decreased");
+        assert!(t.uncounted_attempts <= t.attempt, "{id}: more uncounted attempts than attempts");
+        assert!(t.uncounted_attempts >= b.uncounted_attempts);
         if t.fencing_token != b.fencing_token {
             assert!(t.fencing_token > b.fencing_token);
         }
@@ -117,6 +132,7 @@ proptest! {
         s.add_run(r, 0);
         let cases: Vec<String> = (0..4).map(|i| format!("c{i}")).collect();
         s.create_tasks(&"r".into(), &cases, 2, 0);
+        s.set_memory_estimate(&"r".into(), 1_000);
         let mut grants = Vec::new();
         let mut now = 0i64;
         let mut events = s.runs["r"].next_seq;

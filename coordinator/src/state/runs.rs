@@ -69,6 +69,7 @@ impl State {
             if matches!(t.state, TaskState::Failed | TaskState::Cancelled) {
                 t.state = TaskState::Pending;
                 t.attempt = 0;
+                t.uncounted_attempts = 0;
                 t.not_before_ms = 0;
                 t.fencing_token = next_fencing_token(t.fencing_token);
                 fx.tasks.push(id.clone());

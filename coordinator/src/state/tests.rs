@@ -19,6 +19,7 @@ pub(super) fn run(id: &str, folds: Vec<Fold>) -> Run {
         error: None,
         next_seq: 0,
         options: Default::default(),
+        memory_estimate_mib: None,
     }
 }
 
@@ -221,6 +222,8 @@ fn stale_workers_are_pruned_unless_they_hold_a_lease() {
             device_name: String::new(),
             registered_ms: 0,
             last_seen_ms: 0,
+            device_key: String::new(),
+            device_free_mib: 0,
         });
     }
     s.lease(&w("a"), 0).0.unwrap();

@@ -29,6 +29,7 @@ async fn start() -> (tempfile::TempDir, Arc<Coordinator>, String) {
         error: None,
         next_seq: 0,
         options: Default::default(),
+        memory_estimate_mib: None,
     };
     coord.apply_blocking("test run", move |st, now| Ok(((), st.add_run(run, now)))).unwrap();
     let tokens = StaticTokens::single(STEER.into()).with(VIEW.into(), Access { can_steer: false });

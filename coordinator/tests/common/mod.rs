@@ -136,6 +136,7 @@ pub async fn fake_run(coord: &Arc<Coordinator>, dir: &Path, id: &str) -> RunId {
         error: None,
         next_seq: 0,
         options: Default::default(),
+        memory_estimate_mib: None,
     };
     coord.apply("test: add run", move |st, now| Ok(((), st.add_run(run, now)))).await.unwrap();
     let r2 = rid.clone();

@@ -169,6 +169,7 @@ impl Conn {
             tokio::fs::read_to_string("/proc/sys/kernel/hostname").await.map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into());
         crate::nvml::select(device);
         let gpu = tokio::task::spawn_blocking(crate::nvml::sample).await.ok().flatten();
+        let (device_key, free) = device_identity(&host, device).await;
         let req = pb::RegisterRequest {
             host,
             device: device.to_string(),
@@ -183,6 +184,8 @@ impl Conn {
             cpu_threads: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
             version: env!("CARGO_PKG_VERSION").into(),
             shared_root: String::new(),
+            device_key,
+            device_memory_free_bytes: free,
         };
         let reply = self
             .call("register", |mut api| {
@@ -198,6 +201,26 @@ impl Conn {
             })?;
         *self.worker_id.lock().unwrap_or_else(|e| e.into_inner()) = reply.worker_id.clone();
         Ok(reply)
+    }
+}
+
+/// The device key and free memory this worker registers with (the coordinator packs tasks of
+/// workers with the same key onto one device by memory): NVML's GPU UUID, else the `CUDA_VISIBLE_DEVICES`
+/// entry or the index; the simulated device of `sim_memory` when the environment sets one; none on CPU.
+async fn device_identity(host: &str, device: &str) -> (String, u64) {
+    if let Some(sim) = crate::sim_memory::from_env() {
+        return (sim.key(host), sim.total_mib << 20);
+    }
+    if !device.starts_with("cuda") {
+        return (String::new(), 0);
+    }
+    match tokio::task::spawn_blocking(crate::nvml::identity).await.ok().flatten() {
+        Some((uuid, free)) => (format!("{host}/{uuid}"), free),
+        None => {
+            let n: usize = device.strip_prefix("cuda:").and_then(|n| n.parse().ok()).unwrap_or(0);
+            let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok().and_then(|v| v.split(',').nth(n).map(|s| s.trim().to_string()));
+            (format!("{host}/cuda-{}", visible.unwrap_or_else(|| n.to_string())), 0)
+        }
     }
 }
 

@@ -40,8 +40,8 @@ pub struct ServeArgs {
     /// Coordinator address, e.g. http://coordinator:50051.
     #[arg(long, env = "NNUNET_COORDINATOR")]
     pub coordinator: Option<String>,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, env = "NNUNET_DEVICE", default_value = "cpu")]
+    /// auto (cuda when a GPU is visible, else cpu), cpu, cuda or cuda:N.
+    #[arg(long, env = "NNUNET_DEVICE", default_value = "auto")]
     pub device: String,
     /// File holding the shared-secret token (else NNUNET_TOKEN).
     #[arg(long)]
@@ -132,7 +132,8 @@ struct Worker {
     heartbeat_every: Duration,
 }
 
-async fn serve(args: ServeArgs) -> Result<()> {
+async fn serve(mut args: ServeArgs) -> Result<()> {
+    args.device = crate::device::resolve(&args.device);
     let device = crate::device::parse_device(&args.device).map_err(bad_input)?;
     if args.threads > 0 {
         tch::set_num_threads(args.threads as i32);
@@ -203,6 +204,7 @@ impl Worker {
             fencing_token: task.fencing_token,
             error: format!("worker {e}"),
             retryable: false,
+            out_of_memory: false,
         };
         self.send_fail(&task_id, req).await;
     }
@@ -302,12 +304,27 @@ impl Worker {
         let signalled = self.stop.load(Ordering::SeqCst);
         // Refused tasks and bad input (e.g. pretrained weights that do not fit) fail the same way on every worker.
         let refused = matches!(crate::error::classify(&e), Some(WorkerError::Refused(_) | WorkerError::BadInput(_)));
+        let oom = !signalled && crate::error::is_out_of_memory(&e);
         let msg = if signalled { "worker stopped by a signal (preemption or eviction)".to_string() } else { format!("{e:#}") };
-        tracing::error!(task = %task.task_id, "failed: {msg}");
-        let req = pb::FailRequest { worker_id: wid, task_id: tid, lease_id, fencing_token: token, error: msg, retryable: !refused };
+        tracing::error!(task = %task.task_id, out_of_memory = oom, "failed: {msg}");
+        let req = pb::FailRequest {
+            worker_id: wid,
+            task_id: tid,
+            lease_id,
+            fencing_token: token,
+            error: msg.clone(),
+            retryable: !refused,
+            out_of_memory: oom,
+        };
         self.send_fail(&task.task_id, req).await;
         if signalled {
             return Err(WorkerError::Stopped.into());
+        }
+        if oom && self.device.is_cuda() {
+            // libtorch's caching allocator keeps what it reserved: exit so the device gets it back
+            // (a supervisor restarts the worker; its task was requeued by the coordinator).
+            tracing::warn!("out of device memory: exiting to free the memory this process cached");
+            return Err(WorkerError::OutOfMemory(msg).into());
         }
         Ok(())
     }

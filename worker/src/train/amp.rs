@@ -71,18 +71,30 @@ extern "C" {
     fn nnunet_autocast_increment_nesting() -> i64;
     fn nnunet_autocast_decrement_nesting() -> i64;
     fn nnunet_autocast_clear_cache();
+    fn nnunet_autocast_dtype_is_bf16_cuda() -> i32;
+    fn nnunet_autocast_set_dtype_bf16_cuda(bf16: i32);
 }
 
-/// Runs `f` under CUDA fp16 autocast, like `tch::autocast`, through libtorch's current API
-/// (`src/autocast_shim.cpp`): tch 0.24's calls are deprecated in libtorch 2.11 and log a warning
-/// on every call. A no-op when CUDA is absent.
+/// Whether autocast runs in bfloat16 instead of nnU-Net's float16: opt-in with
+/// `NNUNET_AUTOCAST_DTYPE=bf16` (for measuring on GPUs that have it; the gradient scaler stays, and
+/// is harmless with bfloat16's range).
+pub fn bf16_requested() -> bool {
+    static BF16: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *BF16.get_or_init(|| std::env::var("NNUNET_AUTOCAST_DTYPE").is_ok_and(|v| v.trim().eq_ignore_ascii_case("bf16")))
+}
+
+/// Runs `f` under CUDA fp16 autocast (bf16 with [`bf16_requested`]), like `tch::autocast`, through
+/// libtorch's current API (`src/autocast_shim.cpp`): tch 0.24's calls are deprecated in libtorch 2.11
+/// and log a warning on every call. A no-op when CUDA is absent.
 pub fn autocast<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
     if !tch::Cuda::is_available() {
         return f();
     }
+    let bf16 = i32::from(enabled && bf16_requested());
     // SAFETY: plain calls into libtorch's thread-local autocast state, balanced below.
-    let prev = unsafe { nnunet_autocast_is_enabled_cuda() };
+    let (prev, prev_bf16) = unsafe { (nnunet_autocast_is_enabled_cuda(), nnunet_autocast_dtype_is_bf16_cuda()) };
     unsafe {
+        nnunet_autocast_set_dtype_bf16_cuda(bf16);
         nnunet_autocast_set_enabled_cuda(enabled);
         nnunet_autocast_increment_nesting();
     }
@@ -92,6 +104,7 @@ pub fn autocast<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
             nnunet_autocast_clear_cache();
         }
         nnunet_autocast_set_enabled_cuda(prev);
+        nnunet_autocast_set_dtype_bf16_cuda(prev_bf16);
     }
     result
 }

@@ -65,6 +65,17 @@ impl TrainingConfig {
     }
 }
 
+/// Below this many CPU cores per GPU the batched GPU augmentation is the default: nnU-Net's CPU
+/// augmentation needs about 12 data workers per GPU to keep a fast GPU busy (`nnUNet_n_proc_DA`,
+/// `nnunetv2/utilities/default_n_proc_DA.py::get_allowed_n_proc_DA`), and many clusters give 4-8.
+pub const GPU_AUGMENTATION_BELOW_CORES: usize = 8;
+
+/// Whether training on `device` with `cores` CPU cores for its data loading augments on the GPU
+/// by default.
+pub fn gpu_augmentation_by_default(device: Device, cores: usize) -> bool {
+    device.is_cuda() && cores < GPU_AUGMENTATION_BELOW_CORES
+}
+
 /// The seed of one fold of a run: the run's seed plus the fold's wire number (so fold k of a run
 /// seeded s trains with s + k, and `all` with s - 1).
 pub fn fold_seed(run_seed: u64, fold: Fold) -> u64 {

@@ -11,15 +11,28 @@ use crate::net::PlainConvUNet;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
+/// A host tensor on `device`. On CUDA the host copy is pinned and the upload asynchronous
+/// (nnU-Net's `pin_memory` loader and `non_blocking=True` copies,
+/// `nnunetv2/training/nnUNetTrainer/nnUNetTrainer.py::train_step`): the copy is queued on the
+/// stream ahead of the step's kernels instead of blocking the training thread; libtorch's pinned
+/// allocator keeps the host block alive until the copy has run.
+fn upload(host: Tensor, device: Device) -> Tensor {
+    if device.is_cuda() {
+        host.pin_memory(device).to_device_(device, host.kind(), true, false)
+    } else {
+        host
+    }
+}
+
 /// Host batch -> device tensors (image, one int64 target per deep-supervision output).
 pub(crate) fn to_device(b: &Batch, device: Device) -> (Tensor, Vec<Tensor>) {
     let x =
-        Tensor::from_slice(&b.image).view([b.batch_size as i64, b.channels as i64, b.patch[0] as i64, b.patch[1] as i64]).to_device(device);
+        upload(Tensor::from_slice(&b.image).view([b.batch_size as i64, b.channels as i64, b.patch[0] as i64, b.patch[1] as i64]), device);
     let ts = b
         .targets
         .iter()
         .zip(&b.target_shapes)
-        .map(|(t, s)| Tensor::from_slice(t).view([b.batch_size as i64, s[0] as i64, s[1] as i64]).to_device(device).to_kind(Kind::Int64))
+        .map(|(t, s)| upload(Tensor::from_slice(t).view([b.batch_size as i64, s[0] as i64, s[1] as i64]), device).to_kind(Kind::Int64))
         .collect();
     (x, ts)
 }

@@ -121,6 +121,13 @@ fn config(ctx: &TaskCtx, ws: &Workspace) -> Result<TrainingConfig> {
     if !ctx.task.pretrained_weights.is_empty() {
         config.pretrained_weights = Some(untrusted::resolve_inside(&ws.root, "pretrained_weights", &ctx.task.pretrained_weights)?);
     }
+    if ctx.device.is_cuda() {
+        // On a GPU the cores this worker was given feed the loader (several fold workers may share
+        // one machine); libtorch gets one thread, as nnU-Net sets (`nnunetv2/run/run_training.py::run_training_entry`).
+        config.torch_threads = 1;
+        config.loader_threads = ctx.threads().min(12);
+        config.gpu_augmentation = train::config::gpu_augmentation_by_default(ctx.device, ctx.threads());
+    }
     Ok(config)
 }
 
@@ -147,6 +154,8 @@ pub fn run(ctx: &TaskCtx) -> Result<String> {
     remove_leftovers(&fd)?;
     let ws = staging::prepare(ctx)?;
     std::fs::create_dir_all(&fd).with_context(|| format!("creating {}", fd.display()))?;
+    // Tests of fold packing without a GPU: the simulated device's share for this fold (crate::sim_memory).
+    let _device_share = crate::sim_memory::from_env().map(|d| d.claim(&ctx.task.task_id)).transpose()?;
     announce(ctx, &scratch)?;
     let spec = FoldSpec {
         preprocessed_dir: ctx.dirs(&ws.root).preprocessed,
