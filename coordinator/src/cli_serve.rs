@@ -53,6 +53,12 @@ pub struct ServeArgs {
     /// under DIR (repeatable); without it only folders under this coordinator's own are accepted.
     #[arg(long, value_name = "DIR")]
     pub allow_output_under: Vec<PathBuf>,
+    /// CA certificate (PEM) of worker client certificates (mTLS): every worker call must then come over
+    /// a connection whose client certificate this CA signed (nnunet-worker --tls-cert/--tls-key), on top
+    /// of the token; a certificate this CA did not sign is refused at the handshake. Needs --tls-cert.
+    /// Users' clients (status, watch, submit) may still connect without a certificate.
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 pub async fn serve(a: ServeArgs) -> Result<()> {
@@ -78,6 +84,10 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
         )),
         _ => None,
     };
+    let client_ca = match &a.tls_client_ca {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("reading the client CA {}", p.display()))?),
+        None => None,
+    };
     let mut cfg = CoordinatorConfig::new(state_dir.clone());
     cfg.lease_ttl = Duration::from_secs(a.lease_ttl_secs);
     cfg.heartbeat_interval = Duration::from_secs((a.lease_ttl_secs / 6).clamp(1, 5));
@@ -97,7 +107,8 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
         tokio::spawn(crate::metrics_http::serve(coord.clone(), l, Some(web)));
     }
     let scheme = if tls.is_some() { "https" } else { "http" };
-    eprintln!("nnunet coordinator listening on {scheme}://{addr} (state {})", state_dir.display());
+    let mtls = if client_ca.is_some() { ", workers need a client certificate" } else { "" };
+    eprintln!("nnunet coordinator listening on {scheme}://{addr} (state {}{mtls})", state_dir.display());
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
         tokio::select! {
@@ -108,5 +119,6 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
     };
     let mut opts = ServeOptions::new(addr, token);
     opts.tls = tls;
+    opts.client_ca = client_ca;
     service::serve(coord, listener, opts, shutdown).await
 }

@@ -65,9 +65,6 @@ pub fn synth_dataset(work: &Path, n: usize, n_test: usize, size: usize) -> PathB
 }
 
 #[test]
-#[ignore = "flaky since workers keep training through a partition: on an idle machine the partitioned worker \
-            finishes its epochs, is fenced and stops, but was not seen leasing new work within 300 s (issue 18's note); \
-            run with --ignored"]
 fn partitioned_worker_is_fenced_and_its_fold_resumes_elsewhere() {
     let _g = serial();
     let Some(work) = setup("worker partition") else { return };

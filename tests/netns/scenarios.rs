@@ -121,13 +121,25 @@ pub fn worker_partition(work: &Path) {
     c.lab.heal(&host);
     println!("healed worker {old} after {:.1}s", t_heal - t_cut);
 
-    // The old worker learns that it lost the lease, stops the task and takes new work.
-    let stopped = wait_worker(&c, old, t_heal, Duration::from_secs(120), "stop after the heal", |l| {
-        l.contains("lease gone") || l.contains("stopped: lease lost") || l.contains("lease lost")
+    // The old worker learns that it lost the lease (a refused heartbeat, metric or upload), and its
+    // task ends: "stopped: ... lease lost", or "completion refused" when it finished training while cut off.
+    let fenced_seen = wait_worker(&c, old, t_heal, Duration::from_secs(120), "a refused write after the heal", |l| {
+        l.contains("lease gone") || l.contains("lease lost") || l.contains("completion refused")
     });
-    let took_new = wait_worker(&c, old, stopped.t, Duration::from_secs(300), "new work", |l| l.contains(": leased"));
-    let done = wait_done(&rx, &mut seen, Duration::from_secs(600));
+    let stopped = wait_worker(&c, old, t_heal, Duration::from_secs(120), "the end of its task after the heal", |l| {
+        (l.contains("stopped: ") && l.contains("lease lost")) || l.contains("completion refused")
+    });
     let fenced_after = c.metric("nnunet_fenced_writes_total").unwrap();
+    // It takes new work. What is left of this run (the fold's validation and prediction, after its
+    // training on the new holder) goes to whichever idle worker asks first, so the old worker may
+    // rightly get none of it: a second run with more tasks than the other workers can take at once
+    // gives it work it must lease. Cancelled once it did, so it does not slow the first run down.
+    let second = submit(&c, &ds, 1, 2, "0,1,2", &[]);
+    let took_new = wait_worker(&c, old, stopped.t, Duration::from_secs(300), "new work", |l| l.contains(": leased"));
+    println!("old worker {old} leased new work {:.1}s after its task stopped: {}", took_new.t - stopped.t, took_new.text);
+    let cancelled = c.run_ok(&["cancel", &second]);
+    assert!(cancelled.contains("CANCELLED"), "cancelling the second run: {cancelled}");
+    let done = wait_done(&rx, &mut seen, Duration::from_secs(600));
     // Every byte went over the wire: the worker that took the fold over downloaded its checkpoint.
     let new_idx = c.worker_index(&new_id);
     let ck = c.state_dir().join("runs").join(&run).join(MODEL).join(format!("fold_{fold}/checkpoint_final.safetensors"));
@@ -146,6 +158,7 @@ pub fn worker_partition(work: &Path) {
             "detect_s": lost.t - t_cut, "relet_s": relet.t - t_cut,
             "resumed_from_epoch": resumed_at, "old_worker_epochs": old_epochs,
             "epochs_lost": old_epochs.saturating_sub(resumed_at),
+            "old_worker_fenced_after_heal_s": fenced_seen.t - t_heal,
             "old_worker_stopped_after_heal_s": stopped.t - t_heal, "old_worker_new_lease_after_heal_s": took_new.t - t_heal,
             "fenced_writes": fenced, "run_s": done.t, "worker_link_tx_rx_bytes": link,
             "old_worker_last_seen_s_at_relet": last_seen,

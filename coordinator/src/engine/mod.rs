@@ -155,7 +155,13 @@ pub struct Coordinator {
     replan: Mutex<Vec<RunId>>,
     /// Checkpoint weights waiting for their sidecar, by destination ([`pairs`]).
     held: Mutex<HashMap<PathBuf, pairs::HeldWeights>>,
+    /// Mutations on the blocking pool at once ([`Coordinator::apply`]). They serialize on the state
+    /// lock anyway; unbounded, 500 workers' calls grew the pool to its 512 threads (and the RSS by ~50 MB).
+    apply_slots: tokio::sync::Semaphore,
 }
+
+/// [`Coordinator::apply_slots`]: enough to overlap a persist with the next call's wait for the lock.
+const APPLY_SLOTS: usize = 4;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -211,6 +217,7 @@ impl Coordinator {
             tokens: Mutex::new(TokenCache { loaded: None, roles: HashMap::new() }),
             replan: Mutex::new(replan),
             held: Mutex::new(HashMap::new()),
+            apply_slots: tokio::sync::Semaphore::new(APPLY_SLOTS),
         }))
     }
 
@@ -229,6 +236,7 @@ impl Coordinator {
         what: &'static str,
         f: impl FnOnce(&mut State, i64) -> Result<(T, Effects), Refusal> + Send + 'static,
     ) -> Result<T, ApplyError> {
+        let _slot = self.apply_slots.acquire().await.map_err(|e| ApplyError::Persist(format!("{what}: {e}")))?;
         let me = self.clone();
         tokio::task::spawn_blocking(move || me.apply_blocking(what, f)).await.map_err(|e| ApplyError::Persist(format!("{what}: {e}")))?
     }

@@ -25,11 +25,20 @@ pub struct Auth {
     legacy: Option<Arc<String>>,
     coord: Arc<Coordinator>,
     guard: Guard,
+    /// Calls must come over a TLS connection with a client certificate (verified against the
+    /// `--tls-client-ca` during the handshake).
+    client_certs: bool,
 }
 
 impl Auth {
     pub fn new(legacy: Option<Arc<String>>, coord: Arc<Coordinator>, guard: Guard) -> Self {
-        Auth { legacy, coord, guard }
+        Auth { legacy, coord, guard, client_certs: false }
+    }
+
+    /// Requires a verified client certificate on every call (mTLS for workers).
+    pub fn client_certs(mut self, required: bool) -> Self {
+        self.client_certs = required;
+        self
     }
 
     fn role_of(&self, token: &str) -> Option<Role> {
@@ -44,6 +53,13 @@ impl Auth {
 
 impl tonic::service::Interceptor for Auth {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if self.client_certs && req.peer_certs().is_none_or(|c| c.is_empty()) {
+            tracing::info!(guard = ?self.guard, "refused a call without a client certificate");
+            return Err(Status::unauthenticated(
+                "this coordinator requires a client certificate from workers (mTLS): pass nnunet-worker --tls-cert FILE \
+                 --tls-key FILE, with a certificate signed by the CA given to nnunet serve --tls-client-ca",
+            ));
+        }
         if self.legacy.is_none() {
             req.extensions_mut().insert(Role::Admin);
             return Ok(req);

@@ -26,6 +26,9 @@ pub struct ServeOptions {
     pub token: Option<String>,
     /// Server certificate and key (PEM).
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// CA (PEM) of worker client certificates (mTLS, with `tls`): a presented certificate must chain
+    /// to it (else the handshake fails), and worker calls without one are refused ([`auth::Auth`]).
+    pub client_ca: Option<Vec<u8>>,
     /// Disable Nagle on accepted sockets (default): small unary replies otherwise wait for the
     /// peer's delayed ACK (~40 ms).
     pub tcp_nodelay: bool,
@@ -33,7 +36,7 @@ pub struct ServeOptions {
 
 impl ServeOptions {
     pub fn new(listen: SocketAddr, token: Option<String>) -> Self {
-        ServeOptions { listen, token, tls: None, tcp_nodelay: true }
+        ServeOptions { listen, token, tls: None, client_ca: None, tcp_nodelay: true }
     }
 }
 
@@ -64,9 +67,19 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .initial_stream_window_size(Some(wire::STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(wire::CONNECTION_WINDOW_BYTES));
-    if let Some((cert, key)) = opts.tls {
-        let identity = tonic::transport::Identity::from_pem(cert, key);
-        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity)).context("configuring TLS")?;
+    let client_certs = opts.client_ca.is_some();
+    match (opts.tls, opts.client_ca) {
+        (Some((cert, key)), ca) => {
+            let mut tls = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key));
+            if let Some(ca) = ca {
+                // Optional at the handshake, so users' clients connect with a token alone; the worker
+                // service's interceptor refuses calls that came without a verified certificate.
+                tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(ca)).client_auth_optional(true);
+            }
+            builder = builder.tls_config(tls).context("configuring TLS")?;
+        }
+        (None, Some(_)) => anyhow::bail!("client certificates (mTLS) need TLS: give the server certificate and key too"),
+        (None, None) => {}
     }
     coord.spawn_housekeeping();
     let nodelay = opts.tcp_nodelay;
@@ -81,7 +94,7 @@ pub async fn serve(
     builder
         .add_service(health_service)
         .add_service(InterceptedService::new(reflection, Auth::new(legacy.clone(), coord.clone(), Guard::Any)))
-        .add_service(InterceptedService::new(worker, Auth::new(legacy.clone(), coord.clone(), Guard::Worker)))
+        .add_service(InterceptedService::new(worker, Auth::new(legacy.clone(), coord.clone(), Guard::Worker).client_certs(client_certs)))
         .add_service(InterceptedService::new(monitor, Auth::new(legacy, coord.clone(), Guard::Monitor)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

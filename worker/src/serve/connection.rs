@@ -194,6 +194,9 @@ impl Conn {
             })
             .await
             .map_err(|s| match s.code() {
+                Code::Unauthenticated | Code::PermissionDenied if s.message().contains("client certificate") => {
+                    bad_input(anyhow!("the coordinator refused this worker: {}", s.message()))
+                }
                 Code::Unauthenticated | Code::PermissionDenied => {
                     bad_input(anyhow!("the coordinator refused this worker: {} (pass --token-file or set NNUNET_TOKEN)", s.message()))
                 }

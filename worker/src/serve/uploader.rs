@@ -2,6 +2,9 @@
 //! the network. One pending slot per checkpoint kind: a newer `latest` (or `best`) replaces one
 //! that has not started uploading yet, so a slow link costs freshness, not training time. The
 //! final checkpoint is always uploaded, and the task completes only after everything is flushed.
+//! Pending jobs go out oldest first: each carries the fold's training logs as they were when it was
+//! staged, and a job staged earlier must not land after a later one (a `best` of epoch 78 sent
+//! after the `final` put back a `training_log.jsonl` without the last epoch).
 //! Every staged folder is removed once uploaded, superseded or abandoned after an error.
 use crate::error::WorkerError;
 use crate::serve::connection::Conn;
@@ -18,10 +21,35 @@ pub type Job = (PathBuf, Vec<(PathBuf, String)>);
 
 #[derive(Default)]
 struct Queue {
-    /// Pending jobs by priority (0 final, 1 latest, 2 best).
-    pending: BTreeMap<u8, Job>,
+    /// Pending jobs by priority (0 final, 1 latest, 2 best), each with its submission number.
+    pending: BTreeMap<u8, (u64, Job)>,
+    submitted: u64,
     closed: bool,
     error: Option<String>,
+}
+
+impl Queue {
+    /// Queues `job` in the slot of `priority`; returns the staged folders it superseded.
+    fn insert(&mut self, priority: u8, job: Job) -> Vec<PathBuf> {
+        self.submitted += 1;
+        let mut gone: Vec<PathBuf> = self.pending.insert(priority, (self.submitted, job)).map(|(_, (dir, _))| dir).into_iter().collect();
+        if priority == 0 {
+            // The final checkpoint supersedes any latest one not yet sent.
+            gone.extend(self.pending.remove(&1).map(|(_, (dir, _))| dir));
+        }
+        gone
+    }
+
+    /// The oldest pending job.
+    fn pop_oldest(&mut self) -> Option<Job> {
+        let key = *self.pending.iter().min_by_key(|(_, (seq, _))| *seq)?.0;
+        self.pending.remove(&key).map(|(_, job)| job)
+    }
+
+    /// Empties the queue; returns the staged folders.
+    fn drain(&mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut self.pending).into_values().map(|(_, (dir, _))| dir).collect()
+    }
 }
 
 type Shared = Arc<(Mutex<Queue>, Condvar)>;
@@ -79,8 +107,8 @@ fn worker_loop(sh: Shared, conn: Conn, task: pb::Task, rt: tokio::runtime::Handl
             while q.pending.is_empty() && !q.closed {
                 q = cv.wait(q).unwrap_or_else(|e| e.into_inner());
             }
-            match q.pending.pop_first() {
-                Some((_, job)) => job,
+            match q.pop_oldest() {
+                Some(job) => job,
                 None => return,
             }
         };
@@ -94,7 +122,7 @@ fn worker_loop(sh: Shared, conn: Conn, task: pb::Task, rt: tokio::runtime::Handl
             Err(e) => {
                 let mut q = lock(&sh.0);
                 q.error = Some(format!("{e:#}"));
-                for (_, (dir, _)) in std::mem::take(&mut q.pending) {
+                for dir in q.drain() {
                     remove_staged(&dir);
                 }
                 return;
@@ -119,14 +147,8 @@ impl Uploader {
             remove_staged(&staged);
             return Err(anyhow!(WorkerError::LeaseLost(format!("checkpoint upload failed: {e}"))));
         }
-        if let Some((old, _)) = q.pending.insert(priority, (staged, files)) {
+        for old in q.insert(priority, (staged, files)) {
             remove_staged(&old); // superseded before it started
-        }
-        if priority == 0 {
-            // The final checkpoint supersedes any latest one not yet sent.
-            if let Some((old, _)) = q.pending.remove(&1) {
-                remove_staged(&old);
-            }
         }
         cv.notify_all();
         Ok(())
@@ -159,9 +181,33 @@ impl Drop for Uploader {
         let (m, cv) = &*self.shared;
         let mut q = lock(m);
         q.closed = true;
-        for (_, (dir, _)) in std::mem::take(&mut q.pending) {
+        for dir in q.drain() {
             remove_staged(&dir);
         }
         cv.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(name: &str) -> Job {
+        (PathBuf::from(name), vec![])
+    }
+
+    #[test]
+    fn jobs_go_out_in_submission_order_and_newer_ones_replace_their_slot() {
+        let mut q = Queue::default();
+        assert!(q.insert(2, job("best-78")).is_empty());
+        assert!(q.insert(1, job("latest-78")).is_empty());
+        assert_eq!(q.insert(1, job("latest-79")), vec![PathBuf::from("latest-78")]);
+        // The final replaces the pending latest, and goes out after the older best (whose logs are older).
+        assert_eq!(q.insert(0, job("final")), vec![PathBuf::from("latest-79")]);
+        let order: Vec<PathBuf> = std::iter::from_fn(|| q.pop_oldest()).map(|(d, _)| d).collect();
+        assert_eq!(order, vec![PathBuf::from("best-78"), PathBuf::from("final")]);
+        q.insert(2, job("best"));
+        assert_eq!(q.drain(), vec![PathBuf::from("best")]);
+        assert!(q.pop_oldest().is_none());
     }
 }
