@@ -29,7 +29,7 @@ mkdir -p "$out"
   --set 'worker_affinity={"podAntiAffinity":{"preferredDuringSchedulingIgnoredDuringExecution":[{"weight":100,"podAffinityTerm":{"topologyKey":"kubernetes.io/hostname","labelSelector":{"matchLabels":{"app.kubernetes.io/component":"worker"}}}}]}}' \
   --set coordinator_node_selector=node-role.kubernetes.io/infra= --set runtime_class=nvidia \
   --set priority_class=batch-low --set coordinator_priority_class=batch-high --set queue_name=team-a \
-  --set storage_access_mode=ReadWriteMany --set grafana_dashboard=1 -o "$out/nnunet-knobs.yaml"
+  --set storage_access_mode=ReadWriteMany --set grafana_dashboard=1 --set tls=1 -o "$out/nnunet-knobs.yaml"
 for v in 1.33.0 1.37.0; do
   "$DEPLOY_VENV/bin/kubernetes-validate" --strict --quiet -k "$v" "$out/nnunet-gpu.yaml" "$out/nnunet-cpu.yaml" "$out/nnunet-knobs.yaml"
   echo "k8s-validate: rendered manifests valid against Kubernetes $v (strict)"

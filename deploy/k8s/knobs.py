@@ -85,6 +85,8 @@ def check(v: dict[str, str]) -> None:
         if v[k] not in ("0", "1"):
             raise RenderError(f"{k} must be 0 or 1, got '{v[k]}'")
     labels("service_monitor_labels", v["service_monitor_labels"])
+    if v["tls"] not in ("0", "1"):
+        raise RenderError(f"tls must be 0 (plaintext gRPC) or 1 (TLS, workers with client certificates), got '{v['tls']}'")
     if not DURATION.match(v["service_monitor_interval"]):
         raise RenderError(f"service_monitor_interval '{v['service_monitor_interval']}' is not a duration like 30s or 1m")
 

@@ -33,6 +33,11 @@ Values (defaults in deploy/k8s/values.env; --values FILE and then --set override
     service_monitor     1: a Prometheus-operator ServiceMonitor for the coordinator's /metrics
     service_monitor_labels, service_monitor_interval  its labels (k=v,...) and scrape interval (30s)
     grafana_dashboard   1: deploy/grafana/nnunet-coordinator.json as a sidecar-labelled ConfigMap
+  security:
+    tls                 1: gRPC over TLS, workers with client certificates (mTLS); needs the Secrets
+                        nnunet-tls (tls.crt, tls.key, client-ca.crt) and nnunet-worker-tls (tls.crt,
+                        tls.key, ca.crt), see deploy/README.md; the coordinator's certificate needs
+                        the SAN DNS:nnunet-coordinator (the Service name the pods dial)
 
 --token-file F also emits the Secret `nnunet-token` from F (otherwise create it with kubectl, see
 deploy/README.md; never commit a token). Needs PyYAML only. Exit code 2 on a bad value.
@@ -50,6 +55,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import knobs  # noqa: E402
+import mtls  # noqa: E402
 from knobs import RenderError  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -139,6 +145,7 @@ def render(values: dict[str, str], config: dict[str, str], token: str | None = N
     if values["existing_claim"]:
         docs = [d for d in docs if d["kind"] != "PersistentVolumeClaim"]
     ns = values["namespace"]
+    tls = values["tls"] == "1"
     for d in docs:
         md = d.setdefault("metadata", {})
         if d["kind"] == "Namespace":
@@ -163,11 +170,19 @@ def render(values: dict[str, str], config: dict[str, str], token: str | None = N
                               "limits": {"memory": values["coordinator_memory"]}}
             next(v for v in pod["volumes"] if v["name"] == "state")["persistentVolumeClaim"]["claimName"] = claim
             knobs.schedule(pod, values, "coordinator")
+            if tls:
+                mtls.coordinator(pod)
+        elif d["kind"] == "Service" and md["name"] == "nnunet-coordinator" and tls:
+            mtls.service(d)
         elif d["kind"] == "Job" and md["name"] == "nnunet-submit":
             containers(d)[0]["image"] = image(values, values["coordinator_image"])
             knobs.schedule(d["spec"]["template"]["spec"], values, "coordinator")
+            if tls:
+                mtls.submit(d["spec"]["template"]["spec"])
         elif d["kind"] == "Job" and md["name"] == "nnunet-workers":
             workers_job(d, values, claim)
+            if tls:
+                mtls.workers(d["spec"]["template"]["spec"])
     return docs
 
 

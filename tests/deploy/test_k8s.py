@@ -86,6 +86,7 @@ ALL_KNOBS = {
     "service_monitor_labels": "release=kube-prometheus-stack",
     "service_monitor_interval": "15s",
     "grafana_dashboard": "1",
+    "tls": "1",
 }
 
 
@@ -316,8 +317,12 @@ def test_submit_job_reads_the_shared_config(default_docs):
     assert c["envFrom"] == [{"configMapRef": {"name": "nnunet-config"}}]
     script = c["args"][0]
     cm = by_kind(default_docs, "ConfigMap", "nnunet-config")["data"]
+    env = {e["name"] for e in c["env"]}
+    assert "NNUNET_COORDINATOR" in env
     for var in re.findall(r"\$\{?(NNUNET_[A-Z_]+)", script):
-        assert var in cm or var == "NNUNET_COORDINATOR", f"submit script uses ${var}, not in the ConfigMap"
+        # NNUNET_TLS_CA comes with tls=1 only: read with a default, `set -u` must not trip on it
+        ok = var in cm or var in env or (var == "NNUNET_TLS_CA" and "${NNUNET_TLS_CA:-}" in script)
+        assert ok, f"submit script uses ${var}, neither in the ConfigMap nor in the container's env"
     # the ConfigMap is deploy/config.env, with the pod-side paths
     cfg = render.read_env(REPO / "deploy" / "config.env")
     for k in ("NNUNET_DATASET", "NNUNET_RUN_NAME", "NNUNET_EPOCHS", "NNUNET_ITERS", "NNUNET_VAL_ITERS"):
@@ -450,6 +455,58 @@ def test_grafana_dashboard_configmap_holds_the_dashboard_file(knob_docs):
     assert json.loads(text)["uid"] == "nnunet-rs-coordinator"
 
 
+def _secret_volume(spec: dict, c: dict, path: str) -> dict:
+    (m,) = [m for m in c["volumeMounts"] if m["mountPath"] == path]
+    assert m["readOnly"] is True
+    vol = next(v for v in spec["volumes"] if v["name"] == m["name"])["secret"]
+    assert vol["defaultMode"] & 0o007 == 0, "keys must not be world-readable"
+    return vol
+
+
+def test_tls_mounts_the_secrets_and_passes_the_certificates(knob_docs, default_docs):
+    """tls=1: the coordinator serves with nnunet-tls and requires worker client certificates, the
+    workers present nnunet-worker-tls, the submit Job and the init container verify with its CA only."""
+    coord = pod_spec(by_kind(knob_docs, "Deployment", "nnunet-coordinator"))
+    (c,) = coord["containers"]
+    vol = _secret_volume(coord, c, "/etc/nnunet-tls")
+    assert vol["secretName"] == "nnunet-tls" and [i["key"] for i in vol["items"]] == ["tls.crt", "tls.key", "client-ca.crt"]
+    assert c["args"][-3:] == ["--tls-cert=/etc/nnunet-tls/tls.crt", "--tls-key=/etc/nnunet-tls/tls.key",
+                              "--tls-client-ca=/etc/nnunet-tls/client-ca.crt"]
+    # kubelet's gRPC probes cannot speak TLS: TCP probes on the same port
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert "grpc" not in c[probe] and c[probe]["tcpSocket"] == {"port": "grpc"}, probe
+    svc = by_kind(knob_docs, "Service", "nnunet-coordinator")
+    assert not any(p.get("appProtocol") == "kubernetes.io/h2c" for p in svc["spec"]["ports"])
+
+    workers = pod_spec(by_kind(knob_docs, "Job", "nnunet-workers"))
+    (w,) = workers["containers"]
+    vol = _secret_volume(workers, w, "/etc/nnunet-tls")
+    assert vol["secretName"] == "nnunet-worker-tls" and [i["key"] for i in vol["items"]] == ["tls.crt", "tls.key", "ca.crt"]
+    assert "--coordinator=https://nnunet-coordinator:50051" in w["args"]
+    assert not any(a.startswith("--coordinator=http:") for a in w["args"])
+    assert {"--tls-ca=/etc/nnunet-tls/ca.crt", "--tls-cert=/etc/nnunet-tls/tls.crt", "--tls-key=/etc/nnunet-tls/tls.key"} <= set(w["args"])
+
+    submit = pod_spec(by_kind(knob_docs, "Job", "nnunet-submit"))
+    for spec, client in ((submit, submit["containers"][0]), (workers, workers["initContainers"][0])):
+        vol = _secret_volume(spec, client, "/etc/nnunet-tls")
+        assert vol["secretName"] == "nnunet-worker-tls" and [i["key"] for i in vol["items"]] == ["ca.crt"]  # not the worker's key
+        env = {e["name"]: e["value"] for e in client["env"]}
+        assert env["NNUNET_COORDINATOR"] == "https://nnunet-coordinator:50051"
+        assert env["NNUNET_TLS_CA"] == "/etc/nnunet-tls/ca.crt" and '--tls-ca "$NNUNET_TLS_CA"' in client["args"][0]
+
+    # without the knob: plaintext h2c, gRPC probes, no TLS volume or argument anywhere
+    for d in default_docs:
+        if d["kind"] in ("Deployment", "Job"):
+            spec = pod_spec(d)
+            assert not [v for v in spec["volumes"] if v["name"].startswith("tls")], d["metadata"]["name"]
+            for ct in spec["containers"] + spec.get("initContainers", []):
+                assert not [a for a in ct.get("args", []) if a.startswith("--tls")], ct["name"]
+                assert not [e for e in ct.get("env", []) if e["name"] == "NNUNET_TLS_CA"], ct["name"]
+                assert all(e["value"].startswith("http://") for e in ct.get("env", []) if e["name"] == "NNUNET_COORDINATOR")
+    dep = pod_spec(by_kind(default_docs, "Deployment"))["containers"][0]
+    assert "grpc" in dep["readinessProbe"]
+
+
 def test_readme_data_pod_for_a_shared_volume_is_valid_and_restricted(default_docs):
     """The pod deploy/README.md shows for moving data through a ReadWriteMany volume."""
     readme = (REPO / "deploy" / "README.md").read_text()
@@ -472,7 +529,7 @@ def test_readme_data_pod_for_a_shared_volume_is_valid_and_restricted(default_doc
     "coordinator_tolerations=:NoSchedule", "worker_affinity={not json", "worker_affinity={\"nodeAffinityy\":{}}",
     "worker_affinity=[]", "runtime_class=Bad_Name", "priority_class=UPPER", "queue_name=a b",
     "storage_access_mode=ReadOnlyMany", "existing_claim=bad/name", "service_monitor=yes", "grafana_dashboard=2",
-    "service_monitor_labels=x", "service_monitor_interval=30 s",
+    "service_monitor_labels=x", "service_monitor_interval=30 s", "tls=yes", "tls=2", "tls=",
 ])
 def test_bad_knobs_are_refused(bad):
     rc, out, err = run_render("--set", bad)
@@ -524,8 +581,10 @@ def _pod_script(script: str, url: str, token: Path, state: Path) -> str:
             .replace("/etc/nnunet/token", str(token)).replace("/var/lib/nnunet", str(state)))
 
 
-def _pod_env(docs: list[dict], nnunet: Path, **over: str) -> dict[str, str]:
+def _pod_env(docs: list[dict], container: dict, url: str, nnunet: Path, **over: str) -> dict[str, str]:
+    """The ConfigMap and the container's own env (the Service address replaced by `url`)."""
     env = dict(by_kind(docs, "ConfigMap", "nnunet-config")["data"])
+    env.update({e["name"]: e["value"].replace("http://nnunet-coordinator:50051", url) for e in container.get("env", [])})
     env.update(over)
     env["PATH"] = f"{nnunet.parent}:/usr/bin:/bin"
     return env
@@ -533,9 +592,11 @@ def _pod_env(docs: list[dict], nnunet: Path, **over: str) -> dict[str, str]:
 
 def test_submit_job_and_worker_init_scripts_against_a_real_coordinator(default_docs, coordinator, tmp_path):
     nnunet, url, token = coordinator
-    submit = _pod_script(pod_spec(by_kind(default_docs, "Job", "nnunet-submit"))["containers"][0]["args"][0], url, token, tmp_path)
-    wait = _pod_script(pod_spec(by_kind(default_docs, "Job", "nnunet-workers"))["initContainers"][0]["args"][0], url, token, tmp_path)
-    env = _pod_env(default_docs, nnunet, NNUNET_RUN_NAME="k8s-test", NNUNET_EPOCHS="1", NNUNET_ITERS="1", NNUNET_VAL_ITERS="1")
+    submit_c = pod_spec(by_kind(default_docs, "Job", "nnunet-submit"))["containers"][0]
+    wait_c = pod_spec(by_kind(default_docs, "Job", "nnunet-workers"))["initContainers"][0]
+    submit, wait = (_pod_script(c["args"][0], url, token, tmp_path) for c in (submit_c, wait_c))
+    run = {"NNUNET_RUN_NAME": "k8s-test", "NNUNET_EPOCHS": "1", "NNUNET_ITERS": "1", "NNUNET_VAL_ITERS": "1"}
+    env, wait_env = (_pod_env(default_docs, c, url, nnunet, **run) for c in (submit_c, wait_c))
     # the dataset as the README puts it on the volume: <volume>/datasets/Dataset001_Example
     assert env["NNUNET_DATASET"] == "datasets/Dataset001_Example"
     for cmd in (["synth", "--out", str(tmp_path / "png"), "--cases", "5", "--size", "32"],
@@ -546,7 +607,7 @@ def test_submit_job_and_worker_init_scripts_against_a_real_coordinator(default_d
 
     # before the run exists the workers' init container keeps waiting
     with pytest.raises(subprocess.TimeoutExpired):
-        subprocess.run(["sh", "-c", wait], env=env, capture_output=True, text=True, timeout=3)
+        subprocess.run(["sh", "-c", wait], env=wait_env, capture_output=True, text=True, timeout=3)
 
     p = subprocess.run(["sh", "-c", submit], env=env, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
@@ -566,7 +627,7 @@ def test_submit_job_and_worker_init_scripts_against_a_real_coordinator(default_d
     assert len(json.loads(st.stdout)) == 1
 
     # now the init container lets the worker start
-    p = subprocess.run(["sh", "-c", wait], env=env, capture_output=True, text=True, timeout=30)
+    p = subprocess.run(["sh", "-c", wait], env=wait_env, capture_output=True, text=True, timeout=30)
     assert p.returncode == 0, p.stdout + p.stderr
 
 
