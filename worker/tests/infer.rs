@@ -403,7 +403,7 @@ fn validate_fold_exports_in_raw_geometry_and_evaluates() {
     let n = (h * w) as f64;
     let want: Vec<f64> = [2, 3].iter().map(|&i| 2.0 * fg_sizes[i] as f64 / (fg_sizes[i] as f64 + n)).collect();
     assert_eq!(summary.metric_per_case.len(), 2);
-    assert!((summary.mean[&1].dice - (want[0] + want[1]) / 2.0).abs() < 1e-12);
+    assert!((summary.mean[&nnunet_common::labels::LabelOrRegion::Label(1)].dice - (want[0] + want[1]) / 2.0).abs() < 1e-12);
     assert!(fold_dir.join("validation/summary.json").is_file());
     let written = imageio::read_nifti(&fold_dir.join("validation/c2.nii.gz")).unwrap();
     let gt = imageio::read_nifti(&gt_dir.join("c2.nii.gz")).unwrap();
