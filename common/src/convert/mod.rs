@@ -296,9 +296,14 @@ fn plan_labels(values: &BTreeSet<u64>, opts: &ConvertOptions, declared: Option<&
     if let Some((label, v)) = ignore {
         mapping.insert(v.to_bits(), label);
     }
-    let regions = match opts.regions.is_empty() {
+    // --regions, else the regions of the input's dataset.json (convert --from a region dataset)
+    let (region_specs, class_order) = match (opts.regions.is_empty(), declared) {
+        (true, Some(d)) if !d.regions.is_empty() => (&d.regions, d.regions_class_order.as_deref()),
+        _ => (&opts.regions, opts.regions_class_order.as_deref()),
+    };
+    let regions = match region_specs.is_empty() {
         true => None,
-        false => Some(regions::plan_regions(&opts.regions, opts.regions_class_order.as_deref(), &label_set, &label_names).map_err(refuse)?),
+        false => Some(regions::plan_regions(region_specs, class_order, &label_set, &label_names).map_err(refuse)?),
     };
     Ok(LabelPlan { mapping, label_set, label_names, ignore, regions })
 }
