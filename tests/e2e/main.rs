@@ -4,6 +4,8 @@
 //! and the coordinator itself, and check that the run completes without losing work.
 //!
 //! Budgets are tiny (a few iterations); these tests check the plumbing and the recovery, not accuracy.
+mod regions;
+
 use nnunet_tests::{bin, shared_dataset};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

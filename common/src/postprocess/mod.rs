@@ -55,7 +55,7 @@ impl KeepLargest {
     }
     /// "keep the largest component of labels [1, 2]".
     pub fn describe(&self) -> String {
-        if self.as_list {
+        if self.as_list && self.labels.len() > 1 {
             format!("keep the largest connected component of labels {:?} taken together", self.labels)
         } else {
             format!("keep the largest connected component of label {}", self.labels[0])
