@@ -100,7 +100,8 @@ impl Labels {
 
 impl<'a> IntoIterator for &'a Labels {
     type Item = (&'a String, &'a LabelValue);
-    type IntoIter = std::iter::Map<std::slice::Iter<'a, (String, LabelValue)>, fn(&'a (String, LabelValue)) -> (&'a String, &'a LabelValue)>;
+    type IntoIter =
+        std::iter::Map<std::slice::Iter<'a, (String, LabelValue)>, fn(&'a (String, LabelValue)) -> (&'a String, &'a LabelValue)>;
     fn into_iter(self) -> Self::IntoIter {
         self.0.iter().map(|(n, v)| (n, v))
     }

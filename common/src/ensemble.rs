@@ -164,7 +164,11 @@ pub fn ensemble_folders_with(inputs: &[PathBuf], output: &Path, save_probabiliti
                 Some(order) => {
                     return Err(Error::format(
                         &sidecar_path,
-                        format!("regions_class_order {order:?} has {} entries but the probabilities have {} channels", order.len(), shape[0]),
+                        format!(
+                            "regions_class_order {order:?} has {} entries but the probabilities have {} channels",
+                            order.len(),
+                            shape[0]
+                        ),
                     ))
                 }
                 None => argmax_channels(shape[0], &probs),

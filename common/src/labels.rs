@@ -98,7 +98,10 @@ impl LabelManager {
                 return Err(bad(format!("label {name:?} names {x}; label values are integers >= 0")));
             }
             if name != "ignore" && ignore_label.is_some_and(|ig| v.values().contains(&ig)) {
-                return Err(bad(format!("label {name:?} contains the ignore label {}; regions are made of annotated labels", ignore_label.unwrap_or(0))));
+                return Err(bad(format!(
+                    "label {name:?} contains the ignore label {}; regions are made of annotated labels",
+                    ignore_label.unwrap_or(0)
+                )));
             }
         }
         let all_labels = dj.label_values();

@@ -3,8 +3,8 @@
 //! within 1e-9, NaN where the reference has NaN.
 use nnunet_common::evaluate::{
     self,
-    LabelOrRegion,
     pyjson::{self, Value},
+    LabelOrRegion,
 };
 use std::path::{Path, PathBuf};
 
@@ -50,7 +50,15 @@ fn check(gt: &str, pred: &str, ending: &str, reference: &str) {
     let dir = fixtures();
     let out = tempfile::tempdir().unwrap();
     let summary_file = out.path().join("summary.json");
-    let summary = evaluate::compute_metrics_on_folder(&dir.join(gt), &dir.join(pred), Some(&summary_file), &LabelOrRegion::labels(&[1, 2]), ending, None).unwrap();
+    let summary = evaluate::compute_metrics_on_folder(
+        &dir.join(gt),
+        &dir.join(pred),
+        Some(&summary_file),
+        &LabelOrRegion::labels(&[1, 2]),
+        ending,
+        None,
+    )
+    .unwrap();
     let ours = pyjson::load(&summary_file).unwrap();
     let theirs = pyjson::load(&dir.join(reference)).unwrap();
     assert_same(&ours, &theirs, "summary");
@@ -93,6 +101,8 @@ fn missing_reference_is_reported_by_name() {
     let dir = fixtures();
     let tmp = tempfile::tempdir().unwrap();
     std::fs::copy(dir.join("pred_png/case_a.png"), tmp.path().join("not_in_gt.png")).unwrap();
-    let err = evaluate::compute_metrics_on_folder(&dir.join("gt_png"), tmp.path(), None, &LabelOrRegion::labels(&[1, 2]), ".png", None).unwrap_err().to_string();
+    let err = evaluate::compute_metrics_on_folder(&dir.join("gt_png"), tmp.path(), None, &LabelOrRegion::labels(&[1, 2]), ".png", None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not_in_gt.png"), "{err}");
 }

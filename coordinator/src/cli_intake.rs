@@ -156,7 +156,8 @@ pub fn run_convert(a: ConvertArgs) -> anyhow::Result<()> {
     opts.map = parse_map(&a.map)?;
     opts.binarize = a.binarize;
     opts.ignore_value = a.ignore_value;
-    opts.regions = a.regions.iter().map(|r| nnunet_common::convert::regions::parse_region(r)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
+    opts.regions =
+        a.regions.iter().map(|r| nnunet_common::convert::regions::parse_region(r)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
     opts.regions_class_order = a.regions_class_order.clone();
     opts.channel_names = a.channel_names.clone();
     opts.overwrite = a.overwrite;

@@ -58,7 +58,14 @@ fn nnunet_run_trains_five_folds_on_regions() {
     assert!(compact.contains(r#""regions_class_order":[1,2]"#), "{text}");
     // A hand-edited dataset.json without regions_class_order is refused by `nnunet run` before anything trains.
     std::fs::write(ds.join("dataset.json"), text.replace("\"regions_class_order\"", "\"regions_order_typo\"")).unwrap();
-    let out = Command::new(bin("nnunet")).arg("run").arg(&ds).args(["--device", "cpu"]).arg("--state-dir").arg(work.join("bad")).output().unwrap();
+    let out = Command::new(bin("nnunet"))
+        .arg("run")
+        .arg(&ds)
+        .args(["--device", "cpu"])
+        .arg("--state-dir")
+        .arg(work.join("bad"))
+        .output()
+        .unwrap();
     let err = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success() && err.contains("regions_class_order is missing"), "{err}");
     std::fs::write(ds.join("dataset.json"), &text).unwrap();
@@ -93,7 +100,8 @@ fn nnunet_run_trains_five_folds_on_regions() {
     let sidecar = json(&md.join("test_predictions/fold_0/hippocampus_001_z028.json"));
     assert_eq!(sidecar["regions_class_order"], serde_json::json!([1, 2]));
     let ens = md.join("ensemble_test");
-    let masks: Vec<_> = std::fs::read_dir(&ens).unwrap().flatten().map(|e| e.path()).filter(|p| p.to_string_lossy().ends_with(".nii.gz")).collect();
+    let masks: Vec<_> =
+        std::fs::read_dir(&ens).unwrap().flatten().map(|e| e.path()).filter(|p| p.to_string_lossy().ends_with(".nii.gz")).collect();
     assert_eq!(masks.len(), 3, "{masks:?}");
     for m in masks {
         let img = nnunet_common::imageio::read_seg(&m).unwrap();

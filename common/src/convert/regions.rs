@@ -23,7 +23,8 @@ pub fn parse_region(spec: &str) -> Result<(String, Vec<i64>), String> {
         return Err(format!("--regions {spec:?}: the region needs a name before '='"));
     }
     let labels: Result<Vec<i64>, _> = labels.split([',', '+']).map(|s| s.trim().parse::<i64>()).collect();
-    let labels = labels.map_err(|_| format!("--regions {spec:?}: the labels after '=' must be integers separated by ',' (e.g. whole=1,2)"))?;
+    let labels =
+        labels.map_err(|_| format!("--regions {spec:?}: the labels after '=' must be integers separated by ',' (e.g. whole=1,2)"))?;
     Ok((name.to_string(), labels))
 }
 
@@ -56,7 +57,10 @@ pub fn plan_regions(
         }
     }
     if !regions.iter().any(|(_, r)| r.len() > 1) {
-        return Err("--regions: every region has a single label, which is plain label training; a region needs two or more labels (e.g. whole=1,2)".into());
+        return Err(
+            "--regions: every region has a single label, which is plain label training; a region needs two or more labels (e.g. whole=1,2)"
+                .into(),
+        );
     }
     let order = match class_order {
         Some(o) => o.to_vec(),

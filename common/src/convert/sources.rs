@@ -218,7 +218,8 @@ fn read_v2_labels(l: &serde_json::Map<String, serde_json::Value>, dj_path: &Path
             }
             (_, None) => match val.as_array().map(|a| a.iter().map(|x| x.as_i64()).collect::<Option<Vec<i64>>>()) {
                 Some(Some(r)) => declared.regions.push((name.clone(), r)),
-                _ => problems.push(format!("{}: label {name:?} is {val}, neither an integer nor a list of integers (a region)", dj_path.display())),
+                _ => problems
+                    .push(format!("{}: label {name:?} is {val}, neither an integer nor a list of integers (a region)", dj_path.display())),
             },
         }
     }

@@ -14,8 +14,8 @@
 pub mod pyjson;
 pub mod summary;
 
-pub use crate::masks::{list_files, read_labels};
 pub use crate::labels::LabelOrRegion;
+pub use crate::masks::{list_files, read_labels};
 pub use summary::{CaseResult, LabelMetrics, MeanMetrics, Summary};
 
 use crate::metrics;
@@ -108,7 +108,13 @@ pub fn compute_metrics_on_folder(
 }
 
 /// Evaluates `pred_dir` against `gt_dir` and writes `pred_dir/summary.json`.
-pub fn evaluate_folders(gt_dir: &Path, pred_dir: &Path, labels: &[LabelOrRegion], file_ending: &str, ignore_label: Option<i64>) -> Result<Summary> {
+pub fn evaluate_folders(
+    gt_dir: &Path,
+    pred_dir: &Path,
+    labels: &[LabelOrRegion],
+    file_ending: &str,
+    ignore_label: Option<i64>,
+) -> Result<Summary> {
     compute_metrics_on_folder(gt_dir, pred_dir, Some(&pred_dir.join("summary.json")), labels, file_ending, ignore_label)
 }
 

@@ -57,7 +57,8 @@ pub fn validate_fold(preprocessed_dir: &Path, fold: nnunet_common::Fold, fold_di
     let out_dir = fold_dir.join("validation");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let values = class_values(&dj, false);
-    let lm = nnunet_common::labels::LabelManager::new(&dj).with_context(|| format!("the dataset.json of {}", preprocessed_dir.display()))?;
+    let lm =
+        nnunet_common::labels::LabelManager::new(&dj).with_context(|| format!("the dataset.json of {}", preprocessed_dir.display()))?;
     let regions = lm.has_regions().then(|| lm.regions_class_order());
     let ending = dj.file_ending.clone();
     let read = |i: usize| -> Result<(Tensor, nnunet_common::case::CaseProperties)> {

@@ -40,6 +40,8 @@ impl DiceAccumulator {
 
     /// Adds one batch of region outputs: `logits` (B, R, H, W), `target` (B, R[+1], H, W) from
     /// `region_targets` (`validation_step` with `has_regions`).
+    // Out of place: `y` may view the caller's target tensor.
+    #[allow(clippy::assign_op_pattern)]
     fn add_region_batch(&mut self, logits: &Tensor, target: &Tensor) {
         let (y, mask) = super::region_loss::split_ignore(target, self.ignore_label.is_some());
         let mut pred = logits.gt(0.0).to_kind(Kind::Float); // sigmoid(x) > 0.5 <=> x > 0
