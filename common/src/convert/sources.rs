@@ -192,6 +192,17 @@ fn read_declared(o: &serde_json::Map<String, serde_json::Value>, dj_path: &Path,
         }
         declared.regions_class_order =
             o.get("regions_class_order").and_then(|v| v.as_array()).map(|a| a.iter().filter_map(|x| x.as_i64()).collect());
+        // The JSON object above is sorted by name; the regions' order (the network's outputs) is the file's.
+        if !declared.regions.is_empty() {
+            #[derive(serde::Deserialize)]
+            struct InOrder {
+                labels: crate::dataset_json::Labels,
+            }
+            if let Ok(l) = crate::error::read_json::<InOrder>(dj_path) {
+                let pos = |n: &str| l.labels.keys().position(|k| k == n).unwrap_or(usize::MAX);
+                declared.regions.sort_by_key(|(n, _)| pos(n));
+            }
+        }
     }
     declared.description = o.get("description").and_then(|d| d.as_str()).map(String::from);
     for k in ["reference", "licence", "license", "release", "tensorImageSize"] {
