@@ -209,10 +209,45 @@ impl LabelManager {
         let k = self.num_segmentation_heads();
         assert_eq!(probs.len(), k * n, "probabilities must be (heads, voxels)");
         match &self.regions {
-            Some(_) => crate::ensemble::regions_to_labels(&self.regions_class_order, probs),
-            None => crate::ensemble::argmax_channels(k, probs),
+            Some(_) => regions_to_labels(&self.regions_class_order, probs),
+            None => argmax_channels(k, probs),
         }
     }
+}
+
+/// Class index of the maximum over the first axis of (K, ...) values; the first maximum wins, as
+/// `np.argmax` / `torch.argmax` on CPU do.
+pub fn argmax_channels(n_classes: usize, values: &[f32]) -> Vec<u16> {
+    assert!(n_classes > 0 && values.len().is_multiple_of(n_classes), "values must be (K, ...) with K > 0");
+    let n = values.len() / n_classes;
+    let mut best = vec![0u16; n];
+    let mut best_v: Vec<f32> = values[..n].to_vec();
+    for k in 1..n_classes {
+        let plane = &values[k * n..(k + 1) * n];
+        for i in 0..n {
+            if plane[i] > best_v[i] {
+                best_v[i] = plane[i];
+                best[i] = k as u16;
+            }
+        }
+    }
+    best
+}
+
+/// Region probabilities (R, ...) to labels: 0, then `order[i]` where channel i exceeds 0.5, in
+/// region order (later regions win).
+pub fn regions_to_labels(order: &[i64], values: &[f32]) -> Vec<u16> {
+    assert!(!order.is_empty() && values.len().is_multiple_of(order.len()), "values must be (R, ...) with one channel per region");
+    let n = values.len() / order.len();
+    let mut seg = vec![0u16; n];
+    for (i, &c) in order.iter().enumerate() {
+        for (s, &p) in seg.iter_mut().zip(&values[i * n..(i + 1) * n]) {
+            if p > 0.5 {
+                *s = c as u16;
+            }
+        }
+    }
+    seg
 }
 
 /// `regions_class_order` derived from nested regions: region `i` writes the one label it holds

@@ -106,7 +106,7 @@ pub fn cross_entropy(logits: &Tensor, target: &Tensor, ignore_label: Option<i64>
 /// `DC_and_CE_loss` with weights 1 and 1 for one output (`DC_and_BCE_loss` with regions).
 pub fn dc_ce(logits: &Tensor, target: &Tensor, spec: LossSpec) -> Tensor {
     if spec.regions {
-        return super::region_loss::dc_bce(logits, target, spec);
+        return super::region_loss::dc_bce(logits, target, spec.batch_dice, spec.ignore_label.is_some());
     }
     cross_entropy(logits, target, spec.ignore_label) + soft_dice_loss(logits, target, spec)
 }

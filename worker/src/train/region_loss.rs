@@ -8,8 +8,10 @@
 //! dataset has one (upstream passes `regions + [ignore_label]`). Upstream converts before
 //! `DownsampleSegForDSTransform`; that downsampling is nearest-exact index selection, which commutes
 //! with a per-pixel mapping, so converting each downsampled label map gives the same targets.
-use super::loss::{LossSpec, DICE_SMOOTH};
 use tch::{Kind, Reduction, Tensor};
+
+/// The Dice smoothing term (`'smooth': 1e-5` in `nnUNetTrainer._build_loss`).
+const DICE_SMOOTH: f64 = 1e-5;
 
 /// Label map (B, H, W) int64 -> (B, R, H, W) float with 1 where the label belongs to region r; with
 /// an ignore label one more channel, 1 where the pixel is ignored.
@@ -81,11 +83,12 @@ pub fn bce_with_logits(logits: &Tensor, y: &Tensor, mask: Option<&Tensor>) -> Te
     }
 }
 
-/// `DC_and_BCE_loss` for one output: `target` from [`region_targets`].
-pub fn dc_bce(logits: &Tensor, target: &Tensor, spec: LossSpec) -> Tensor {
-    let (y, mask) = split_ignore(target, spec.ignore_label.is_some());
+/// `DC_and_BCE_loss` for one output: `target` from [`region_targets`] (with the ignore channel when
+/// `has_ignore`).
+pub fn dc_bce(logits: &Tensor, target: &Tensor, batch_dice: bool, has_ignore: bool) -> Tensor {
+    let (y, mask) = split_ignore(target, has_ignore);
     let y = y.to_kind(Kind::Float);
-    sigmoid_dice_loss(logits, &y, mask.as_ref(), spec.batch_dice) + bce_with_logits(logits, &y, mask.as_ref())
+    sigmoid_dice_loss(logits, &y, mask.as_ref(), batch_dice) + bce_with_logits(logits, &y, mask.as_ref())
 }
 
 #[cfg(test)]
@@ -120,8 +123,7 @@ mod tests {
         let dc0 = (2.0 * (a + b) + 1e-5) / (2.0 + a + b + 1e-5);
         let dc1 = (2.0 * d + 1e-5) / (1.0 + c + d + 1e-5);
         let want = bce - (dc0 + dc1) / 2.0;
-        let spec = LossSpec { batch_dice: true, ignore_label: None, regions: true };
-        let got = dc_bce(&logits, &y, spec).double_value(&[]);
+        let got = dc_bce(&logits, &y, true, false).double_value(&[]);
         assert!((got - want).abs() < 1e-6, "{got} vs {want}");
     }
 
@@ -129,12 +131,11 @@ mod tests {
     fn ignored_pixels_are_invisible_to_bce_and_dice() {
         // 3 pixels, the last ignored (label 3): the loss equals upstream's masked formula and does not
         // depend on the ignored pixel's logits.
-        let spec = LossSpec { batch_dice: true, ignore_label: Some(3), regions: true };
         let t = Tensor::from_slice(&[1i64, 2, 3]).reshape([1, 1, 3]);
         let y = region_targets(&t, &regions(), Some(3));
         let l1 = Tensor::from_slice(&[0.0f32, 2.0, 9.0, -1.0, 1.0, -9.0]).reshape([1, 2, 1, 3]);
         let l2 = Tensor::from_slice(&[0.0f32, 2.0, -4.0, -1.0, 1.0, 5.0]).reshape([1, 2, 1, 3]);
-        let (a, b) = (dc_bce(&l1, &y, spec).double_value(&[]), dc_bce(&l2, &y, spec).double_value(&[]));
+        let (a, b) = (dc_bce(&l1, &y, true, true).double_value(&[]), dc_bce(&l2, &y, true, true).double_value(&[]));
         assert!((a - b).abs() < 1e-6, "{a} vs {b}");
         // upstream's masked BCE sums over the regions and divides by the annotated pixel count (2)
         let s = |x: f64| 1.0 / (1.0 + (-x).exp());
@@ -144,7 +145,7 @@ mod tests {
         let dc1 = (2.0 * p11 + 1e-5) / (1.0 + p10 + p11 + 1e-5);
         assert!((a - (bce - (dc0 + dc1) / 2.0)).abs() < 1e-6, "{a}");
         let l = l1.set_requires_grad(true);
-        dc_bce(&l, &y, spec).backward();
+        dc_bce(&l, &y, true, true).backward();
         assert_eq!(l.grad().select(3, 2).abs().sum(Kind::Float).double_value(&[]), 0.0);
     }
 }
