@@ -565,5 +565,6 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
         mask_format,
         seconds: t0.elapsed().as_secs_f64(),
         warnings,
+        regions: labels.regions.as_ref().map(regions::describe).unwrap_or_default(),
     })
 }

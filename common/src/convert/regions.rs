@@ -88,6 +88,11 @@ pub fn region_labels(plan: &RegionPlan, ignore: Option<i64>) -> Labels {
         .collect()
 }
 
+/// "whole [1, 2] -> 1" per region, for the conversion summary.
+pub fn describe(plan: &RegionPlan) -> Vec<String> {
+    plan.regions.iter().zip(&plan.regions_class_order).map(|((n, r), c)| format!("{n} {r:?} -> {c}")).collect()
+}
+
 fn join(v: &[i64]) -> String {
     v.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(",")
 }
