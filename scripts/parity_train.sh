@@ -51,6 +51,8 @@ if [ -n "${REGIONS:-}" ]; then
 import json, os, sys
 dj = json.load(open(sys.argv[1])); dj.update(json.loads(os.environ["REGIONS"])); json.dump(dj, open(sys.argv[1], "w"), indent=2)
 PY
+  # nnUNetv2_preprocess does not copy dataset.json (the fingerprint step does): the trainer reads the preprocessed copy
+  cp "$WORK/ref/raw/$DS/dataset.json" "$WORK/ref/preprocessed/$DS/dataset.json"
   env "${REF_ENV[@]}" nnUNetv2_preprocess -d $ID -c 2d -np 2 > "$WORK/ref_preprocess_regions.log" 2>&1
 fi
 if [ "$PLANNER" != default ]; then
