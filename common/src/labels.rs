@@ -97,10 +97,9 @@ impl LabelManager {
             if let Some(&x) = v.values().iter().find(|&&x| x < 0) {
                 return Err(bad(format!("label {name:?} names {x}; label values are integers >= 0")));
             }
-            if name != "ignore" && ignore_label.is_some_and(|ig| v.values().contains(&ig)) {
+            if let Some(ig) = ignore_label.filter(|ig| name != "ignore" && v.values().contains(ig)) {
                 return Err(bad(format!(
-                    "label {name:?} contains the ignore label {}; regions are made of annotated labels",
-                    ignore_label.unwrap_or(0)
+                    "label {name:?} contains the ignore label {ig}; the ignore label has a value of its own (the highest), and regions are made of annotated labels"
                 )));
             }
         }
