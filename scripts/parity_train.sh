@@ -11,7 +11,10 @@
 # PLANNER (default; ResEncM|ResEncL|ResEncXL: both sides plan with nnUNetPlannerResEnc* and train with -p/--plans
 # nnUNetResEncUNet*Plans), IGNORE (a mask value that becomes nnU-Net's ignore label on both sides; the Dice is then
 # over the annotated pixels only), NNUNET_SHARED, PEER_PY, REUSE_REF=1 (keep an existing reference run in $WORK/ref,
-# retrain only ours).
+# retrain only ours), MAXC (only the first N sorted cases, the harness's -m), REGIONS (region-based training: a JSON
+# object {"labels": {...}, "regions_class_order": [...]} written into the converted dataset.json on both sides before
+# preprocessing, e.g. '{"labels": {"background": 0, "whole": [1, 2], "posterior": [2]}, "regions_class_order": [1, 2]}';
+# the Dice is then reported per region).
 # Needs target/{release,debug}/{nnunet,nnunet-worker}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +32,7 @@ case "$PLANNER" in
   *) echo "PLANNER=$PLANNER: choose default, ResEncM, ResEncL or ResEncXL" >&2; exit 2;;
 esac
 export PLANS; IGNORE_ARGS=(); [ -n "${IGNORE:-}" ] && IGNORE_ARGS=(-x "$IGNORE")
+[ -n "${MAXC:-}" ] && IGNORE_ARGS+=(-m "$MAXC")
 mkdir -p "$WORK"
 REF_SUMMARY="$WORK/ref/results/$DS/nnUNetTrainer_Budget__${PLANS}__2d/fold_0/validation/summary.json"
 if [ "${REUSE_REF:-0}" = 1 ] && [ -f "$REF_SUMMARY" ]; then
@@ -40,6 +44,17 @@ VARIANTS=$("$PEER_PY" -c "import nnunetv2,os;print(os.path.join(os.path.dirname(
 cp "$SHARED/peer/nnUNetTrainer_Budget.py" "$VARIANTS/"
 REF_ENV=(nnUNet_raw="$WORK/ref/raw" nnUNet_preprocessed="$WORK/ref/preprocessed" nnUNet_results="$WORK/ref/results"
     nnUNet_n_proc_DA=2 nnUNet_compile=f nnUNet_def_n_proc=2 PATH="$(dirname "$PEER_PY"):$PATH")
+if [ -n "${REGIONS:-}" ]; then
+  # region-based training: the same labels/regions_class_order on both sides, then the reference preprocesses again
+  # (its class locations are per region)
+  REGIONS="$REGIONS" "$PEER_PY" - "$WORK/ref/raw/$DS/dataset.json" <<'PY'
+import json, os, sys
+dj = json.load(open(sys.argv[1])); dj.update(json.loads(os.environ["REGIONS"])); json.dump(dj, open(sys.argv[1], "w"), indent=2)
+PY
+  # nnUNetv2_preprocess does not copy dataset.json (the fingerprint step does): the trainer reads the preprocessed copy
+  cp "$WORK/ref/raw/$DS/dataset.json" "$WORK/ref/preprocessed/$DS/dataset.json"
+  env "${REF_ENV[@]}" nnUNetv2_preprocess -d $ID -c 2d -np 2 > "$WORK/ref_preprocess_regions.log" 2>&1
+fi
 if [ "$PLANNER" != default ]; then
   # the ResEnc presets reuse the default plans' preprocessed data (data_identifier nnUNetPlans_2d)
   env "${REF_ENV[@]}" nnUNetv2_plan_experiment -d $ID -pl $REF_PLANNER > "$WORK/ref_plan_resenc.log" 2>&1
@@ -61,7 +76,11 @@ $BIN_DIR/nnunet-worker train --dataset $DS --plans $PLANS --fold 0 --epochs $EPO
 "$PEER_PY" - "$REF_SUMMARY" \
     "$WORK/ours/res/$DS/nnUNetTrainer__${PLANS}__2d/fold_0/validation/summary.json" "$DOWN" "$EPOCHS" "$ITERS" "$VAL_ITERS" <<'PY'
 import json, os, sys
-r, o = (json.load(open(p))["foreground_mean"]["Dice"] for p in sys.argv[1:3])
-print(f"{os.environ.get('NAME', 'ISBI')} (-r {sys.argv[3]}, {os.environ.get('PLANS', 'nnUNetPlans')}), fold 0 validation Dice, budget {sys.argv[4]} epochs x {sys.argv[5]} it (+{sys.argv[6]} val it):"
-      f" reference {r:.4f}, ours {o:.4f}, |diff| {abs(r - o):.4f} ({'within' if abs(r - o) <= 0.02 else 'OUTSIDE'} 0.02)")
+r, o = (json.load(open(p)) for p in sys.argv[1:3])
+print(f"{os.environ.get('NAME', 'ISBI')} (-r {sys.argv[3]}, {os.environ.get('PLANS', 'nnUNetPlans')}), fold 0 validation Dice, budget {sys.argv[4]} epochs x {sys.argv[5]} it (+{sys.argv[6]} val it):")
+for k in sorted(r["mean"]):
+    a, b = r["mean"][k]["Dice"], o["mean"].get(k, {}).get("Dice", float("nan"))
+    print(f"  {k}: reference {a:.4f}, ours {b:.4f}, |diff| {abs(a - b):.4f}")
+a, b = r["foreground_mean"]["Dice"], o["foreground_mean"]["Dice"]
+print(f"  mean: reference {a:.4f}, ours {b:.4f}, |diff| {abs(a - b):.4f} ({'within' if abs(a - b) <= 0.02 else 'OUTSIDE'} 0.02)")
 PY

@@ -35,21 +35,22 @@ impl<'de> Deserialize<'de> for Score {
 }
 
 /// `cv_summary.json`: what a user reports after a five-fold run. Fields are in alphabetical order,
-/// as the file lays them out. Maps are keyed by fold index or label value.
+/// as the file lays them out. Maps are keyed by fold index, or by label or region as `summary.json`
+/// keys them ("1", "(1, 2)").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CvSummary {
-    /// Mean Dice per foreground label over all merged validation cases.
-    pub cv_dice_per_label: BTreeMap<i64, Score>,
+    /// Mean Dice per foreground label (or region) over all merged validation cases.
+    pub cv_dice_per_label: BTreeMap<String, Score>,
     /// The same after the chosen postprocessing.
-    pub cv_dice_per_label_postprocessed: BTreeMap<i64, Score>,
+    pub cv_dice_per_label_postprocessed: BTreeMap<String, Score>,
     /// Mean over labels of [`Self::cv_dice_per_label`] (nnU-Net's `foreground_mean`).
     pub cv_foreground_dice: Score,
     pub cv_foreground_dice_postprocessed: Score,
     /// Foreground-mean Dice of each fold's own validation cases.
     pub fold_foreground_dice: BTreeMap<usize, Score>,
     pub folds: Vec<usize>,
-    /// Foreground label value -> name from dataset.json.
-    pub label_names: BTreeMap<i64, String>,
+    /// Foreground label value (or region key) -> name from dataset.json.
+    pub label_names: BTreeMap<String, String>,
     /// Validation cases over all folds.
     pub n_cases: usize,
     pub n_cases_per_fold: BTreeMap<usize, usize>,
@@ -85,7 +86,7 @@ struct FoldScores {
 /// each fold from its own `summary.json` when present, else by evaluating it now.
 fn merge_folds(model_dir: &Path, folds: &[usize], merged: &Path, gt_dir: &Path, dataset_json: &DatasetJson) -> Result<FoldScores> {
     let ending = &dataset_json.file_ending;
-    let labels = dataset_json.foreground_labels();
+    let labels = crate::labels::LabelManager::new(dataset_json)?.evaluation_targets();
     let mut scores = FoldScores { n_cases: BTreeMap::new(), dice: BTreeMap::new() };
     for &f in folds {
         let val = model_dir.join(format!("fold_{f}")).join("validation");
@@ -132,7 +133,8 @@ pub fn crossval_summary(model_dir: &Path, folds: &[usize], gt_dir: &Path, datase
         }
     }
     let fold_scores = merge_folds(model_dir, folds, &merged, gt_dir, dataset_json)?;
-    let (ending, labels) = (&dataset_json.file_ending, dataset_json.foreground_labels());
+    let lm = crate::labels::LabelManager::new(dataset_json)?;
+    let (ending, labels) = (&dataset_json.file_ending, lm.evaluation_targets());
     let summary = evaluate::compute_metrics_on_folder(
         gt_dir,
         &merged,
@@ -145,7 +147,7 @@ pub fn crossval_summary(model_dir: &Path, folds: &[usize], gt_dir: &Path, datase
     // `nnunet predict` applies the model folder's postprocessing.json (nnU-Net keeps its
     // postprocessing.pkl next to the folds too).
     copy_atomic(&merged.join("postprocessing.json"), &model_dir.join("postprocessing.json"))?;
-    let per_label = |s: &Summary| s.mean.iter().map(|(&l, m)| (l, Score(m.dice))).collect();
+    let per_label = |s: &Summary| s.mean.iter().map(|(l, m)| (l.key(), Score(m.dice))).collect();
     let out = CvSummary {
         cv_dice_per_label: per_label(&summary),
         cv_dice_per_label_postprocessed: per_label(&pp.postprocessed),
@@ -153,7 +155,7 @@ pub fn crossval_summary(model_dir: &Path, folds: &[usize], gt_dir: &Path, datase
         cv_foreground_dice_postprocessed: Score(pp.postprocessed.foreground_mean.dice),
         fold_foreground_dice: fold_scores.dice,
         folds: folds.to_vec(),
-        label_names: dataset_json.labels.iter().filter_map(|(name, v)| v.as_int().filter(|&x| x > 0).map(|x| (x, name.clone()))).collect(),
+        label_names: label_names(dataset_json, &lm),
         n_cases: summary.metric_per_case.len(),
         n_cases_per_fold: fold_scores.n_cases,
         postprocessing: pp.steps.iter().map(|s| s.describe()).collect(),
@@ -162,6 +164,25 @@ pub fn crossval_summary(model_dir: &Path, folds: &[usize], gt_dir: &Path, datase
     };
     error::write_json(&merged.join("cv_summary.json"), &out)?;
     Ok(out)
+}
+
+/// Foreground label (or region) key -> its name in dataset.json.
+fn label_names(dataset_json: &DatasetJson, lm: &crate::labels::LabelManager) -> BTreeMap<String, String> {
+    use crate::dataset_json::LabelValue;
+    use crate::labels::LabelOrRegion;
+    dataset_json
+        .labels
+        .iter()
+        .filter(|(name, _)| name.as_str() != "ignore")
+        .filter_map(|(name, v)| {
+            let key = match v {
+                LabelValue::One(x) => LabelOrRegion::Label(*x),
+                LabelValue::Region(r) if lm.has_regions() => LabelOrRegion::Region(r.clone()),
+                LabelValue::Region(_) => return None,
+            };
+            (!key.is_background()).then(|| (key.key(), name.clone()))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -19,8 +19,13 @@ pub struct ProbabilitiesSidecar {
     pub geometry: Geometry,
     /// File name ending of the mask written for this case (".png", ".nii.gz", ...).
     pub mask_ending: String,
-    /// Value written to the mask for class index k (the user's original values, e.g. [0, 255]).
+    /// Value written to the mask for class index k (the user's original values, e.g. [0, 255]);
+    /// with regions, for label value k.
     pub class_values: Vec<f64>,
+    /// With regions: the probabilities are per-region sigmoids and become labels by painting
+    /// `regions_class_order[i]` where channel i exceeds 0.5 (`LabelManager.convert_probabilities_to_segmentation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regions_class_order: Option<Vec<i64>>,
 }
 
 impl ProbabilitiesSidecar {
@@ -53,24 +58,7 @@ pub fn average_probabilities(files: &[PathBuf]) -> Result<(Vec<usize>, Vec<f32>)
     Ok((shape, acc))
 }
 
-/// Class index of the maximum over the first axis of (K, ...) values; the first maximum wins, as
-/// `np.argmax` / `torch.argmax` on CPU do.
-pub fn argmax_channels(n_classes: usize, values: &[f32]) -> Vec<u16> {
-    assert!(n_classes > 0 && values.len().is_multiple_of(n_classes), "values must be (K, ...) with K > 0");
-    let n = values.len() / n_classes;
-    let mut best = vec![0u16; n];
-    let mut best_v: Vec<f32> = values[..n].to_vec();
-    for k in 1..n_classes {
-        let plane = &values[k * n..(k + 1) * n];
-        for i in 0..n {
-            if plane[i] > best_v[i] {
-                best_v[i] = plane[i];
-                best[i] = k as u16;
-            }
-        }
-    }
-    best
-}
+pub use crate::labels::{argmax_channels, regions_to_labels};
 
 /// Maps class indices to the values written to the mask file.
 pub fn class_to_values(classes: &[u16], class_values: &[f64]) -> Vec<u16> {
@@ -82,7 +70,8 @@ pub fn class_to_values(classes: &[u16], class_values: &[f64]) -> Vec<u16> {
 /// `output`. `dataset_json` is the model's; its label count is checked against the files.
 /// Returns the number of cases.
 pub fn ensemble_folders(inputs: &[PathBuf], output: &Path, dataset_json: &crate::dataset_json::DatasetJson) -> Result<usize> {
-    ensemble_folders_with(inputs, output, false, Some(dataset_json.num_classes()))
+    let heads = crate::labels::LabelManager::new(dataset_json)?.num_segmentation_heads();
+    ensemble_folders_with(inputs, output, false, Some(heads))
 }
 
 /// [`ensemble_folders`] with options: every folder must hold the same `.npz` files; writes
@@ -137,7 +126,20 @@ pub fn ensemble_folders_with(inputs: &[PathBuf], output: &Path, save_probabiliti
                     ));
                 }
             }
-            let classes = argmax_channels(shape[0], &probs);
+            let classes = match &sidecar.regions_class_order {
+                Some(order) if order.len() == shape[0] => regions_to_labels(order, &probs),
+                Some(order) => {
+                    return Err(Error::format(
+                        &sidecar_path,
+                        format!(
+                            "regions_class_order {order:?} has {} entries but the probabilities have {} channels",
+                            order.len(),
+                            shape[0]
+                        ),
+                    ))
+                }
+                None => argmax_channels(shape[0], &probs),
+            };
             let case = name.trim_end_matches(".npz");
             let mask = output.join(format!("{case}{}", sidecar.mask_ending));
             crate::masks::write_labels(
@@ -177,6 +179,7 @@ mod tests {
             geometry: Geometry { spacing: [999.0, 1.0, 1.0], affine: None, format: "png".into() },
             mask_ending: ".png".into(),
             class_values: vec![0.0, 255.0],
+            regions_class_order: None,
         };
         // voxel 0: a says fg 0.9, b says fg 0.2 -> mean 0.55 -> fg; voxel 1: 0.6 / 0.3 -> 0.45 -> bg
         for (d, p) in [(&a, [0.1f32, 0.4, 0.9, 0.6]), (&b, [0.8, 0.7, 0.2, 0.3])] {

@@ -11,7 +11,7 @@
 //!   statistics), [`np_random`] (numpy's `RandomState`), [`parallel`] (bounded runner + progress),
 //!   [`naming`] (the `{case}_{XXXX}{ending}` rule), [`fold`], [`defaults`], [`nnunet_flags`] (nnU-Net's flag spellings).
 //! - On-disk contracts: [`paths`], [`dataset_json`], [`plans`], [`case`] (serde types that mirror
-//!   nnU-Net v2's files), [`npy`], [`imageio`] (PNG/TIFF/JPEG/BMP/NIfTI behind one type),
+//!   nnU-Net v2's files), [`labels`] (labels or regions, nnU-Net's LabelManager), [`npy`], [`imageio`] (PNG/TIFF/JPEG/BMP/NIfTI behind one type),
 //!   [`masks`] (label volumes and mask folders).
 //! - Intake: [`raw`] (a raw dataset's training cases), [`convert`], [`verify`], [`synthetic`].
 //! - Array steps shared by fingerprint, preprocessing and inference: [`crop`], [`resample`].
@@ -38,6 +38,7 @@ pub mod fingerprint;
 pub mod fold;
 pub mod hash;
 pub mod imageio;
+pub mod labels;
 pub mod masks;
 pub mod metrics;
 pub mod naming;

@@ -78,6 +78,32 @@ pub fn confusion_per_label(reference: &[i32], prediction: &[i32], labels: &[i32]
     out
 }
 
+/// Confusion counts of every region (a union of labels, `region_or_label_to_mask`), same order;
+/// a region of one label gives [`confusion_per_label`]'s counts.
+pub fn confusion_per_region(reference: &[i32], prediction: &[i32], regions: &[Vec<i32>], ignore_label: Option<i32>) -> Vec<Confusion> {
+    assert_eq!(reference.len(), prediction.len(), "reference and prediction must have the same number of voxels");
+    let mut out = vec![Confusion::default(); regions.len()];
+    let mut n_used: u64 = 0;
+    for (&r, &p) in reference.iter().zip(prediction) {
+        if ignore_label == Some(r) {
+            continue;
+        }
+        n_used += 1;
+        for (c, reg) in out.iter_mut().zip(regions) {
+            match (reg.contains(&r), reg.contains(&p)) {
+                (true, true) => c.tp += 1,
+                (false, true) => c.fp += 1,
+                (true, false) => c.fn_ += 1,
+                (false, false) => {}
+            }
+        }
+    }
+    for c in &mut out {
+        c.tn = n_used - c.tp - c.fp - c.fn_;
+    }
+    out
+}
+
 /// Mean over the non-NaN values; NaN when there are none (numpy's `nanmean` of an all-NaN or empty
 /// list, which nnU-Net writes as `NaN`).
 pub fn nanmean(values: &[f64]) -> f64 {
@@ -125,6 +151,17 @@ mod tests {
         assert_eq!(nanmean(&[f64::NAN, 0.5, 1.0]), 0.75);
         assert!(nanmean(&[f64::NAN]).is_nan());
         assert!(mean(&[f64::NAN, 1.0]).is_nan());
+    }
+
+    #[test]
+    fn region_counts_are_over_the_union_of_its_labels() {
+        // region (1, 2): reference 1,2,2,0 vs prediction 2,2,0,1 -> tp 2 (1~2 and 2~2), fn 1, fp 1.
+        let r = [1, 2, 2, 0];
+        let p = [2, 2, 0, 1];
+        let c = confusion_per_region(&r, &p, &[vec![1, 2], vec![2]], None);
+        assert_eq!(c[0], Confusion { tp: 2, fp: 1, fn_: 1, tn: 0 });
+        assert_eq!(c[1], Confusion { tp: 1, fp: 1, fn_: 1, tn: 1 });
+        assert_eq!(confusion_per_region(&r, &p, &[vec![2]], None), confusion_per_label(&r, &p, &[2], None));
     }
 
     #[test]

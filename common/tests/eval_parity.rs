@@ -4,6 +4,7 @@
 use nnunet_common::evaluate::{
     self,
     pyjson::{self, Value},
+    LabelOrRegion,
 };
 use std::path::{Path, PathBuf};
 
@@ -49,7 +50,15 @@ fn check(gt: &str, pred: &str, ending: &str, reference: &str) {
     let dir = fixtures();
     let out = tempfile::tempdir().unwrap();
     let summary_file = out.path().join("summary.json");
-    let summary = evaluate::compute_metrics_on_folder(&dir.join(gt), &dir.join(pred), Some(&summary_file), &[1, 2], ending, None).unwrap();
+    let summary = evaluate::compute_metrics_on_folder(
+        &dir.join(gt),
+        &dir.join(pred),
+        Some(&summary_file),
+        &LabelOrRegion::labels(&[1, 2]),
+        ending,
+        None,
+    )
+    .unwrap();
     let ours = pyjson::load(&summary_file).unwrap();
     let theirs = pyjson::load(&dir.join(reference)).unwrap();
     assert_same(&ours, &theirs, "summary");
@@ -69,12 +78,12 @@ fn check(gt: &str, pred: &str, ending: &str, reference: &str) {
     let their_text = std::fs::read_to_string(dir.join(reference)).unwrap();
     assert_eq!(pyjson::to_string(&theirs), their_text, "the reference file re-serializes to itself");
     // The fixture has a label absent from both masks (NaN) and one predicted where the reference is empty.
-    assert!(summary.metric_per_case.iter().any(|c| c.metrics[&2].dice.is_nan()));
+    assert!(summary.metric_per_case.iter().any(|c| c.metrics[&LabelOrRegion::Label(2)].dice.is_nan()));
     assert!(std::fs::read_to_string(&summary_file).unwrap().contains("\"Dice\": NaN"));
     // Loading our own file gives back the same numbers.
     let back = evaluate::Summary::load(&summary_file).unwrap();
     assert_eq!(back.metric_per_case.len(), summary.metric_per_case.len());
-    assert_eq!(back.mean[&1].tp, summary.mean[&1].tp);
+    assert_eq!(back.mean[&LabelOrRegion::Label(1)].tp, summary.mean[&LabelOrRegion::Label(1)].tp);
 }
 
 #[test]
@@ -92,6 +101,8 @@ fn missing_reference_is_reported_by_name() {
     let dir = fixtures();
     let tmp = tempfile::tempdir().unwrap();
     std::fs::copy(dir.join("pred_png/case_a.png"), tmp.path().join("not_in_gt.png")).unwrap();
-    let err = evaluate::compute_metrics_on_folder(&dir.join("gt_png"), tmp.path(), None, &[1, 2], ".png", None).unwrap_err().to_string();
+    let err = evaluate::compute_metrics_on_folder(&dir.join("gt_png"), tmp.path(), None, &LabelOrRegion::labels(&[1, 2]), ".png", None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not_in_gt.png"), "{err}");
 }

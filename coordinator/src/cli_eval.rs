@@ -54,7 +54,9 @@ pub fn run_evaluate(args: EvaluateArgs) -> Result<()> {
     let (labels, ending, ignore) = match &args.djfile {
         Some(p) => {
             let dj = DatasetJson::load(p).with_context(|| format!("reading {}", p.display()))?;
-            (dj.foreground_labels(), dj.file_ending.clone(), dj.ignore_label())
+            // the foreground regions with regions (`nnunetv2/evaluation/evaluate_predictions.py::evaluate_folder_entry_point`)
+            let lm = nnunet_common::labels::LabelManager::new(&dj)?;
+            (lm.evaluation_targets(), dj.file_ending.clone(), lm.ignore_label())
         }
         None => {
             let ending = detect_ending(&args.pred_dir)?;
@@ -68,7 +70,7 @@ pub fn run_evaluate(args: EvaluateArgs) -> Result<()> {
             } else {
                 args.labels.clone()
             };
-            (labels, ending, None)
+            (evaluate::LabelOrRegion::labels(&labels), ending, None)
         }
     };
     if labels.is_empty() {
@@ -90,7 +92,8 @@ pub fn run_evaluate(args: EvaluateArgs) -> Result<()> {
     }
     let out = args.output.clone().unwrap_or_else(|| args.pred_dir.join("summary.json"));
     let s = evaluate::compute_metrics_on_folder(&args.gt_dir, &args.pred_dir, Some(&out), &labels, &ending, ignore)?;
-    println!("{} case(s), labels {labels:?}", s.metric_per_case.len());
+    let names: Vec<String> = labels.iter().map(|l| l.key()).collect();
+    println!("{} case(s), labels {}", s.metric_per_case.len(), names.join(", "));
     for (l, m) in &s.mean {
         println!("  label {l}: Dice {:.4}  IoU {:.4}", m.dice, m.iou);
     }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// `nnunet convert`: build an nnU-Net v2 dataset (`DatasetNNN_Name/`, pseudo-3D `.nii.gz`).
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Examples:\n  nnunet convert --images imgs/ --masks masks/ --id 501 --name Lesions --labels background,lesion\n  nnunet convert --from nnUNet_raw_data/Task004_Hippocampus --id 504\n\nMasks: 0/255 become 0/1 automatically; other value sets map in sorted order across the whole dataset; --map and --binarize override; --ignore-value V makes V the ignore label (highest label). JPEG masks are refused."
+    after_help = "Examples:\n  nnunet convert --images imgs/ --masks masks/ --id 501 --name Lesions --labels background,lesion\n  nnunet convert --from nnUNet_raw_data/Task004_Hippocampus --id 504\n\nMasks: 0/255 become 0/1 automatically; other value sets map in sorted order across the whole dataset; --map and --binarize override; --ignore-value V makes V the ignore label (highest label); --regions NAME=L1,L2 (repeatable) sets up region-based training. JPEG masks are refused."
 )]
 pub struct ConvertArgs {
     /// Folder of images (PNG 8/16-bit, TIFF, BMP, JPEG, NIfTI; gray, RGB or RGBA), one file per case.
@@ -48,6 +48,16 @@ pub struct ConvertArgs {
     /// one above the highest label (`"ignore"` in dataset.json); the loss and the metrics skip it.
     #[arg(long, value_name = "VALUE")]
     pub ignore_value: Option<f64>,
+    /// Region-based training: a region per NAME=LABEL[,LABEL...] (labels as converted, 0..K), e.g.
+    /// `--regions whole=1,2 --regions posterior=2`. The regions replace the labels in dataset.json, in
+    /// this order; the network predicts one sigmoid per region.
+    #[arg(long, value_name = "NAME=LABELS")]
+    pub regions: Vec<String>,
+    /// The label written where each region is predicted (one per region, later regions over
+    /// earlier ones). Default: for nested regions, the one label each region holds that no later
+    /// region holds (whole=1,2 posterior=2 gives 1,2).
+    #[arg(long, value_delimiter = ',', requires = "regions")]
+    pub regions_class_order: Option<Vec<i64>>,
     /// Channel names (e.g. `CT` to get CT normalization), overriding gray / R,G,B / R,G,B,A.
     #[arg(long, value_delimiter = ',')]
     pub channel_names: Option<Vec<String>>,
@@ -146,6 +156,9 @@ pub fn run_convert(a: ConvertArgs) -> anyhow::Result<()> {
     opts.map = parse_map(&a.map)?;
     opts.binarize = a.binarize;
     opts.ignore_value = a.ignore_value;
+    opts.regions =
+        a.regions.iter().map(|r| nnunet_common::convert::regions::parse_region(r)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
+    opts.regions_class_order = a.regions_class_order.clone();
     opts.channel_names = a.channel_names.clone();
     opts.overwrite = a.overwrite;
     opts.threads = a.threads;

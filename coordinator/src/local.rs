@@ -165,7 +165,8 @@ fn score_builtin_test(state_dir: &Path, run_dir: &Path, plans_name: &str) -> Res
         .join("Dataset999_Synthetic")
         .join(nnunet_common::paths::model_folder_name_for(plans_name))
         .join("ensemble_test");
-    let summary = nnunet_common::evaluate::evaluate_folders(&gt, &pred, &[1, 2], ".nii.gz", None)?;
+    let summary =
+        nnunet_common::evaluate::evaluate_folders(&gt, &pred, &nnunet_common::labels::LabelOrRegion::labels(&[1, 2]), ".nii.gz", None)?;
     let v = serde_json::to_value(&summary)?;
     let f = |p: &str| v.pointer(p).and_then(|x| x.as_f64()).map(|x| format!("{x:.4}")).unwrap_or_else(|| "NaN".into());
     Ok(format!(

@@ -5,6 +5,7 @@
 //!
 //! Budgets are tiny (a few iterations); these tests check the plumbing and the recovery, not accuracy.
 mod mtls;
+mod regions;
 
 use nnunet_tests::{bin, shared_dataset};
 use std::io::{BufRead, BufReader};

@@ -2,7 +2,8 @@
 //! (`nnunetv2/training/nnUNetTrainer/nnUNetTrainer.py::nnUNetTrainer`), with libtorch through tch.
 //!
 //! - [`run`]: the epoch loop ([`train_fold`]), [`TrainingConfig`], [`FoldSpec`], the [`Progress`] trait.
-//! - [`loss`]: Dice + cross-entropy with deep supervision (`nnunetv2/training/loss/compound_losses.py`).
+//! - [`loss`]: Dice + cross-entropy with deep supervision (`nnunetv2/training/loss/compound_losses.py`);
+//!   [`region_loss`]: region targets and Dice + BCE for region-based training.
 //! - [`optim`]: SGD with Nesterov momentum, weight decay and gradient clipping, with our own momentum
 //!   buffers so the optimizer state is part of the checkpoint; [`amp`]: the fp16 gradient scaler.
 //! - [`schedule`]: the poly learning-rate schedule.
@@ -20,6 +21,7 @@ pub mod gpu_aug;
 pub mod loader;
 pub mod loss;
 pub mod optim;
+pub mod region_loss;
 pub mod report;
 pub mod run;
 pub mod schedule;

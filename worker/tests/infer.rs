@@ -403,7 +403,7 @@ fn validate_fold_exports_in_raw_geometry_and_evaluates() {
     let n = (h * w) as f64;
     let want: Vec<f64> = [2, 3].iter().map(|&i| 2.0 * fg_sizes[i] as f64 / (fg_sizes[i] as f64 + n)).collect();
     assert_eq!(summary.metric_per_case.len(), 2);
-    assert!((summary.mean[&1].dice - (want[0] + want[1]) / 2.0).abs() < 1e-12);
+    assert!((summary.mean[&nnunet_common::labels::LabelOrRegion::Label(1)].dice - (want[0] + want[1]) / 2.0).abs() < 1e-12);
     assert!(fold_dir.join("validation/summary.json").is_file());
     let written = imageio::read_nifti(&fold_dir.join("validation/c2.nii.gz")).unwrap();
     let gt = imageio::read_nifti(&gt_dir.join("c2.nii.gz")).unwrap();
@@ -439,4 +439,47 @@ fn a_bad_input_leaves_an_existing_output_folder_as_it_was_and_fold_all_predicts(
     assert_eq!(names(&out), vec!["a.png", "mine.txt"]);
     let err = format!("{:#}", infer::predict_folder(&model, &[Fold::Index(0)], &input, &out, &PredictOptions::default()).unwrap_err());
     assert!(err.contains("fold 0 is missing") && err.contains("all"), "{err}");
+}
+
+#[test]
+fn region_models_predict_sigmoids_painted_with_regions_class_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(inputs) = ph2_inputs(&tmp.path().join("in"), 1) else { return };
+    let regions = |model: &Path, extra: &str| {
+        let dj = format!(
+            r#"{{"channel_names": {{"0": "R", "1": "G", "2": "B"}}, "labels": {{"background": 0, "whole": [1, 2], "posterior": [2]{extra}}},
+                "regions_class_order": [1, 2], "numTraining": 4, "file_ending": ".png"}}"#
+        );
+        std::fs::write(model.join("dataset.json"), dj).unwrap();
+    };
+    let (name, h, w) = &inputs[0];
+    let n = (*h * *w) as usize;
+    // Logits (whole, posterior): (5, -5) paints label 1 everywhere; (5, 5) paints 2 (the later region wins).
+    for (bias, label) in [([5.0f32, -5.0], 1.0), ([5.0, 5.0], 2.0), ([-5.0, 5.0], 2.0), ([-5.0, -5.0], 0.0)] {
+        let model = make_model(&tmp.path().join(format!("m{label}{}", bias[0])), 3, [32, 32], &[0], |vs, _| constant_logits(vs, bias));
+        regions(&model, "");
+        let out = tmp.path().join(format!("out{label}{}", bias[0]));
+        let opts = PredictOptions { use_mirroring: false, save_probabilities: true, ..Default::default() };
+        infer::predict_folder(&model, &[Fold::Index(0)], &tmp.path().join("in"), &out, &opts).unwrap();
+        let mask = imageio::read_seg(&out.join(name)).unwrap();
+        assert!(mask.data.iter().all(|&v| v == label), "bias {bias:?}: every pixel must be {label}");
+        let case = name.trim_end_matches(".png");
+        let (shape, probs) = nnunet_common::npy::read_npz_member::<f32>(&out.join(format!("{case}.npz")), "probabilities").unwrap();
+        assert_eq!(shape, vec![2, 1, *h as usize, *w as usize]);
+        let s = |x: f32| 1.0 / (1.0 + (-x).exp());
+        assert!((probs[0] - s(bias[0])).abs() < 1e-4 && (probs[n] - s(bias[1])).abs() < 1e-4, "sigmoid per region");
+        let sidecar: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join(format!("{case}.json"))).unwrap()).unwrap();
+        assert_eq!(sidecar["regions_class_order"], serde_json::json!([1, 2]));
+    }
+    // A dataset.json with three regions does not fit a two-output network.
+    let model = make_model(&tmp.path().join("bad"), 3, [32, 32], &[0], |_, _| {});
+    regions(&model, r#", "anterior": [1]"#);
+    std::fs::write(
+        model.join("dataset.json"),
+        std::fs::read_to_string(model.join("dataset.json")).unwrap().replace("[1, 2], \"numTraining\"", "[1, 2, 1], \"numTraining\""),
+    )
+    .unwrap();
+    let err = infer::predict_folder(&model, &[Fold::Index(0)], &tmp.path().join("in"), &tmp.path().join("o"), &PredictOptions::default())
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("has 2 outputs but its dataset.json declares 3 regions"), "{err:#}");
 }

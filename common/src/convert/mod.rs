@@ -21,6 +21,7 @@
 //! - [`write`]: writing one case.
 //! - [`summary`]: what a conversion did.
 mod mapping;
+pub mod regions;
 mod sources;
 pub mod summary;
 mod write;
@@ -68,6 +69,10 @@ pub struct ConvertOptions {
     /// `"ignore"` in dataset.json; nnU-Net's `documentation/ignore_label.md`), the other values
     /// are mapped as usual.
     pub ignore_value: Option<f64>,
+    /// Region-based training: `(name, labels)` per region, in output order ([`regions`]).
+    pub regions: Vec<(String, Vec<i64>)>,
+    /// `regions_class_order` (one label per region); derived from nested regions when `None`.
+    pub regions_class_order: Option<Vec<i64>>,
     /// Channel names, overriding the defaults (gray / R,G,B / R,G,B,A / dataset.json's).
     pub channel_names: Option<Vec<String>>,
     /// Replace an existing output dataset folder.
@@ -89,6 +94,8 @@ impl ConvertOptions {
             map: Vec::new(),
             binarize: false,
             ignore_value: None,
+            regions: Vec::new(),
+            regions_class_order: None,
             channel_names: None,
             overwrite: false,
             threads: 0,
@@ -203,6 +210,8 @@ struct LabelPlan {
     label_names: Vec<String>,
     /// The ignore label (one above the highest label), with the original value it comes from.
     ignore: Option<(i64, f64)>,
+    /// With `--regions`.
+    regions: Option<regions::RegionPlan>,
 }
 
 /// The original mask value that becomes the ignore label: `--ignore-value`, or the ignore label an
@@ -287,7 +296,16 @@ fn plan_labels(values: &BTreeSet<u64>, opts: &ConvertOptions, declared: Option<&
     if let Some((label, v)) = ignore {
         mapping.insert(v.to_bits(), label);
     }
-    Ok(LabelPlan { mapping, label_set, label_names, ignore })
+    // --regions, else the regions of the input's dataset.json (convert --from a region dataset)
+    let (region_specs, class_order) = match (opts.regions.is_empty(), declared) {
+        (true, Some(d)) if !d.regions.is_empty() => (&d.regions, d.regions_class_order.as_deref()),
+        _ => (&opts.regions, opts.regions_class_order.as_deref()),
+    };
+    let regions = match region_specs.is_empty() {
+        true => None,
+        false => Some(regions::plan_regions(region_specs, class_order, &label_set, &label_names).map_err(refuse)?),
+    };
+    Ok(LabelPlan { mapping, label_set, label_names, ignore, regions })
 }
 
 /// A fresh hidden sibling `.DatasetNNN_Name.partial/` with the folders the cases go to.
@@ -410,13 +428,17 @@ fn build_dataset_json(
     }
     DatasetJson {
         channel_names: channel_names.iter().enumerate().map(|(k, n)| (k.to_string(), n.clone())).collect(),
-        labels: labels
-            .label_names
-            .iter()
-            .zip(&labels.label_set)
-            .map(|(n, &l)| (n.clone(), LabelValue::One(l)))
-            .chain(labels.ignore.map(|(l, _)| ("ignore".to_string(), LabelValue::One(l))))
-            .collect(),
+        labels: match &labels.regions {
+            Some(r) => regions::region_labels(r, labels.ignore.map(|(l, _)| l)),
+            None => labels
+                .label_names
+                .iter()
+                .zip(&labels.label_set)
+                .map(|(n, &l)| (n.clone(), LabelValue::One(l)))
+                .chain(labels.ignore.map(|(l, _)| ("ignore".to_string(), LabelValue::One(l))))
+                .collect(),
+        },
+        regions_class_order: labels.regions.as_ref().map(|r| r.regions_class_order.clone()),
         num_training: n_train,
         file_ending: ".nii.gz".into(),
         name: Some(opts.name.clone()),
@@ -543,5 +565,6 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
         mask_format,
         seconds: t0.elapsed().as_secs_f64(),
         warnings,
+        regions: labels.regions.as_ref().map(regions::describe).unwrap_or_default(),
     })
 }

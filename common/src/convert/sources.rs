@@ -23,6 +23,9 @@ pub(super) struct Declared {
     pub labels: BTreeMap<i64, String>,
     /// The ignore label of a v2 dataset.json (`"ignore": K`), which must be the highest label.
     pub ignore: Option<i64>,
+    /// Regions of a v2 dataset.json (`"name": [1, 2]`), in file order, and its `regions_class_order`.
+    pub regions: Vec<(String, Vec<i64>)>,
+    pub regions_class_order: Option<Vec<i64>>,
     pub description: Option<String>,
     pub extra: BTreeMap<String, serde_json::Value>,
 }
@@ -187,6 +190,19 @@ fn read_declared(o: &serde_json::Map<String, serde_json::Value>, dj_path: &Path,
         if let Some(l) = o.get("labels").and_then(|l| l.as_object()) {
             read_v2_labels(l, dj_path, &mut declared, problems);
         }
+        declared.regions_class_order =
+            o.get("regions_class_order").and_then(|v| v.as_array()).map(|a| a.iter().filter_map(|x| x.as_i64()).collect());
+        // The JSON object above is sorted by name; the regions' order (the network's outputs) is the file's.
+        if !declared.regions.is_empty() {
+            #[derive(serde::Deserialize)]
+            struct InOrder {
+                labels: crate::dataset_json::Labels,
+            }
+            if let Ok(l) = crate::error::read_json::<InOrder>(dj_path) {
+                let pos = |n: &str| l.labels.keys().position(|k| k == n).unwrap_or(usize::MAX);
+                declared.regions.sort_by_key(|(n, _)| pos(n));
+            }
+        }
     }
     declared.description = o.get("description").and_then(|d| d.as_str()).map(String::from);
     for k in ["reference", "licence", "license", "release", "tensorImageSize"] {
@@ -201,7 +217,8 @@ fn read_declared(o: &serde_json::Map<String, serde_json::Value>, dj_path: &Path,
 }
 
 /// v2 labels: name -> integer value, and the ignore label (`"ignore": K`, nnU-Net's
-/// `documentation/ignore_label.md`: K must be the highest label value); regions are refused.
+/// `documentation/ignore_label.md`: K must be the highest label value); regions (lists) are kept
+/// for `--regions`.
 fn read_v2_labels(l: &serde_json::Map<String, serde_json::Value>, dj_path: &Path, declared: &mut Declared, problems: &mut Vec<String>) {
     for (name, val) in l {
         match (name.as_str(), val.as_i64()) {
@@ -210,10 +227,17 @@ fn read_v2_labels(l: &serde_json::Map<String, serde_json::Value>, dj_path: &Path
             (_, Some(x)) => {
                 declared.labels.insert(x, name.clone());
             }
-            (_, None) => {
-                problems.push(format!("{}: label {name:?} is not an integer (region labels are not supported)", dj_path.display()))
-            }
+            (_, None) => match val.as_array().map(|a| a.iter().map(|x| x.as_i64()).collect::<Option<Vec<i64>>>()) {
+                Some(Some(r)) => declared.regions.push((name.clone(), r)),
+                _ => problems
+                    .push(format!("{}: label {name:?} is {val}, neither an integer nor a list of integers (a region)", dj_path.display())),
+            },
         }
+    }
+    // The members of regions are the dataset's labels (`LabelManager.all_labels`).
+    let members: Vec<i64> = declared.regions.iter().flat_map(|(_, r)| r.iter().copied()).collect();
+    for v in members {
+        declared.labels.entry(v).or_insert_with(|| if v == 0 { "background".into() } else { format!("label_{v}") });
     }
     if let (Some(ig), Some((&top, top_name))) = (declared.ignore, declared.labels.last_key_value()) {
         if ig <= top {

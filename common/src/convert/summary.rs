@@ -29,6 +29,8 @@ pub struct ConvertSummary {
     pub mask_format: String,
     pub seconds: f64,
     pub warnings: Vec<String>,
+    /// With regions: "name (labels) -> label painted", in output order.
+    pub regions: Vec<String>,
 }
 
 impl fmt::Display for ConvertSummary {
@@ -44,6 +46,9 @@ impl fmt::Display for ConvertSummary {
         writeln!(f, "  {:>5}  {:<16} {:>14} {:>7} {:>6}", "label", "name", "voxels", "%", "cases")?;
         for (l, c) in &self.label_counts {
             writeln!(f, "  {:>5}  {:<16} {:>14} {:>6.2}% {:>6}", l, c.name, c.voxels, 100.0 * c.voxels as f64 / total as f64, c.cases)?;
+        }
+        if !self.regions.is_empty() {
+            writeln!(f, "  regions (network outputs, in order; where predicted, paint): {}", self.regions.join(", "))?;
         }
         for w in &self.warnings {
             writeln!(f, "  warning: {w}")?;

@@ -14,6 +14,7 @@
 pub mod pyjson;
 pub mod summary;
 
+pub use crate::labels::LabelOrRegion;
 pub use crate::masks::{list_files, read_labels};
 pub use summary::{CaseResult, LabelMetrics, MeanMetrics, Summary};
 
@@ -23,7 +24,7 @@ use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
 /// Evaluates one prediction against its reference (nnU-Net's `compute_metrics`).
-pub fn evaluate_case(reference: &Path, prediction: &Path, labels: &[i64], ignore_label: Option<i64>) -> Result<CaseResult> {
+pub fn evaluate_case(reference: &Path, prediction: &Path, labels: &[LabelOrRegion], ignore_label: Option<i64>) -> Result<CaseResult> {
     evaluate_case_with(reference, prediction, labels, ignore_label, |_, _| {})
 }
 
@@ -32,7 +33,7 @@ pub fn evaluate_case(reference: &Path, prediction: &Path, labels: &[i64], ignore
 pub fn evaluate_case_with(
     reference: &Path,
     prediction: &Path,
-    labels: &[i64],
+    labels: &[LabelOrRegion],
     ignore_label: Option<i64>,
     transform: impl Fn(&mut [i32], [usize; 3]),
 ) -> Result<CaseResult> {
@@ -48,12 +49,12 @@ pub fn evaluate_case_with(
         ));
     }
     transform(&mut p, ps);
-    let labels32: Vec<i32> = labels.iter().map(|&l| l as i32).collect();
-    let conf = metrics::confusion_per_label(&r, &p, &labels32, ignore_label.map(|l| l as i32));
+    let regions: Vec<Vec<i32>> = labels.iter().map(|l| l.members().iter().map(|&v| v as i32).collect()).collect();
+    let conf = metrics::confusion_per_region(&r, &p, &regions, ignore_label.map(|l| l as i32));
     Ok(CaseResult {
         reference_file: reference.display().to_string(),
         prediction_file: prediction.display().to_string(),
-        metrics: labels.iter().zip(conf).map(|(&l, c)| (l, LabelMetrics::from(c))).collect(),
+        metrics: labels.iter().zip(conf).map(|(l, c)| (l.clone(), LabelMetrics::from(c))).collect(),
     })
 }
 
@@ -67,13 +68,14 @@ pub fn missing_predictions(gt_dir: &Path, pred_dir: &Path, file_ending: &str) ->
 
 /// nnU-Net's `compute_metrics_on_folder` with `chill=True`: every prediction file in `pred_dir`
 /// (ending with `file_ending`) is compared with the file of the same name in `gt_dir`.
-/// `labels` are the labels to evaluate (nnU-Net passes the foreground labels).
+/// `labels` are the labels or regions to evaluate (nnU-Net passes the foreground labels, or the
+/// foreground regions: `LabelManager.foreground_regions`).
 /// Writes `output` (if given) and returns the summary.
 pub fn compute_metrics_on_folder(
     gt_dir: &Path,
     pred_dir: &Path,
     output: Option<&Path>,
-    labels: &[i64],
+    labels: &[LabelOrRegion],
     file_ending: &str,
     ignore_label: Option<i64>,
 ) -> Result<Summary> {
@@ -106,7 +108,13 @@ pub fn compute_metrics_on_folder(
 }
 
 /// Evaluates `pred_dir` against `gt_dir` and writes `pred_dir/summary.json`.
-pub fn evaluate_folders(gt_dir: &Path, pred_dir: &Path, labels: &[i64], file_ending: &str, ignore_label: Option<i64>) -> Result<Summary> {
+pub fn evaluate_folders(
+    gt_dir: &Path,
+    pred_dir: &Path,
+    labels: &[LabelOrRegion],
+    file_ending: &str,
+    ignore_label: Option<i64>,
+) -> Result<Summary> {
     compute_metrics_on_folder(gt_dir, pred_dir, Some(&pred_dir.join("summary.json")), labels, file_ending, ignore_label)
 }
 

@@ -2,6 +2,7 @@
 //! compute_metrics_on_folder`, `save_summary_json`): per-case metrics per label, their means and
 //! the foreground mean, with the conversion to and from nnU-Net's exact JSON layout ([`super::pyjson`]).
 use super::pyjson::{self, Value};
+use crate::labels::LabelOrRegion;
 use crate::metrics::Confusion;
 use crate::stats;
 use crate::{Error, Result};
@@ -41,14 +42,14 @@ pub struct MeanMetrics {
 pub struct CaseResult {
     pub reference_file: String,
     pub prediction_file: String,
-    pub metrics: BTreeMap<i64, LabelMetrics>,
+    pub metrics: BTreeMap<LabelOrRegion, LabelMetrics>,
 }
 
 /// The content of `summary.json`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Summary {
     pub foreground_mean: MeanMetrics,
-    pub mean: BTreeMap<i64, MeanMetrics>,
+    pub mean: BTreeMap<LabelOrRegion, MeanMetrics>,
     pub metric_per_case: Vec<CaseResult>,
 }
 
@@ -120,14 +121,14 @@ impl LabelMetrics {
 impl Summary {
     /// Aggregates per-case results: `mean[l] = nanmean over cases`, `foreground_mean = mean over
     /// labels != 0 of mean[l]` (NaN propagates there, as `np.mean` does).
-    pub fn from_cases(labels: &[i64], cases: Vec<CaseResult>) -> Summary {
+    pub fn from_cases(labels: &[LabelOrRegion], cases: Vec<CaseResult>) -> Summary {
         let mut mean = BTreeMap::new();
-        for &l in labels {
-            let per_case: Vec<LabelMetrics> = cases.iter().filter_map(|c| c.metrics.get(&l).copied()).collect();
-            mean.insert(l, MeanMetrics::from_fn(|f| stats::nanmean(&per_case.iter().map(f).collect::<Vec<_>>())));
+        for l in labels {
+            let per_case: Vec<LabelMetrics> = cases.iter().filter_map(|c| c.metrics.get(l).copied()).collect();
+            mean.insert(l.clone(), MeanMetrics::from_fn(|f| stats::nanmean(&per_case.iter().map(f).collect::<Vec<_>>())));
         }
-        // nnU-Net iterates the labels in the order given, skipping 0.
-        let fg: Vec<MeanMetrics> = labels.iter().filter(|&&l| l != 0).map(|l| mean[l]).collect();
+        // nnU-Net iterates the labels in the order given, skipping label 0 (`i != 0`: a region is never 0).
+        let fg: Vec<MeanMetrics> = labels.iter().filter(|l| **l != LabelOrRegion::Label(0)).map(|l| mean[l]).collect();
         let pick = |f: fn(&MeanMetrics) -> f64| stats::mean(&fg.iter().map(f).collect::<Vec<_>>());
         let foreground_mean = MeanMetrics {
             dice: pick(|m| m.dice),
@@ -149,7 +150,7 @@ impl Summary {
             .iter()
             .map(|c| {
                 Value::dict([
-                    ("metrics".into(), Value::Dict(c.metrics.iter().map(|(l, m)| (l.to_string(), m.to_value())).collect())),
+                    ("metrics".into(), Value::Dict(c.metrics.iter().map(|(l, m)| (l.key(), m.to_value())).collect())),
                     ("prediction_file".into(), Value::Str(c.prediction_file.clone())),
                     ("reference_file".into(), Value::Str(c.reference_file.clone())),
                 ])
@@ -157,7 +158,7 @@ impl Summary {
             .collect();
         Value::dict([
             ("foreground_mean".into(), self.foreground_mean.to_value()),
-            ("mean".into(), Value::Dict(self.mean.iter().map(|(l, m)| (l.to_string(), m.to_value())).collect())),
+            ("mean".into(), Value::Dict(self.mean.iter().map(|(l, m)| (l.key(), m.to_value())).collect())),
             ("metric_per_case".into(), Value::List(cases)),
         ])
     }
@@ -167,16 +168,15 @@ impl Summary {
         pyjson::save(path, &self.to_value())
     }
 
-    /// Reads a `summary.json` written by us or by nnU-Net (label keys only; region keys such as
-    /// "(1, 2)" are refused).
+    /// Reads a `summary.json` written by us or by nnU-Net (label keys such as "1" and region keys
+    /// such as "(1, 2)").
     pub fn load(path: &Path) -> Result<Summary> {
         let v = pyjson::load(path)?;
         Self::from_value(&v).map_err(|m| Error::format(path, format!("not an nnU-Net summary.json: {m}")))
     }
 
     fn from_value(v: &Value) -> std::result::Result<Summary, String> {
-        let label_key =
-            |k: &str| k.parse::<i64>().map_err(|_| format!("label key {k:?} is not an integer (region-based summaries are not supported)"));
+        let label_key = |k: &str| LabelOrRegion::parse(k).ok_or_else(|| format!("key {k:?} is neither a label (1) nor a region ((1, 2))"));
         let foreground_mean = MeanMetrics::from_value(v.get("foreground_mean").ok_or("no 'foreground_mean'")?, "foreground_mean")?;
         let mut mean = BTreeMap::new();
         match v.get("mean") {
@@ -229,25 +229,26 @@ mod tests {
             CaseResult {
                 reference_file: "r/a".into(),
                 prediction_file: "p/a".into(),
-                metrics: [(1, lm(2, 1, 1, 4)), (2, lm(0, 0, 0, 8))].into_iter().collect(),
+                metrics: [(1, lm(2, 1, 1, 4)), (2, lm(0, 0, 0, 8))].into_iter().map(|(l, m)| (LabelOrRegion::Label(l), m)).collect(),
             },
             CaseResult {
                 reference_file: "r/b".into(),
                 prediction_file: "p/b".into(),
-                metrics: [(1, lm(1, 0, 0, 7)), (2, lm(0, 0, 2, 6))].into_iter().collect(),
+                metrics: [(1, lm(1, 0, 0, 7)), (2, lm(0, 0, 2, 6))].into_iter().map(|(l, m)| (LabelOrRegion::Label(l), m)).collect(),
             },
         ];
-        let s = Summary::from_cases(&[1, 2], cases);
+        let s = Summary::from_cases(&LabelOrRegion::labels(&[1, 2]), cases);
+        let (l1, l2) = (&LabelOrRegion::Label(1), &LabelOrRegion::Label(2));
         // label 1: Dice (4/6 + 1)/2; label 2: NaN skipped, 0.0 -> 0.0
-        assert!((s.mean[&1].dice - (4.0 / 6.0 + 1.0) / 2.0).abs() < 1e-15);
-        assert_eq!(s.mean[&2].dice, 0.0);
-        assert_eq!(s.mean[&1].tp, 1.5);
+        assert!((s.mean[l1].dice - (4.0 / 6.0 + 1.0) / 2.0).abs() < 1e-15);
+        assert_eq!(s.mean[l2].dice, 0.0);
+        assert_eq!(s.mean[l1].tp, 1.5);
         assert!((s.foreground_mean.dice - ((4.0 / 6.0 + 1.0) / 2.0) / 2.0).abs() < 1e-15);
         let text = pyjson::to_string(&s.to_value());
         assert!(text.contains("\"Dice\": NaN"), "{text}");
         assert!(text.contains("\"TP\": 1.5"), "{text}");
         let back = Summary::from_value(&pyjson::parse(&text).unwrap()).unwrap();
-        assert_eq!(back.metric_per_case[1].metrics[&2].confusion.fn_, 2);
-        assert!(back.metric_per_case[0].metrics[&2].dice.is_nan());
+        assert_eq!(back.metric_per_case[1].metrics[l2].confusion.fn_, 2);
+        assert!(back.metric_per_case[0].metrics[l2].dice.is_nan());
     }
 }

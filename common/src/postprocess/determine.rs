@@ -2,11 +2,12 @@
 //! (`nnunetv2/postprocessing/remove_connected_components.py::determine_postprocessing`): (a) all
 //! foreground labels as one mask, accepted iff the foreground-mean Dice strictly improves and no
 //! label's mean Dice gets worse; (b) with more than one label, each label on its own, starting from
-//! the accepted state, accepted iff that label's mean Dice strictly improves.
+//! the accepted state, accepted iff that label's mean Dice strictly improves. With regions, (a) uses
+//! the foreground labels and (b) each region (the union of its labels).
 use super::{apply_postprocessing_to_folder, apply_steps, KeepLargest, LCC_FN_NAME};
 use crate::dataset_json::DatasetJson;
 use crate::evaluate::pyjson::{self, Value};
-use crate::evaluate::{self, Summary};
+use crate::evaluate::{self, LabelOrRegion, Summary};
 use crate::masks;
 use crate::{Error, Result};
 use rayon::prelude::*;
@@ -28,7 +29,10 @@ struct Candidates<'a> {
     gt_dir: &'a Path,
     pred_dir: &'a Path,
     files: Vec<String>,
-    labels: Vec<i64>,
+    /// What is evaluated: the foreground labels, or the regions.
+    labels: Vec<LabelOrRegion>,
+    /// The all-foreground step's labels (`label_manager.foreground_labels`, with regions too).
+    foreground: Vec<i64>,
     ignore: Option<i64>,
 }
 
@@ -50,7 +54,7 @@ impl Candidates<'_> {
     /// Steps (a) and (b) of the selection, starting from `baseline`; returns the accepted steps.
     fn choose(&self, baseline: &Summary) -> Result<Vec<KeepLargest>> {
         let mut steps = Vec::new();
-        let fg_step = KeepLargest::all_foreground(&self.labels);
+        let fg_step = KeepLargest::all_foreground(&self.foreground);
         let pp = self.evaluate(std::slice::from_ref(&fg_step))?;
         // Python comparisons with NaN are false, so a NaN mean never blocks or enables a step.
         let some_label_worse = pp.mean.iter().any(|(l, m)| baseline.mean.get(l).is_some_and(|b| m.dice < b.dice));
@@ -65,15 +69,15 @@ impl Candidates<'_> {
             current = pp;
         }
         if self.labels.len() > 1 {
-            for &l in &self.labels {
+            for l in &self.labels {
                 let mut candidate = steps.clone();
-                candidate.push(KeepLargest::label(l));
+                candidate.push(KeepLargest::target(l));
                 let pp = self.evaluate(&candidate)?;
-                if pp.mean[&l].dice > current.mean[&l].dice {
+                if pp.mean[l].dice > current.mean[l].dice {
                     tracing::info!(
-                        "keeping only the largest component of label {l} improves its Dice from {:.5} to {:.5}",
-                        current.mean[&l].dice,
-                        pp.mean[&l].dice
+                        "keeping only the largest component of {l} improves its Dice from {:.5} to {:.5}",
+                        current.mean[l].dice,
+                        pp.mean[l].dice
                     );
                     steps = candidate;
                     current = pp;
@@ -90,12 +94,14 @@ impl Candidates<'_> {
 /// accepted steps applied, plus their `summary.json`).
 pub fn determine_postprocessing(pred_dir: &Path, gt_dir: &Path, dataset_json: &DatasetJson) -> Result<PostprocessingChoice> {
     let ending = &dataset_json.file_ending;
+    let lm = crate::labels::LabelManager::new(dataset_json)?;
     let cands = Candidates {
         gt_dir,
         pred_dir,
         files: masks::list_files(pred_dir, ending)?,
-        labels: dataset_json.foreground_labels(),
-        ignore: dataset_json.ignore_label(),
+        labels: lm.evaluation_targets(),
+        foreground: lm.foreground_labels(),
+        ignore: lm.ignore_label(),
     };
     if !evaluate::missing_predictions(gt_dir, pred_dir, ending)?.is_empty() {
         tracing::warn!(

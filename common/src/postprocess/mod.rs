@@ -46,10 +46,17 @@ impl KeepLargest {
     pub fn label(l: i64) -> Self {
         KeepLargest { labels: vec![l], as_list: false }
     }
+    /// A label, or a region (the union of its labels; written as a list, as nnU-Net writes the tuple).
+    pub fn target(t: &crate::labels::LabelOrRegion) -> Self {
+        match t {
+            crate::labels::LabelOrRegion::Label(l) => Self::label(*l),
+            crate::labels::LabelOrRegion::Region(r) => KeepLargest { labels: r.clone(), as_list: true },
+        }
+    }
     /// "keep the largest component of labels [1, 2]".
     pub fn describe(&self) -> String {
-        if self.as_list {
-            format!("keep the largest connected component of all foreground {:?}", self.labels)
+        if self.as_list && self.labels.len() > 1 {
+            format!("keep the largest connected component of labels {:?} taken together", self.labels)
         } else {
             format!("keep the largest connected component of label {}", self.labels[0])
         }
@@ -105,7 +112,7 @@ pub fn load_postprocessing(path: &Path) -> Result<Vec<KeepLargest>> {
                     .iter()
                     .map(|x| match x {
                         Value::Int(l) => Ok(*l),
-                        other => Err(bad(format!("label {other:?} is not an integer (regions are not supported)"))),
+                        other => Err(bad(format!("label {other:?} is not an integer"))),
                     })
                     .collect::<Result<_>>()?,
                 as_list: true,

@@ -3,7 +3,8 @@
 use crate::np_random::NumpyRandomState;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// What to collect foreground locations for: one label, or a union (the ignore-label region).
+/// What to collect foreground locations for: one label, or a union (a region, or the annotated
+/// pixels `(-1, 0, 1, ...)` with an ignore label).
 #[derive(Debug, Clone, PartialEq)]
 pub enum LocationClass {
     Label(i64),
@@ -11,11 +12,11 @@ pub enum LocationClass {
 }
 
 impl LocationClass {
-    /// The key nnU-Net's pickle would use, as a string: `"1"` or `"(-1, 0, 1)"`.
+    /// The key nnU-Net's pickle would use, as Python prints it: `"1"`, `"(1, 2)"`, `"(2,)"` or `"(-1, 0, 1)"`.
     pub fn key(&self) -> String {
         match self {
             LocationClass::Label(l) => l.to_string(),
-            LocationClass::Union(ls) => format!("({})", ls.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(", ")),
+            LocationClass::Union(ls) => crate::labels::LabelOrRegion::Region(ls.clone()).key(),
         }
     }
     fn labels(&self) -> Vec<i64> {
@@ -68,6 +69,15 @@ pub fn sample_foreground_locations(seg: &[i16], shape_zxy: [usize; 3], classes: 
         out.insert(c.key(), locs);
     }
     out
+}
+
+impl From<&crate::labels::LabelOrRegion> for LocationClass {
+    fn from(r: &crate::labels::LabelOrRegion) -> Self {
+        match r {
+            crate::labels::LabelOrRegion::Label(l) => LocationClass::Label(*l),
+            crate::labels::LabelOrRegion::Region(v) => LocationClass::Union(v.clone()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -83,7 +83,12 @@ pub fn preprocess_case(
 
     let mut class_locations = BTreeMap::new();
     if has_seg {
-        let mut classes: Vec<LocationClass> = dataset_json.foreground_labels().into_iter().map(LocationClass::Label).collect();
+        // `collect_for_this`: the foreground regions with regions, else the foreground labels.
+        let lm = crate::labels::LabelManager::new(dataset_json)?;
+        let mut classes: Vec<LocationClass> = match lm.has_regions() {
+            true => lm.foreground_regions().iter().map(LocationClass::from).collect(),
+            false => lm.foreground_labels().into_iter().map(LocationClass::Label).collect(),
+        };
         if dataset_json.ignore_label().is_some() {
             let mut all = vec![-1];
             all.extend(dataset_json.label_values());

@@ -68,19 +68,24 @@ pub(super) fn check_labels(dj: &DatasetJson, dj_path: &Path, rep: &mut VerifyRep
             dj_path.display()
         ));
     }
-    let mut label_vals: Vec<i64> = Vec::new();
-    for (name, v) in &dj.labels {
-        match v.as_int() {
-            Some(x) => label_vals.push(x),
-            None => rep.warnings.push(format!(
-                "{}: label {name:?} is a region (list of labels); region-based training is not supported by nnunet-rs",
-                dj_path.display()
-            )),
-        }
+    // The members of regions are labels too (`LabelManager.all_labels`); the ignore label joins them.
+    if let Err(e) = crate::labels::LabelManager::new(dj) {
+        rep.problems.push(format!("{}: {}", dj_path.display(), e.to_string().trim_start_matches("dataset.json: ")));
     }
+    let mut label_vals: Vec<i64> = dj.label_values();
+    label_vals.extend(dj.ignore_label());
     label_vals.sort();
     let consecutive = !label_vals.is_empty() && label_vals[0] == 0 && label_vals.windows(2).all(|w| w[1] - w[0] == 1);
-    if !consecutive {
+    if !consecutive && dj.labels.iter().any(|(_, v)| v.as_int().is_none()) {
+        // A region naming a label that does not exist leaves a gap in the labels.
+        let gap = label_vals.iter().enumerate().find(|(i, &v)| v != *i as i64).map(|(_, &v)| v).unwrap_or_default();
+        let names: Vec<&String> = dj.labels.iter().filter(|(_, v)| v.values().iter().any(|&x| x >= gap)).map(|(n, _)| n).collect();
+        rep.problems.push(format!(
+            "{}: the regions name labels {label_vals:?}, which are not consecutive from 0: {names:?} name label {gap} or higher, but no label \
+             below it fills the gap; a region may only name the dataset's labels (0, 1, 2, ... as in the masks)",
+            dj_path.display()
+        ));
+    } else if !consecutive {
         rep.problems.push(format!(
             "{}: labels must be consecutive integers starting with background = 0 (0, 1, 2, ...), found values {label_vals:?}; renumber them (nnunet convert --map OLD:NEW does this for you)",
             dj_path.display()

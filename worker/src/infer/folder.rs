@@ -13,6 +13,7 @@ use crate::net::PlainConvUNet;
 use anyhow::{bail, Context, Result};
 use nnunet_common::dataset_json::DatasetJson;
 use nnunet_common::imageio::{self, ImageData};
+use nnunet_common::labels::LabelManager;
 use nnunet_common::plans::Plans;
 use nnunet_common::{postprocess, preprocess, Fold};
 use std::path::{Path, PathBuf};
@@ -220,6 +221,16 @@ pub fn predict_folder_with(
         read_case(c, n_channels, &channel_names)?;
     }
     let values = class_values(&dj, true);
+    let lm = LabelManager::new(&dj).with_context(|| format!("the dataset.json of model folder {}", model_dir.display()))?;
+    let heads = loaded[0].meta.init_args.num_classes as usize;
+    if heads != lm.num_segmentation_heads() {
+        bail!(
+            "the model's network has {heads} outputs but its dataset.json declares {} {}; the checkpoint and dataset.json do not belong together",
+            lm.num_segmentation_heads(),
+            if lm.has_regions() { "regions" } else { "labels (background included)" }
+        );
+    }
+    let regions = lm.has_regions().then(|| lm.regions_class_order());
     let nets: Vec<&PlainConvUNet> = loaded.iter().map(|f| &f.net).collect();
     let mut staging = Staging::new(output)?;
     let mut report = PredictReport {
@@ -230,7 +241,7 @@ pub fn predict_folder_with(
         seconds: 0.0,
     };
     let ctx = CaseCtx { plans: &plans, config: &config, dj: &dj, n_channels, channel_names: &channel_names };
-    let out = OutCtx { plans: &plans, config: &config, values: &values, pp_steps: &pp_steps, opts, stage: &staging.stage };
+    let out = OutCtx { plans: &plans, config: &config, values: &values, regions, pp_steps: &pp_steps, opts, stage: &staging.stage };
     let masks = predict_pipelined(&cases, &ctx, &out, |x| sliding_window::predict_case_logits(&nets, x, &params))?;
     for (c, mask) in cases.iter().zip(masks) {
         report.cases.push(c.case.clone());
@@ -255,6 +266,8 @@ struct OutCtx<'a> {
     plans: &'a Plans,
     config: &'a nnunet_common::plans::Configuration2d,
     values: &'a [f64],
+    /// `regions_class_order` with regions (sigmoid outputs).
+    regions: Option<&'a [i64]>,
     pp_steps: &'a [postprocess::KeepLargest],
     opts: &'a PredictOptions,
     stage: &'a Path,
@@ -274,7 +287,7 @@ fn prepare(ctx: &CaseCtx, c: &InputCase) -> Result<(Tensor, (nnunet_common::case
 /// written mask paths in case order.
 fn predict_pipelined(cases: &[InputCase], ctx: &CaseCtx, out: &OutCtx, net: impl Fn(&Tensor) -> Tensor) -> Result<Vec<PathBuf>> {
     let write = |i: usize, (props, geometry): (nnunet_common::case::CaseProperties, imageio::Geometry), logits: Tensor| {
-        let exported = export_case(&logits, &props, out.plans, out.config, out.opts.save_probabilities)?;
+        let exported = export_case(&logits, &props, out.plans, out.config, out.opts.save_probabilities, out.regions)?;
         let o = CaseOutput {
             case: &cases[i].case,
             exported: &exported,

@@ -57,6 +57,9 @@ pub fn validate_fold(preprocessed_dir: &Path, fold: nnunet_common::Fold, fold_di
     let out_dir = fold_dir.join("validation");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let values = class_values(&dj, false);
+    let lm =
+        nnunet_common::labels::LabelManager::new(&dj).with_context(|| format!("the dataset.json of {}", preprocessed_dir.display()))?;
+    let regions = lm.has_regions().then(|| lm.regions_class_order());
     let ending = dj.file_ending.clone();
     let read = |i: usize| -> Result<(Tensor, nnunet_common::case::CaseProperties)> {
         let case = &split.val[i];
@@ -75,7 +78,7 @@ pub fn validate_fold(preprocessed_dir: &Path, fold: nnunet_common::Fold, fold_di
         Ok((Tensor::from_slice(&data).reshape(shape.iter().map(|&s| s as i64).collect::<Vec<_>>()), props))
     };
     let write = |i: usize, props: nnunet_common::case::CaseProperties, logits: Tensor| -> Result<()> {
-        let exported = export_case(&logits, &props, &plans, &config, opts.save_probabilities)?;
+        let exported = export_case(&logits, &props, &plans, &config, opts.save_probabilities, regions)?;
         let geometry = props.raw_geometry.clone().unwrap_or_else(|| Geometry {
             spacing: [999.0, 1.0, 1.0],
             affine: None,
@@ -95,7 +98,7 @@ pub fn validate_fold(preprocessed_dir: &Path, fold: nnunet_common::Fold, fold_di
     let net = |x: &Tensor| sliding_window::predict_case_logits(&nets, x, &params);
     super::pipeline::run(split.val.len(), "validating", |i| split.val[i].clone(), read, net, write)?;
     let gt = evaluate::default_gt_dir(preprocessed_dir);
-    let summary = evaluate::evaluate_folders(&gt, &out_dir, &dj.foreground_labels(), &ending, dj.ignore_label())
+    let summary = evaluate::evaluate_folders(&gt, &out_dir, &lm.evaluation_targets(), &ending, lm.ignore_label())
         .with_context(|| format!("evaluating fold {fold} validation against {}", gt.display()))?;
     eprintln!(
         "fold {fold}: mean validation Dice {:.4} ({} cases, {:.1} s)",

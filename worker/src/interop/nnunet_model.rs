@@ -208,17 +208,13 @@ pub fn copy_weights(net: &PlainConvUNet, vs: &tch::nn::VarStore, weights: &[(Str
 }
 
 /// Number of input channels and output classes for `dataset.json` (nnU-Net's
-/// `determine_num_input_channels` and `LabelManager.num_segmentation_heads`); regions are refused.
+/// `determine_num_input_channels` and `LabelManager.num_segmentation_heads`: one per region with regions).
 pub fn channels_and_classes(dj_value: &serde_json::Value, what: &Path) -> Result<(i64, i64)> {
-    if let Some(labels) = dj_value.get("labels").and_then(|l| l.as_object()) {
-        if labels.values().any(|v| v.is_array()) {
-            bail!("{}: region-based labels (label lists in dataset.json) are not supported by nnunet-rs", what.display());
-        }
-    }
     let dj: DatasetJson =
         serde_json::from_value(dj_value.clone()).map_err(|e| anyhow!("{}: dataset.json is malformed: {e}", what.display()))?;
     let channels = dj_value.get("modality").and_then(|m| m.as_object()).map(|m| m.len()).unwrap_or_else(|| dj.num_channels());
-    Ok((channels as i64, dj.num_classes() as i64))
+    let heads = nnunet_common::labels::LabelManager::new(&dj).map_err(|e| anyhow!("{}: {e}", what.display()))?.num_segmentation_heads();
+    Ok((channels as i64, heads as i64))
 }
 
 /// Our checkpoint sidecar for an imported nnU-Net checkpoint.

@@ -7,6 +7,10 @@
 //! gives), `mean_fg_dice = nanmean(dice_c)`, `ema = 0.9 * ema_prev + 0.1 * mean` (the first epoch takes
 //! the raw value). `checkpoint_best` is written when the EMA strictly exceeds the best so far (or no best
 //! exists yet).
+//!
+//! With regions every output is a foreground region: the prediction is `sigmoid(logits) > 0.5`, the
+//! target the region channels (the last channel, with an ignore label, masks pixels out), and no
+//! channel is dropped.
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -18,18 +22,54 @@ pub struct DiceAccumulator {
     pub fn_: Vec<f64>,
     /// Pixels with this label are skipped (`nnUNetTrainer.validation_step` with an ignore label).
     pub ignore_label: Option<i64>,
+    /// Region-based training (targets are region channels).
+    pub regions: bool,
 }
 
 impl DiceAccumulator {
     pub fn new(num_classes: usize, ignore_label: Option<i64>) -> Self {
         let n = num_classes.saturating_sub(1);
-        DiceAccumulator { tp: vec![0.0; n], fp: vec![0.0; n], fn_: vec![0.0; n], ignore_label }
+        DiceAccumulator { tp: vec![0.0; n], fp: vec![0.0; n], fn_: vec![0.0; n], ignore_label, regions: false }
+    }
+
+    /// For `num_regions` sigmoid outputs.
+    pub fn for_regions(num_regions: usize, ignore_label: Option<i64>) -> Self {
+        let n = num_regions;
+        DiceAccumulator { tp: vec![0.0; n], fp: vec![0.0; n], fn_: vec![0.0; n], ignore_label, regions: true }
+    }
+
+    /// Adds one batch of region outputs: `logits` (B, R, H, W), `target` (B, R[+1], H, W) from
+    /// `region_targets` (`validation_step` with `has_regions`).
+    // Out of place: `y` may view the caller's target tensor.
+    #[allow(clippy::assign_op_pattern)]
+    fn add_region_batch(&mut self, logits: &Tensor, target: &Tensor) {
+        let (y, mask) = super::region_loss::split_ignore(target, self.ignore_label.is_some());
+        let mut pred = logits.gt(0.0).to_kind(Kind::Float); // sigmoid(x) > 0.5 <=> x > 0
+        let mut y = y.to_kind(Kind::Float);
+        if let Some(m) = &mask {
+            pred = pred * m;
+            y = y * m;
+        }
+        let dims: &[i64] = &[0, 2, 3];
+        let both = &pred * &y;
+        let v = |t: Tensor| Vec::<f64>::try_from(t.to_kind(Kind::Double).to_device(tch::Device::Cpu)).expect("tp/fp/fn to host");
+        let tp = v(both.sum_dim_intlist(dims, false, Kind::Float));
+        let fp = v((&pred - &both).sum_dim_intlist(dims, false, Kind::Float));
+        let fn_ = v((&y - &both).sum_dim_intlist(dims, false, Kind::Float));
+        for r in 0..self.tp.len() {
+            self.tp[r] += tp[r];
+            self.fp[r] += fp[r];
+            self.fn_[r] += fn_[r];
+        }
     }
 
     /// Adds one batch: `logits` (B, K, H, W), `target` (B, H, W) int64.
     // `x = x * m`, not `x *= m`: tch's `*=` multiplies in place, into a tensor other views share.
     #[allow(clippy::assign_op_pattern)]
     pub fn add_batch(&mut self, logits: &Tensor, target: &Tensor) {
+        if self.regions {
+            return self.add_region_batch(logits, target);
+        }
         let k = logits.size()[1];
         let pred = logits.argmax(1, false);
         let mut po = pred.one_hot(k).to_kind(Kind::Float);
@@ -143,6 +183,26 @@ mod tests {
         let empty = DiceAccumulator::new(2, None);
         assert!(empty.dice_per_class()[0].is_nan());
         assert!(nanmean(&[f64::NAN, 0.5]) == 0.5);
+    }
+
+    #[test]
+    fn region_pseudo_dice_thresholds_sigmoid_at_half() {
+        // 3 pixels, labels [1, 2, 0]; regions (1, 2) and (2,). Logits region0 [1, -1, 2] -> pred [1, 0, 1],
+        // target [1, 1, 0]: tp 1, fp 1, fn 1. Region1 logits [-3, 0.5, -1] -> pred [0, 1, 0], target [0, 1, 0]: tp 1.
+        let regions = vec![vec![1, 2], vec![2]];
+        let t = Tensor::from_slice(&[1i64, 2, 0]).reshape([1, 1, 3]);
+        let y = super::super::region_loss::region_targets(&t, &regions, None);
+        let l = Tensor::from_slice(&[1.0f32, -1.0, 2.0, -3.0, 0.5, -1.0]).reshape([1, 2, 1, 3]);
+        let mut acc = DiceAccumulator::for_regions(2, None);
+        acc.add_batch(&l, &y);
+        assert_eq!((acc.tp.clone(), acc.fp.clone(), acc.fn_.clone()), (vec![1.0, 1.0], vec![1.0, 0.0], vec![1.0, 0.0]));
+        assert_eq!(acc.dice_per_class(), vec![0.5, 1.0]);
+        // with an ignore label (3) on the last pixel, its false positive in region 0 disappears
+        let t = Tensor::from_slice(&[1i64, 2, 3]).reshape([1, 1, 3]);
+        let y = super::super::region_loss::region_targets(&t, &regions, Some(3));
+        let mut acc = DiceAccumulator::for_regions(2, Some(3));
+        acc.add_batch(&l, &y);
+        assert_eq!(acc.fp, vec![0.0, 0.0]);
     }
 
     #[test]

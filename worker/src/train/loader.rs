@@ -32,7 +32,8 @@ pub struct CaseData {
     seg: MappedArray<i8>,
     /// (C, Z, X, Y).
     pub shape: [usize; 4],
-    /// Foreground classes with at least one stored location: (label, voxels (c, z, x, y)).
+    /// Foreground classes (labels, or regions with region-based training) with at least one stored
+    /// location: (key, voxels (c, z, x, y)).
     fg: Vec<(String, Vec<[i64; 4]>)>,
     /// With an ignore label: locations of annotated pixels (any label but the ignore label; the
     /// preprocessor's `(-1, 0, 1, ...)` key), where every patch that is not forced to foreground is
@@ -54,7 +55,8 @@ impl CaseData {
             );
         }
         let shape = [data.shape[0], data.shape[1], data.shape[2], data.shape[3]];
-        let (union, labels): (Vec<_>, Vec<_>) = props.class_locations.into_iter().partition(|(k, _)| k.starts_with('('));
+        // The annotated pixels' key is `(-1, 0, 1, ...)`; the others are labels ("1") or regions ("(1, 2)").
+        let (union, labels): (Vec<_>, Vec<_>) = props.class_locations.into_iter().partition(|(k, _)| k.starts_with("(-1,"));
         let annotated = union.into_iter().next().map(|(_, v)| v);
         let fg = labels.into_iter().filter(|(_, v)| !v.is_empty()).collect();
         Ok(CaseData { id: id.to_string(), data, seg, shape, fg, annotated })

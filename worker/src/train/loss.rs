@@ -8,6 +8,8 @@
 //! annotated pixels, 0 when there are none) and the Dice sums are multiplied by the annotation mask
 //! (`MemoryEfficientSoftDiceLoss(loss_mask=...)`), with ignored pixels counted as background before
 //! the one-hot encoding.
+//!
+//! Region-based training uses `DC_and_BCE_loss` instead ([`super::region_loss`]).
 use tch::{Kind, Reduction, Tensor};
 
 /// What the loss needs from the plans and the dataset.
@@ -17,12 +19,15 @@ pub struct LossSpec {
     pub batch_dice: bool,
     /// The ignore label's value, if the dataset declares one.
     pub ignore_label: Option<i64>,
+    /// Region-based training: targets are per-region channels ([`super::region_loss::region_targets`])
+    /// and the loss is `DC_and_BCE_loss` ([`super::region_loss::dc_bce`]).
+    pub regions: bool,
 }
 
 impl LossSpec {
     /// Batch Dice, no ignore label.
     pub fn batch() -> LossSpec {
-        LossSpec { batch_dice: true, ignore_label: None }
+        LossSpec { batch_dice: true, ignore_label: None, regions: false }
     }
 }
 
@@ -98,13 +103,16 @@ pub fn cross_entropy(logits: &Tensor, target: &Tensor, ignore_label: Option<i64>
     logits.cross_entropy_loss::<Tensor>(target, None, Reduction::Mean, ignore_label.unwrap_or(-100), 0.0)
 }
 
-/// `DC_and_CE_loss` with weights 1 and 1 for one output.
+/// `DC_and_CE_loss` with weights 1 and 1 for one output (`DC_and_BCE_loss` with regions).
 pub fn dc_ce(logits: &Tensor, target: &Tensor, spec: LossSpec) -> Tensor {
+    if spec.regions {
+        return super::region_loss::dc_bce(logits, target, spec.batch_dice, spec.ignore_label.is_some());
+    }
     cross_entropy(logits, target, spec.ignore_label) + soft_dice_loss(logits, target, spec)
 }
 
 /// The deep-supervision loss: `Σ w_i dc_ce(out_i, target_i)`, skipping zero weights.
-/// `targets[i]` are int64 (B, H_i, W_i) label maps matching `outputs[i]`.
+/// `targets[i]` are int64 (B, H_i, W_i) label maps matching `outputs[i]` (region channels with regions).
 pub fn deep_supervision_loss(outputs: &[Tensor], targets: &[Tensor], weights: &[f64], spec: LossSpec) -> Tensor {
     assert_eq!(outputs.len(), targets.len(), "one target per deep-supervision output");
     assert_eq!(outputs.len(), weights.len(), "one weight per deep-supervision output");
@@ -173,7 +181,7 @@ mod tests {
         let logits = t(&[0.0, big, 0.0, big], &[2, 2, 1, 1]);
         let target = Tensor::from_slice(&[0i64, 1]).reshape([2, 1, 1]);
         let b = soft_dice_loss(&logits, &target, LossSpec::batch()).double_value(&[]);
-        let s = soft_dice_loss(&logits, &target, LossSpec { batch_dice: false, ignore_label: None }).double_value(&[]);
+        let s = soft_dice_loss(&logits, &target, LossSpec { batch_dice: false, ignore_label: None, regions: false }).double_value(&[]);
         assert!((b + 2.0 / 3.0).abs() < 1e-4, "batch dice {b}");
         assert!((s + 0.5).abs() < 1e-4, "per-sample dice {s}");
     }
@@ -205,7 +213,7 @@ mod tests {
     fn ignored_pixels_are_invisible_to_both_terms() {
         // Three pixels: target [0, 1, 2] with 2 the ignore label. The loss with the ignore label must
         // equal the loss on the first two pixels alone, whatever the logits of the ignored pixel are.
-        let spec = LossSpec { batch_dice: true, ignore_label: Some(2) };
+        let spec = LossSpec { batch_dice: true, ignore_label: Some(2), regions: false };
         let logits3 = t(&[0.0, 0.0, 5.0, 0.0, 2.0, -7.0], &[1, 2, 1, 3]);
         let target3 = Tensor::from_slice(&[0i64, 1, 2]).reshape([1, 1, 3]);
         let logits2 = t(&[0.0, 0.0, 0.0, 2.0], &[1, 2, 1, 2]);
@@ -227,7 +235,7 @@ mod tests {
 
     #[test]
     fn all_ignored_batch_gives_finite_zero_ce() {
-        let spec = LossSpec { batch_dice: true, ignore_label: Some(2) };
+        let spec = LossSpec { batch_dice: true, ignore_label: Some(2), regions: false };
         let logits = t(&[0.3, 0.1, 0.2, 0.9], &[1, 2, 1, 2]);
         let target = Tensor::from_slice(&[2i64, 2]).reshape([1, 1, 2]);
         let ce = cross_entropy(&logits, &target, Some(2)).double_value(&[]);

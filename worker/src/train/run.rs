@@ -119,7 +119,7 @@ impl<'a> Trainer<'a> {
         let opt = Sgd::new(net.named_parameters(&vs), cfg.momentum, cfg.weight_decay, true);
         let how = StepLoss {
             ds_weights: loss::deep_supervision_weights(s.aug.ds_scales.len().max(1)),
-            loss: loss::LossSpec { batch_dice: s.plans_2d.batch_dice, ignore_label: s.ignore_label },
+            loss: loss::LossSpec { batch_dice: s.plans_2d.batch_dice, ignore_label: s.ignore_label, regions: s.regions.is_some() },
             grad_clip: cfg.grad_clip,
             autocast: cuda,
         };
@@ -288,6 +288,7 @@ impl<'a> Trainer<'a> {
                 }
                 None => to_device(&batch, self.spec.device),
             };
+            let targets = self.network_targets(targets);
             let lv = train_step(&self.net, &mut self.opt, self.scaler.as_mut(), &self.how, (&x, targets.as_slice()), lr);
             out.step_time += ts.elapsed().as_secs_f64();
             out.losses.push(lv);
@@ -299,7 +300,10 @@ impl<'a> Trainer<'a> {
     /// Validation loss and global pseudo-Dice over the epoch's validation batches, and the time spent
     /// waiting for them; `None` when a stop was requested.
     fn validate_epoch(&self, loaders: &mut Loaders, progress: &mut dyn Progress) -> anyhow::Result<Option<EpochVal>> {
-        let mut acc = DiceAccumulator::new(self.s.num_classes as usize, self.s.ignore_label);
+        let mut acc = match self.s.regions {
+            Some(_) => DiceAccumulator::for_regions(self.s.num_classes as usize, self.s.ignore_label),
+            None => DiceAccumulator::new(self.s.num_classes as usize, self.s.ignore_label),
+        };
         let (mut losses, mut wait) = (Vec::new(), 0.0);
         if let Some(vl) = loaders.val.as_mut() {
             let _guard = tch::no_grad_guard();
@@ -311,6 +315,7 @@ impl<'a> Trainer<'a> {
                 let batch = vl.next_batch()?;
                 wait += tw.elapsed().as_secs_f64();
                 let (x, targets) = to_device(&batch, self.spec.device);
+                let targets = self.network_targets(targets);
                 let (l, out0) = super::amp::autocast(self.how.autocast, || {
                     let outs = self.net.forward_ds(&x);
                     (loss::deep_supervision_loss(&outs, &targets, &self.how.ds_weights, self.how.loss), outs[0].shallow_clone())
@@ -320,6 +325,15 @@ impl<'a> Trainer<'a> {
             }
         }
         Ok(Some(EpochVal { losses, dice: acc.dice_per_class(), wait }))
+    }
+
+    /// The loss's targets: the label maps, or with regions one channel per region (after the
+    /// augmentation, CPU or GPU, as `ConvertSegmentationToRegionsTransform` comes last upstream).
+    fn network_targets(&self, targets: Vec<tch::Tensor>) -> Vec<tch::Tensor> {
+        match &self.s.regions {
+            Some(r) => targets.iter().map(|t| super::region_loss::region_targets(t, r, self.s.ignore_label)).collect(),
+            None => targets,
+        }
     }
 
     /// Writes `checkpoint_final`, removes `checkpoint_latest` (as nnU-Net does) and reports.

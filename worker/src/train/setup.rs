@@ -33,6 +33,9 @@ pub(crate) struct Setup {
     pub aug: AugConfig,
     /// The dataset's ignore label (`labels.ignore`), masked out of the loss and the pseudo-Dice.
     pub ignore_label: Option<i64>,
+    /// Region-based training: the labels of each region, in output order (`num_classes` is then
+    /// the number of regions).
+    pub regions: Option<Vec<Vec<i64>>>,
 }
 
 fn load_plans(pre: &std::path::Path, plans_name: &str) -> anyhow::Result<nnunet_common::plans::Configuration2d> {
@@ -61,10 +64,12 @@ pub(crate) fn setup(spec: &FoldSpec) -> anyhow::Result<Setup> {
     let ds = DatasetJson::load(&dj_path).with_context(|| format!("loading {}", dj_path.display()))?;
     let dataset_json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&dj_path).with_context(|| format!("reading {}", dj_path.display()))?)?;
-    let num_classes = ds.num_classes() as i64;
-    if num_classes < 2 {
+    let lm = nnunet_common::labels::LabelManager::new(&ds).with_context(|| format!("checking {}", dj_path.display()))?;
+    let num_classes = lm.num_segmentation_heads() as i64;
+    if !lm.has_regions() && num_classes < 2 {
         bail!("{}: {num_classes} class(es); training needs background plus at least one label", dj_path.display());
     }
+    let regions = lm.has_regions().then(|| lm.foreground_regions().iter().map(|r| r.members().to_vec()).collect());
     let data_dir = pre.join(&plans_2d.data_identifier);
     let ids =
         nnunet_common::case::list_cases(&data_dir).with_context(|| format!("listing preprocessed cases in {}", data_dir.display()))?;
@@ -101,7 +106,7 @@ pub(crate) fn setup(spec: &FoldSpec) -> anyhow::Result<Setup> {
         ds_scales: plans_2d.architecture.arch_kwargs.deep_supervision_scales(),
     };
     let ignore_label = ds.ignore_label();
-    Ok(Setup { plans_2d, dataset_json, num_classes, in_channels, train_cases, val_cases, aug, ignore_label })
+    Ok(Setup { plans_2d, dataset_json, num_classes, in_channels, train_cases, val_cases, aug, ignore_label, regions })
 }
 
 #[cfg(test)]
