@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests: locating the built binaries, the shared datasets, and
 //! temporary work folders.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// `target/<profile>/` of the binaries under test (this test executable lives in `deps/` below it).
 pub fn bin_dir() -> PathBuf {
@@ -25,4 +26,32 @@ pub fn shared_dataset(name: &str) -> Option<PathBuf> {
         eprintln!("SKIP: {} not found (../shared is absent); this test needs the shared datasets", root.display());
         None
     }
+}
+
+/// Runs `cmd`, fails the test with its output unless it succeeds; returns its stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A tiny dataset: the built-in synthetic images (`nnunet synth`, `cases` of `size` px under `work/data`)
+/// converted with `nnunet convert` into `work/raw/Dataset{id:03}_{name}`, which is returned.
+pub fn synthetic_dataset(work: &Path, cases: usize, size: usize, id: u32, name: &str) -> PathBuf {
+    let data = work.join("data");
+    run_ok(Command::new(bin("nnunet")).args(["synth", "--cases", &cases.to_string(), "--size", &size.to_string()]).arg("--out").arg(&data));
+    let raw = work.join("raw");
+    run_ok(
+        Command::new(bin("nnunet"))
+            .arg("convert")
+            .arg("--images")
+            .arg(data.join("images"))
+            .arg("--masks")
+            .arg(data.join("masks"))
+            .arg("--out")
+            .arg(&raw)
+            .args(["--id", &id.to_string(), "--name", name]),
+    );
+    raw.join(format!("Dataset{id:03}_{name}"))
 }

@@ -54,43 +54,34 @@ impl Confusion {
 ///
 /// Panics if the arrays differ in length: callers check shapes first and report the files.
 pub fn confusion_per_label(reference: &[i32], prediction: &[i32], labels: &[i32], ignore_label: Option<i32>) -> Vec<Confusion> {
-    assert_eq!(reference.len(), prediction.len(), "reference and prediction must have the same number of voxels");
-    let mut out = vec![Confusion::default(); labels.len()];
-    let mut n_used: u64 = 0;
-    for (&r, &p) in reference.iter().zip(prediction) {
-        if ignore_label == Some(r) {
-            continue;
-        }
-        n_used += 1;
-        for (c, &l) in out.iter_mut().zip(labels) {
-            match (r == l, p == l) {
-                (true, true) => c.tp += 1,
-                (false, true) => c.fp += 1,
-                (true, false) => c.fn_ += 1,
-                (false, false) => {}
-            }
-        }
-    }
-    // TN is what remains of the used voxels; counting it directly would cost a branch per label.
-    for c in &mut out {
-        c.tn = n_used - c.tp - c.fp - c.fn_;
-    }
-    out
+    confusion_of(reference, prediction, labels, ignore_label, |&l, v| v == l)
 }
 
 /// Confusion counts of every region (a union of labels, `region_or_label_to_mask`), same order;
 /// a region of one label gives [`confusion_per_label`]'s counts.
 pub fn confusion_per_region(reference: &[i32], prediction: &[i32], regions: &[Vec<i32>], ignore_label: Option<i32>) -> Vec<Confusion> {
+    confusion_of(reference, prediction, regions, ignore_label, |reg, v| reg.contains(&v))
+}
+
+/// One pass over the arrays counting, for each class, where `is_in(class, value)` holds in the
+/// reference and/or the prediction; voxels whose reference is the ignore label are left out.
+fn confusion_of<C>(
+    reference: &[i32],
+    prediction: &[i32],
+    classes: &[C],
+    ignore_label: Option<i32>,
+    is_in: impl Fn(&C, i32) -> bool,
+) -> Vec<Confusion> {
     assert_eq!(reference.len(), prediction.len(), "reference and prediction must have the same number of voxels");
-    let mut out = vec![Confusion::default(); regions.len()];
+    let mut out = vec![Confusion::default(); classes.len()];
     let mut n_used: u64 = 0;
     for (&r, &p) in reference.iter().zip(prediction) {
         if ignore_label == Some(r) {
             continue;
         }
         n_used += 1;
-        for (c, reg) in out.iter_mut().zip(regions) {
-            match (reg.contains(&r), reg.contains(&p)) {
+        for (c, class) in out.iter_mut().zip(classes) {
+            match (is_in(class, r), is_in(class, p)) {
                 (true, true) => c.tp += 1,
                 (false, true) => c.fp += 1,
                 (true, false) => c.fn_ += 1,
@@ -98,6 +89,7 @@ pub fn confusion_per_region(reference: &[i32], prediction: &[i32], regions: &[Ve
             }
         }
     }
+    // TN is what remains of the used voxels; counting it directly would cost a branch per class.
     for c in &mut out {
         c.tn = n_used - c.tp - c.fp - c.fn_;
     }

@@ -1,6 +1,7 @@
 //! The processes of the chaos test: one `nnunet serve`, a few `nnunet-worker`s and a `nnunet watch`,
 //! all on loopback, each killable with SIGKILL and restartable with the same state and cache folders.
 use nnunet_tests::bin;
+pub use nnunet_tests::run_ok;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -39,13 +40,6 @@ fn append_log(path: &Path) -> std::fs::File {
 }
 
 /// Runs a command to completion, panicking with its output when it fails; returns stdout.
-pub fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("spawn");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 impl Cluster {
     pub fn new(work: &Path, n_workers: usize, lease_ttl_secs: u64) -> Self {
         let token_file = work.join("token");
@@ -202,21 +196,7 @@ impl Drop for Cluster {
     }
 }
 
-/// A tiny dataset: the built-in synthetic images (`nnunet synth`) converted with `nnunet convert`.
+/// A tiny dataset: the built-in synthetic images converted with `nnunet convert` (Dataset998_Chaos).
 pub fn synthetic_dataset(work: &Path, cases: usize, size: usize) -> PathBuf {
-    let data = work.join("data");
-    run_ok(Command::new(bin("nnunet")).args(["synth", "--cases", &cases.to_string(), "--size", &size.to_string()]).arg("--out").arg(&data));
-    let raw = work.join("raw");
-    run_ok(
-        Command::new(bin("nnunet"))
-            .arg("convert")
-            .arg("--images")
-            .arg(data.join("images"))
-            .arg("--masks")
-            .arg(data.join("masks"))
-            .arg("--out")
-            .arg(&raw)
-            .args(["--id", "998", "--name", "Chaos"]),
-    );
-    raw.join("Dataset998_Chaos")
+    nnunet_tests::synthetic_dataset(work, cases, size, 998, "Chaos")
 }

@@ -7,7 +7,7 @@
 mod mtls;
 mod regions;
 
-use nnunet_tests::{bin, shared_dataset};
+use nnunet_tests::{bin, run_ok, shared_dataset};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -50,13 +50,6 @@ fn subset(src: &Path, dst: &Path, n: usize, n_test: usize, size: u32) {
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("spawn");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Like [`run_ok`], returning (stdout, stderr).

@@ -5,7 +5,7 @@
 use super::{free_port, run_ok, SERIAL, TOKEN};
 use nnunet_tests::bin;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -44,25 +44,6 @@ fn output_within(mut cmd: Command, limit: Duration) -> Output {
     child.wait_with_output().unwrap()
 }
 
-/// The built-in synthetic dataset (8 cases, 32 px) in nnU-Net layout under `work/raw`.
-fn synth(work: &Path) -> PathBuf {
-    let data = work.join("data");
-    run_ok(Command::new(bin("nnunet")).args(["synth", "--cases", "8", "--size", "32", "--out"]).arg(&data));
-    let raw = work.join("raw");
-    run_ok(
-        Command::new(bin("nnunet"))
-            .arg("convert")
-            .arg("--images")
-            .arg(data.join("images"))
-            .arg("--masks")
-            .arg(data.join("masks"))
-            .arg("--out")
-            .arg(&raw)
-            .args(["--id", "1", "--name", "Synth"]),
-    );
-    raw.join("Dataset001_Synth")
-}
-
 struct Serve(Child);
 
 impl Drop for Serve {
@@ -84,7 +65,7 @@ fn workers_need_a_client_certificate_of_the_coordinators_ca() {
     leaf(d, "intruder", &theirs, &["worker"], ExtendedKeyUsagePurpose::ClientAuth);
     let token = d.join("token");
     std::fs::write(&token, TOKEN).unwrap();
-    let ds = synth(d);
+    let ds = nnunet_tests::synthetic_dataset(d, 8, 32, 1, "Synth");
 
     let port = free_port();
     let log = std::fs::File::create(d.join("serve.log")).unwrap();
