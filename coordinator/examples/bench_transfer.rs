@@ -3,7 +3,7 @@
 //! cost a training worker pays. Prints a table and writes JSON (first argument, default
 //! bench-results/runner_transfer.json).
 use nnunet_common::Fold;
-use nnunet_coordinator::domain::{Budget, RunId, RunState};
+use nnunet_coordinator::domain::RunId;
 use nnunet_coordinator::engine::{Coordinator, CoordinatorConfig};
 use nnunet_coordinator::service::{self, ServeOptions};
 use nnunet_coordinator::state::Run;
@@ -37,24 +37,8 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(pre.join(f), "{}")?;
     }
     let run = Run {
-        id: "r1".into(),
         name: "bench".into(),
-        dataset_name: ds.into(),
-        raw_dir: raw.to_string_lossy().into(),
-        run_dir: run_dir.to_string_lossy().into(),
-        state: RunState::Planning,
-        budget: Budget::default(),
-        folds: vec![Fold::Index(0)],
-        predict_test: false,
-        preprocess_shards: 1,
-        plans_name: nnunet_common::paths::PLANS_NAME.into(),
-        created_ms: coord.now_ms(),
-        finished_ms: None,
-        summary_json: None,
-        error: None,
-        next_seq: 0,
-        options: Default::default(),
-        memory_estimate_mib: None,
+        ..Run::new("r1".into(), ds, raw.to_string_lossy().into(), run_dir.to_string_lossy().into(), vec![Fold::Index(0)], coord.now_ms())
     };
     coord.apply("bench: run", move |st, now| Ok(((), st.add_run(run, now)))).await?;
     coord.apply("bench: tasks", |st, now| Ok(((), st.create_tasks(&RunId::from("r1"), &["a".into()], 1, now)))).await?;

@@ -226,31 +226,11 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Budget, RunState};
     use nnunet_common::train_log::EpochMetrics;
     use nnunet_common::Fold;
 
     fn run(id: &str) -> Run {
-        Run {
-            id: id.into(),
-            name: "n".into(),
-            dataset_name: "Dataset001_X".into(),
-            raw_dir: "/raw".into(),
-            run_dir: "/run".into(),
-            state: RunState::Planning,
-            budget: Budget::default(),
-            folds: vec![Fold::Index(0), Fold::All],
-            predict_test: false,
-            preprocess_shards: 1,
-            plans_name: nnunet_common::paths::PLANS_NAME.into(),
-            created_ms: 5,
-            finished_ms: None,
-            summary_json: None,
-            error: None,
-            next_seq: 0,
-            options: Default::default(),
-            memory_estimate_mib: None,
-        }
+        Run { name: "n".into(), ..Run::new(id.into(), "Dataset001_X", "/raw".into(), "/run".into(), vec![Fold::Index(0), Fold::All], 5) }
     }
 
     #[test]

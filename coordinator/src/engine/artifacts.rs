@@ -245,7 +245,7 @@ pub fn open_download(run: &Run, rel: &Path) -> Result<Download, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Budget, RunState};
+    use crate::domain::RunState;
     use nnunet_common::Fold;
 
     fn run() -> Run {
@@ -254,24 +254,16 @@ mod tests {
 
     pub(super) fn run_for(run_dir: &Path) -> Run {
         Run {
-            id: "r".into(),
-            name: "r".into(),
-            dataset_name: "Dataset001_X".into(),
-            raw_dir: "/raw/Dataset001_X".into(),
-            run_dir: run_dir.to_string_lossy().into_owned(),
             state: RunState::Training,
-            budget: Budget::default(),
-            folds: vec![Fold::Index(0), Fold::All],
             predict_test: true,
-            preprocess_shards: 1,
-            plans_name: nnunet_common::paths::PLANS_NAME.into(),
-            created_ms: 0,
-            finished_ms: None,
-            summary_json: None,
-            error: None,
-            next_seq: 0,
-            options: Default::default(),
-            memory_estimate_mib: None,
+            ..Run::new(
+                "r".into(),
+                "Dataset001_X",
+                "/raw/Dataset001_X".into(),
+                run_dir.to_string_lossy().into_owned(),
+                vec![Fold::Index(0), Fold::All],
+                0,
+            )
         }
     }
 

@@ -1,7 +1,7 @@
 //! Submitting a run: validating the spec, creating the run directory, planning in the background.
 use super::{ApplyError, Coordinator, RunView};
 use crate::domain::{limits, RunId, RunSpec};
-use crate::state::{Refusal, Run, RunState};
+use crate::state::{Refusal, Run};
 use anyhow::{bail, Result};
 use nnunet_common::Fold;
 use std::sync::Arc;
@@ -100,24 +100,13 @@ impl Coordinator {
             tracing::info!(run = %run_id, source = %p.source, sha256 = %p.sha256, bytes = p.size, "pretrained weights copied into the run");
         }
         Ok(Run {
-            id: run_id,
             name: if spec.name.is_empty() { dataset_name.clone() } else { spec.name },
-            dataset_name,
-            raw_dir: raw.to_string_lossy().into_owned(),
-            run_dir: run_dir.to_string_lossy().into_owned(),
-            state: RunState::Planning,
             budget: spec.budget,
-            folds,
             predict_test: spec.predict_test,
             preprocess_shards: spec.preprocess_shards,
             plans_name: spec.planner.plans_name().to_string(),
-            created_ms: now,
-            finished_ms: None,
-            summary_json: None,
-            error: None,
-            next_seq: 0,
             options,
-            memory_estimate_mib: None,
+            ..Run::new(run_id, &dataset_name, raw.to_string_lossy().into_owned(), run_dir.to_string_lossy().into_owned(), folds, now)
         })
     }
 

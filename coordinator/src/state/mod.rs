@@ -76,6 +76,34 @@ pub struct Run {
     pub memory_estimate_mib: Option<u64>,
 }
 
+impl Run {
+    /// A new run, `Planning`, with the defaults of a plain submit: the default budget, no test
+    /// prediction, one preprocessing shard, `nnUNetPlans`, no options, named after its id. Callers
+    /// set what differs with struct update syntax (`Run { budget, ..Run::new(...) }`).
+    pub fn new(id: RunId, dataset_name: &str, raw_dir: String, run_dir: String, folds: Vec<Fold>, created_ms: i64) -> Run {
+        Run {
+            name: id.as_str().to_string(),
+            id,
+            dataset_name: dataset_name.to_string(),
+            raw_dir,
+            run_dir,
+            state: RunState::Planning,
+            budget: Budget::default(),
+            folds,
+            predict_test: false,
+            preprocess_shards: 1,
+            plans_name: nnunet_common::paths::PLANS_NAME.into(),
+            created_ms,
+            finished_ms: None,
+            summary_json: None,
+            error: None,
+            next_seq: 0,
+            options: Default::default(),
+            memory_estimate_mib: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Task {
     pub id: TaskId,

@@ -1,26 +1,7 @@
 use super::*;
 
 pub(super) fn run(id: &str, folds: Vec<Fold>) -> Run {
-    Run {
-        id: id.into(),
-        name: id.into(),
-        dataset_name: "Dataset001_X".into(),
-        raw_dir: "/raw".into(),
-        run_dir: "/runs/x".into(),
-        state: RunState::Planning,
-        budget: Budget::default(),
-        folds,
-        predict_test: false,
-        preprocess_shards: 2,
-        plans_name: nnunet_common::paths::PLANS_NAME.into(),
-        created_ms: 1,
-        finished_ms: None,
-        summary_json: None,
-        error: None,
-        next_seq: 0,
-        options: Default::default(),
-        memory_estimate_mib: None,
-    }
+    Run { preprocess_shards: 2, ..Run::new(id.into(), "Dataset001_X", "/raw".into(), "/runs/x".into(), folds, 1) }
 }
 
 fn folds(v: &[u16]) -> Vec<Fold> {

@@ -1,6 +1,5 @@
 //! The dashboard over real HTTP on loopback, on a real coordinator (SQLite state and journal).
 use super::*;
-use crate::domain::{Budget, RunState};
 use crate::engine::{Coordinator, CoordinatorConfig};
 use crate::state::Run;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -11,26 +10,14 @@ const VIEW: &str = "view-token-0123456789abcdef";
 async fn start() -> (tempfile::TempDir, Arc<Coordinator>, String) {
     let dir = tempfile::tempdir().unwrap();
     let coord = Coordinator::open(CoordinatorConfig::new(dir.path().to_path_buf())).unwrap();
-    let run = Run {
-        id: "r1".into(),
-        name: "r1".into(),
-        dataset_name: "Dataset001_X".into(),
-        raw_dir: "/raw".into(),
-        run_dir: dir.path().join("runs/r1").to_string_lossy().into_owned(),
-        state: RunState::Planning,
-        budget: Budget::default(),
-        folds: nnunet_common::Fold::default_five(),
-        predict_test: false,
-        preprocess_shards: 1,
-        plans_name: nnunet_common::paths::PLANS_NAME.into(),
-        created_ms: 1,
-        finished_ms: None,
-        summary_json: None,
-        error: None,
-        next_seq: 0,
-        options: Default::default(),
-        memory_estimate_mib: None,
-    };
+    let run = Run::new(
+        "r1".into(),
+        "Dataset001_X",
+        "/raw".into(),
+        dir.path().join("runs/r1").to_string_lossy().into_owned(),
+        nnunet_common::Fold::default_five(),
+        1,
+    );
     coord.apply_blocking("test run", move |st, now| Ok(((), st.add_run(run, now)))).unwrap();
     let tokens = StaticTokens::single(STEER.into()).with(VIEW.into(), Access { can_steer: false });
     let web = Dashboard::for_coordinator(coord.clone(), tokens);

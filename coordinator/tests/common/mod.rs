@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 use nnunet_common::Fold;
 use nnunet_coordinator::clock::ManualClock;
-use nnunet_coordinator::domain::{Budget, RunId, RunState};
+use nnunet_coordinator::domain::RunId;
 use nnunet_coordinator::engine::{Coordinator, CoordinatorConfig};
 use nnunet_coordinator::service::{self, ServeOptions};
 use nnunet_coordinator::state::Run;
@@ -119,24 +119,16 @@ pub async fn fake_run(coord: &Arc<Coordinator>, dir: &Path, id: &str) -> RunId {
         std::fs::write(pre.join(f), "{}").unwrap();
     }
     let run = Run {
-        id: rid.clone(),
         name: "fake".into(),
-        dataset_name: DS.into(),
-        raw_dir: raw.canonicalize().unwrap().to_string_lossy().into(),
-        run_dir: run_dir.to_string_lossy().into(),
-        state: RunState::Planning,
-        budget: Budget::default(),
         folds: vec![Fold::Index(0), Fold::Index(1)],
-        predict_test: false,
-        preprocess_shards: 1,
-        plans_name: nnunet_common::paths::PLANS_NAME.into(),
-        created_ms: coord.now_ms(),
-        finished_ms: None,
-        summary_json: None,
-        error: None,
-        next_seq: 0,
-        options: Default::default(),
-        memory_estimate_mib: None,
+        ..Run::new(
+            rid.clone(),
+            DS,
+            raw.canonicalize().unwrap().to_string_lossy().into(),
+            run_dir.to_string_lossy().into(),
+            vec![],
+            coord.now_ms(),
+        )
     };
     coord.apply("test: add run", move |st, now| Ok(((), st.add_run(run, now)))).await.unwrap();
     let r2 = rid.clone();
