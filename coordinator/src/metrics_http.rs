@@ -7,7 +7,8 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-fn esc(s: &str) -> String {
+/// A Prometheus label value: backslash, quote and newline escaped.
+pub(crate) fn esc(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
@@ -23,7 +24,8 @@ pub fn render(c: &Coordinator) -> String {
     o
 }
 
-fn fold_label(f: Option<nnunet_common::Fold>) -> String {
+/// The `fold` label: `0`..`4`, `all`, or `-` for tasks of no fold.
+pub(crate) fn fold_label(f: Option<nnunet_common::Fold>) -> String {
     f.map(|f| f.to_string()).unwrap_or_else(|| "-".into())
 }
 
@@ -67,7 +69,7 @@ fn render_state(st: &State, now: i64) -> String {
     for ((run, kind, state), n) in counts {
         let _ = writeln!(o, "nnunet_tasks{{run=\"{}\",kind=\"{kind}\",state=\"{state}\"}} {n}", esc(&run));
     }
-    let series: [Series; 7] = [
+    let series: [Series; 9] = [
         ("nnunet_fold_epoch", "Last finished epoch (1-based).", |m| (m.epoch + 1) as f64),
         ("nnunet_fold_train_loss", "Training loss of the last epoch.", |m| m.train_loss),
         ("nnunet_fold_val_loss", "Validation loss of the last epoch.", |m| m.val_loss),
@@ -75,6 +77,8 @@ fn render_state(st: &State, now: i64) -> String {
         ("nnunet_fold_ema_dice", "EMA of the pseudo-Dice.", |m| m.ema_fg_dice),
         ("nnunet_fold_learning_rate", "Learning rate.", |m| m.lr),
         ("nnunet_fold_epoch_seconds", "Duration of the last epoch.", |m| m.epoch_seconds),
+        ("nnunet_fold_dataloader_wait_seconds", "Time the last epoch waited for batches.", |m| m.dataloader_wait_seconds),
+        ("nnunet_fold_step_seconds", "Mean forward+backward+step time per iteration of the last epoch.", |m| m.step_seconds),
     ];
     for (name, help, f) in series {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");

@@ -56,20 +56,7 @@ fn serve(work: &Path, procs: &mut Procs) -> (String, String) {
 }
 
 fn dataset(work: &Path) -> PathBuf {
-    nnunet_common::synthetic::generate(&work.join("synth"), 12, 64, 0).unwrap();
-    let out = Command::new(bin("nnunet"))
-        .arg("convert")
-        .arg("--images")
-        .arg(work.join("synth/images"))
-        .arg("--masks")
-        .arg(work.join("synth/masks"))
-        .arg("--out")
-        .arg(work.join("raw"))
-        .args(["--id", "7", "--name", "Dash"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "convert: {}", String::from_utf8_lossy(&out.stderr));
-    work.join("raw/Dataset007_Dash")
+    nnunet_tests::synthetic_dataset(work, 12, 64, 7, "Dash")
 }
 
 fn js_points(b: &mut cdp::Browser) -> Vec<u64> {

@@ -1,16 +1,10 @@
 //! `/metrics` lines for what workers and trainers report beyond the base gauges: heartbeat
-//! telemetry (worker RSS, NVML device memory and utilisation), per-class pseudo-Dice, data-loader
-//! wait and step time per epoch. Values a worker could not read are left out, not written as 0.
+//! telemetry (worker RSS, NVML device memory and utilisation) and per-class pseudo-Dice (data-loader
+//! wait and step time are per-fold gauges in `metrics_http`). Values a worker could not read are
+//! left out, not written as 0.
 use crate::engine::Coordinator;
+use crate::metrics_http::{esc, fold_label};
 use std::fmt::Write;
-
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-fn fold_label(f: Option<nnunet_common::Fold>) -> String {
-    f.map(|f| f.to_string()).unwrap_or_else(|| "-".into())
-}
 
 fn head(o: &mut String, name: &str, help: &str) {
     let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
@@ -41,27 +35,6 @@ fn render_state(st: &crate::state::State, samples: &[(String, crate::telemetry::
             if let Some(v) = get(s) {
                 let dn = s.device_name.as_deref().unwrap_or("");
                 let _ = writeln!(o, "{name}{{worker=\"{}\",device=\"{}\",device_name=\"{}\"}} {v}", esc(w), esc(&device(w)), esc(dn));
-            }
-        }
-    }
-    type GetM = fn(&nnunet_common::train_log::EpochMetrics) -> f64;
-    let fold_series: [(&str, &str, GetM); 2] = [
-        ("nnunet_fold_dataloader_wait_seconds", "Time the last epoch waited for batches.", |m| m.dataloader_wait_seconds),
-        ("nnunet_fold_step_seconds", "Mean forward+backward+step time per iteration of the last epoch.", |m| m.step_seconds),
-    ];
-    for (name, help, f) in fold_series {
-        head(o, name, help);
-        for t in st.tasks.values() {
-            if let Some(m) = &t.last_metrics {
-                let w = t.worker_id.as_ref().map(|w| w.as_str()).unwrap_or("");
-                let _ = writeln!(
-                    o,
-                    "{name}{{run=\"{}\",fold=\"{}\",worker=\"{}\"}} {}",
-                    esc(t.run_id.as_str()),
-                    fold_label(t.fold),
-                    esc(w),
-                    f(m)
-                );
             }
         }
     }
