@@ -3,14 +3,10 @@
 //! web dashboard (`crate::web`) on the other paths.
 use crate::engine::Coordinator;
 use crate::state::{State, TaskState};
+use crate::web::prom::{esc, fold_label};
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-
-/// A Prometheus label value: backslash, quote and newline escaped.
-pub(crate) fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
 
 /// The worker calls whose refusals `nnunet_fenced_writes_total` always shows (0 until one happens).
 const FENCED_CALLS: [&str; 6] = ["heartbeat", "metrics", "log", "upload", "complete", "fail"];
@@ -22,11 +18,6 @@ pub fn render(c: &Coordinator) -> String {
     counters(c, &mut o);
     crate::web::prom::render(c, &mut o);
     o
-}
-
-/// The `fold` label: `0`..`4`, `all`, or `-` for tasks of no fold.
-pub(crate) fn fold_label(f: Option<nnunet_common::Fold>) -> String {
-    f.map(|f| f.to_string()).unwrap_or_else(|| "-".into())
 }
 
 /// A per-fold gauge: name, help, value.

@@ -3,8 +3,17 @@
 //! wait and step time are per-fold gauges in `metrics_http`). Values a worker could not read are
 //! left out, not written as 0.
 use crate::engine::Coordinator;
-use crate::metrics_http::{esc, fold_label};
 use std::fmt::Write;
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+pub(crate) fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The `fold` label: `0`..`4`, `all`, or `-` for tasks of no fold.
+pub(crate) fn fold_label(f: Option<nnunet_common::Fold>) -> String {
+    f.map(|f| f.to_string()).unwrap_or_else(|| "-".into())
+}
 
 fn head(o: &mut String, name: &str, help: &str) {
     let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
