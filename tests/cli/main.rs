@@ -218,3 +218,27 @@ fn plan_and_evaluate_accept_nnunet_spellings() {
     ]));
     assert!(!ok && !text.contains("unexpected argument") && text.contains("/nonexistent/Dataset1_X"), "{text}");
 }
+
+/// A reference case without a prediction is named in a warning (nnU-Net skips it silently) and
+/// `--strict` refuses the evaluation; nothing is written then.
+#[test]
+fn evaluate_names_missing_predictions_and_strict_refuses() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/eval");
+    let tmp = tempfile::tempdir().unwrap();
+    let (gt, pred) = (tmp.path().join("gt"), tmp.path().join("pred"));
+    std::fs::create_dir_all(&gt).unwrap();
+    std::fs::create_dir_all(&pred).unwrap();
+    for case in ["case_a", "case_b", "case_c"] {
+        std::fs::copy(fixtures.join("gt_png").join(format!("{case}.png")), gt.join(format!("{case}.png"))).unwrap();
+        if case != "case_b" {
+            std::fs::copy(fixtures.join("pred_png").join(format!("{case}.png")), pred.join(format!("{case}.png"))).unwrap();
+        }
+    }
+    let nnunet = bin("nnunet");
+    let (ok, text) = output(Command::new(&nnunet).arg("evaluate").arg(&gt).arg(&pred).arg("--strict"));
+    assert!(!ok && text.contains("1 reference case(s)") && text.contains("case_b") && text.contains("--strict"), "{text}");
+    assert!(!pred.join("summary.json").exists(), "a refused evaluation writes no summary");
+    let (ok, text) = output(Command::new(&nnunet).arg("evaluate").arg(&gt).arg(&pred));
+    assert!(ok && text.contains("warning") && text.contains("case_b") && text.contains("2 case(s)"), "{text}");
+    assert!(pred.join("summary.json").exists());
+}

@@ -4,6 +4,7 @@
 //! and the coordinator itself, and check that the run completes without losing work.
 //!
 //! Budgets are tiny (a few iterations); these tests check the plumbing and the recovery, not accuracy.
+mod ignore;
 mod mtls;
 mod regions;
 

@@ -32,6 +32,9 @@ pub struct Dashboard {
     tokens: Arc<dyn TokenCheck>,
     sessions: auth::Sessions,
     wake: tokio::sync::broadcast::Sender<model::Wake>,
+    /// One journal read at a time: the reads share the store's lock anyway, and each concurrent one
+    /// would hold a blocking-pool thread (and its allocator arena) per open dashboard.
+    journal_reads: tokio::sync::Semaphore,
 }
 
 static INDEX: &str = include_str!("assets/index.html");
@@ -93,7 +96,7 @@ impl Dashboard {
     pub fn new(backend: Arc<dyn Backend>, tokens: Arc<dyn TokenCheck>) -> Arc<Self> {
         let (wake, _) = tokio::sync::broadcast::channel(1024);
         backend.feed(wake.clone());
-        Arc::new(Dashboard { backend, tokens, sessions: auth::Sessions::default(), wake })
+        Arc::new(Dashboard { backend, tokens, sessions: auth::Sessions::default(), wake, journal_reads: tokio::sync::Semaphore::new(1) })
     }
 
     /// The dashboard of a running coordinator (call inside its tokio runtime).

@@ -69,7 +69,11 @@ async fn pump_run(d: Arc<Dashboard>, run: String, mut next: u64, tx: mpsc::Sende
     loop {
         loop {
             let (b, r) = (d.backend.clone(), run.clone());
-            let batch = match tokio::task::spawn_blocking(move || b.events_since(&r, next, PAGE)).await {
+            let Ok(permit) = d.journal_reads.acquire().await else { return };
+            let read = tokio::task::spawn_blocking(move || b.events_since(&r, next, PAGE)).await;
+            // released before sending: a slow client must not hold up the other dashboards' reads
+            drop(permit);
+            let batch = match read {
                 Ok(Ok(batch)) => batch,
                 Ok(Err(e)) => {
                     let _ = tx.send(message(Some("error"), None, &format!("{:?}", format!("reading the journal: {e:#}")))).await;
