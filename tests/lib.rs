@@ -36,12 +36,9 @@ pub fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A tiny dataset: the built-in synthetic images (`nnunet synth`, `cases` of `size` px under `work/data`)
-/// converted with `nnunet convert` into `work/raw/Dataset{id:03}_{name}`, which is returned.
-pub fn synthetic_dataset(work: &Path, cases: usize, size: usize, id: u32, name: &str) -> PathBuf {
-    let data = work.join("data");
-    run_ok(Command::new(bin("nnunet")).args(["synth", "--cases", &cases.to_string(), "--size", &size.to_string()]).arg("--out").arg(&data));
-    let raw = work.join("raw");
+/// `nnunet convert` of `data/{images,masks}` (plus `extra` arguments) into `raw/Dataset{id:03}_{name}`,
+/// which is returned.
+pub fn convert(data: &Path, raw: &Path, id: u32, name: &str, extra: &[&std::ffi::OsStr]) -> PathBuf {
     run_ok(
         Command::new(bin("nnunet"))
             .arg("convert")
@@ -50,8 +47,17 @@ pub fn synthetic_dataset(work: &Path, cases: usize, size: usize, id: u32, name: 
             .arg("--masks")
             .arg(data.join("masks"))
             .arg("--out")
-            .arg(&raw)
-            .args(["--id", &id.to_string(), "--name", name]),
+            .arg(raw)
+            .args(["--id", &id.to_string(), "--name", name])
+            .args(extra),
     );
     raw.join(format!("Dataset{id:03}_{name}"))
+}
+
+/// A tiny dataset: the built-in synthetic images (`nnunet synth`, `cases` of `size` px under `work/data`)
+/// converted with `nnunet convert` into `work/raw/Dataset{id:03}_{name}`, which is returned.
+pub fn synthetic_dataset(work: &Path, cases: usize, size: usize, id: u32, name: &str) -> PathBuf {
+    let data = work.join("data");
+    run_ok(Command::new(bin("nnunet")).args(["synth", "--cases", &cases.to_string(), "--size", &size.to_string()]).arg("--out").arg(&data));
+    convert(&data, &work.join("raw"), id, name, &[])
 }

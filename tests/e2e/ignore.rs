@@ -1,7 +1,7 @@
 //! The ignore label through `nnunet run`: masks with ~70% of their pixels unannotated (a value that
 //! `nnunet convert --ignore-value` makes nnU-Net's ignore label) train five folds on two workers,
 //! validate, cross-validate and predict; the ignore label is never scored and never predicted.
-use super::{run_ok, SERIAL};
+use super::{json, run_ok, SERIAL};
 use nnunet_common::imageio::{detect_format, read_seg, write_seg_natural};
 use nnunet_tests::bin;
 use std::path::Path;
@@ -29,45 +29,20 @@ fn sparse_synthetic(data: &Path) {
     }
 }
 
-fn json(p: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
-}
-
 #[test]
 fn nnunet_run_trains_five_folds_with_an_ignore_label() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let work = tmp.path();
     sparse_synthetic(&work.join("data"));
-    run_ok(
-        Command::new(bin("nnunet"))
-            .arg("convert")
-            .arg("--images")
-            .arg(work.join("data/images"))
-            .arg("--masks")
-            .arg(work.join("data/masks"))
-            .arg("--out")
-            .arg(work.join("raw"))
-            .args(["--id", "3", "--name", "Sparse", "--ignore-value", &UNANNOTATED.to_string(), "--quiet"]),
-    );
-    let ds = work.join("raw/Dataset003_Sparse");
+    let ignore = UNANNOTATED.to_string();
+    let extra = ["--ignore-value".as_ref(), ignore.as_ref(), "--quiet".as_ref()];
+    let ds = nnunet_tests::convert(&work.join("data"), &work.join("raw"), 3, "Sparse", &extra);
     let dj = json(&ds.join("dataset.json"));
     // `nnunet synth` masks have two foreground classes: 0, 1, 2 stay classes, the unannotated value becomes 3.
     assert_eq!(dj["labels"]["ignore"], 3, "the unannotated value is the ignore label, above the classes: {dj}");
 
-    let out = run_ok(
-        Command::new(bin("nnunet"))
-            .arg("run")
-            .arg(&ds)
-            .args(["--workers", "2", "--device", "cpu", "--epochs", "1", "--iters", "2", "--val-iters", "1"])
-            .arg("--state-dir")
-            .arg(work.join("state"))
-            .env("RUST_LOG", "warn"),
-    );
-    assert!(out.contains("run is DONE"), "{out}");
-    assert!(super::max_parallel_trains(&out) >= 2, "two workers must train folds at the same time:\n{out}");
-    let run = std::fs::read_dir(work.join("state/runs")).unwrap().flatten().next().unwrap().path();
-    let md = run.join("results/Dataset003_Sparse/nnUNetTrainer__nnUNetPlans__2d");
+    let md = super::run_five_folds_on_two_workers(work, &ds, "Dataset003_Sparse");
     let keys = |v: &serde_json::Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
     for f in 0..5 {
         let sidecar = json(&md.join(format!("fold_{f}/checkpoint_final.json")));

@@ -183,21 +183,8 @@ fn drain(rx: &mpsc::Receiver<String>, seen: &mut Vec<String>, timeout: Duration)
 
 /// Converts the subset into an nnU-Net v2 raw dataset with `nnunet convert`.
 fn convert(work: &Path, data: &Path) -> PathBuf {
-    let raw = work.join("raw");
-    run_ok(
-        Command::new(bin("nnunet"))
-            .arg("convert")
-            .arg("--images")
-            .arg(data.join("images"))
-            .arg("--masks")
-            .arg(data.join("masks"))
-            .arg("--test-images")
-            .arg(data.join("test"))
-            .arg("--out")
-            .arg(&raw)
-            .args(["--id", "1", "--name", "ISBI"]),
-    );
-    raw.join("Dataset001_ISBI")
+    let test = data.join("test");
+    nnunet_tests::convert(data, &work.join("raw"), 1, "ISBI", &["--test-images".as_ref(), test.as_os_str()])
 }
 
 fn model_dir(work: &Path, run: &str) -> PathBuf {
@@ -359,6 +346,28 @@ fn workers_without_the_token_are_refused() {
     let out = Command::new(bin("nnunet")).args(["status", "--coordinator", &c.url()]).env_remove("NNUNET_TOKEN").output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("Unauthenticated") || String::from_utf8_lossy(&out.stderr).contains("refused"));
+}
+
+fn json(p: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+}
+
+/// `nnunet run DS` with five folds on two CPU workers at a tiny budget, in `work/state`: checks that it
+/// ends DONE with two folds training at once, and returns the run's model folder for `dataset`.
+fn run_five_folds_on_two_workers(work: &Path, ds: &Path, dataset: &str) -> PathBuf {
+    let out = run_ok(
+        Command::new(bin("nnunet"))
+            .arg("run")
+            .arg(ds)
+            .args(["--workers", "2", "--device", "cpu", "--epochs", "1", "--iters", "2", "--val-iters", "1"])
+            .arg("--state-dir")
+            .arg(work.join("state"))
+            .env("RUST_LOG", "warn"),
+    );
+    assert!(out.contains("run is DONE"), "{out}");
+    assert!(max_parallel_trains(&out) >= 2, "two workers must train folds at the same time:\n{out}");
+    let run = std::fs::read_dir(work.join("state/runs")).unwrap().flatten().next().unwrap().path();
+    run.join("results").join(dataset).join("nnUNetTrainer__nnUNetPlans__2d")
 }
 
 /// The largest number of train tasks RUNNING at once in `nnunet run`'s event lines.

@@ -1,7 +1,7 @@
 //! Region-based training through `nnunet run`: a hippocampus dataset whose labels become the regions
 //! whole = (1, 2) and posterior = (2,) trains five folds on two workers, validates, cross-validates
 //! and predicts per region; bad region declarations are refused with their reason.
-use super::{run_ok, SERIAL};
+use super::{json, SERIAL};
 use nnunet_tests::{bin, shared_dataset};
 use std::path::Path;
 use std::process::Command;
@@ -31,10 +31,6 @@ fn convert(work: &Path, regions: &[&str]) -> std::process::Output {
         cmd.args(["--regions", r]);
     }
     cmd.output().unwrap()
-}
-
-fn json(p: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
 }
 
 #[test]
@@ -70,19 +66,7 @@ fn nnunet_run_trains_five_folds_on_regions() {
     assert!(!out.status.success() && err.contains("regions_class_order is missing"), "{err}");
     std::fs::write(ds.join("dataset.json"), &text).unwrap();
 
-    let out = run_ok(
-        Command::new(bin("nnunet"))
-            .arg("run")
-            .arg(&ds)
-            .args(["--workers", "2", "--device", "cpu", "--epochs", "1", "--iters", "2", "--val-iters", "1"])
-            .arg("--state-dir")
-            .arg(work.join("state"))
-            .env("RUST_LOG", "warn"),
-    );
-    assert!(out.contains("run is DONE"), "{out}");
-    assert!(super::max_parallel_trains(&out) >= 2, "two workers must train folds at the same time:\n{out}");
-    let run = std::fs::read_dir(work.join("state/runs")).unwrap().flatten().next().unwrap().path();
-    let md = run.join("results/Dataset002_Hippo/nnUNetTrainer__nnUNetPlans__2d");
+    let md = super::run_five_folds_on_two_workers(work, &ds, "Dataset002_Hippo");
     let keys = |v: &serde_json::Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
     for f in 0..5 {
         let sidecar = json(&md.join(format!("fold_{f}/checkpoint_final.json")));
