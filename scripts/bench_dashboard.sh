@@ -4,7 +4,7 @@
 # what a browser on the run page and the runs/workers pages holds: the run's event stream
 # (/api/runs/<id>/events) and the live snapshot stream (/api/live). Arms alternate; REPEAT each.
 # SAVE_EVERY (default 1, a checkpoint upload every epoch as `nnunet run` does) set above EPOCHS leaves only the
-# final checkpoints: the run's own coordinator work shrinks and varies less, so the dashboards' share shows.
+# final checkpoints, so the coordinator's own per-epoch upload work (most of its CPU time here) drops out.
 # Writes RESULT (bench-results/dashboard.json).
 #   REPEAT=2 EPOCHS=5 ITERS=3 bash scripts/bench_dashboard.sh
 set -euo pipefail
