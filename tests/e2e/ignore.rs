@@ -1,7 +1,7 @@
 //! The ignore label through `nnunet run`: masks with ~70% of their pixels unannotated (a value that
 //! `nnunet convert --ignore-value` makes nnU-Net's ignore label) train five folds on two workers,
 //! validate, cross-validate and predict; the ignore label is never scored and never predicted.
-use super::{json, run_ok, SERIAL};
+use super::{json, keys, run_ok, SERIAL};
 use nnunet_common::imageio::{detect_format, read_seg, write_seg_natural};
 use nnunet_tests::bin;
 use std::path::Path;
@@ -43,7 +43,6 @@ fn nnunet_run_trains_five_folds_with_an_ignore_label() {
     assert_eq!(dj["labels"]["ignore"], 3, "the unannotated value is the ignore label, above the classes: {dj}");
 
     let md = super::run_five_folds_on_two_workers(work, &ds, "Dataset003_Sparse");
-    let keys = |v: &serde_json::Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
     for f in 0..5 {
         let sidecar = json(&md.join(format!("fold_{f}/checkpoint_final.json")));
         assert_eq!(sidecar["init_args"]["num_classes"], 3, "fold {f}: background and two classes, no ignore output");

@@ -352,6 +352,11 @@ fn json(p: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
 }
 
+/// The keys of a JSON object, in file order (e.g. the labels or regions a summary scores).
+fn keys(v: &serde_json::Value) -> Vec<String> {
+    v.as_object().unwrap().keys().cloned().collect()
+}
+
 /// `nnunet run DS` with five folds on two CPU workers at a tiny budget, in `work/state`: checks that it
 /// ends DONE with two folds training at once, and returns the run's model folder for `dataset`.
 fn run_five_folds_on_two_workers(work: &Path, ds: &Path, dataset: &str) -> PathBuf {

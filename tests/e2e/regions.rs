@@ -1,7 +1,7 @@
 //! Region-based training through `nnunet run`: a hippocampus dataset whose labels become the regions
 //! whole = (1, 2) and posterior = (2,) trains five folds on two workers, validates, cross-validates
 //! and predicts per region; bad region declarations are refused with their reason.
-use super::{json, SERIAL};
+use super::{json, keys, SERIAL};
 use nnunet_tests::{bin, shared_dataset};
 use std::path::Path;
 use std::process::Command;
@@ -67,7 +67,6 @@ fn nnunet_run_trains_five_folds_on_regions() {
     std::fs::write(ds.join("dataset.json"), &text).unwrap();
 
     let md = super::run_five_folds_on_two_workers(work, &ds, "Dataset002_Hippo");
-    let keys = |v: &serde_json::Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
     for f in 0..5 {
         let sidecar = json(&md.join(format!("fold_{f}/checkpoint_final.json")));
         assert_eq!(sidecar["init_args"]["num_classes"], 2, "fold {f}: one output per region");
