@@ -72,19 +72,6 @@ fn dashboard_follows_a_five_fold_run_and_tensorboard_reads_every_epoch() {
     let ds = dataset(work);
     let mut procs = Procs(vec![]);
     let (grpc, web) = serve(work, &mut procs);
-    let wlog = std::fs::File::create(work.join("worker.log")).unwrap();
-    procs.0.push(
-        Command::new(bin("nnunet-worker"))
-            .args(["--coordinator", &grpc, "--device", "cpu", "--threads", "1", "--exit-when-idle"])
-            .arg("--token-file")
-            .arg(work.join("token"))
-            .arg("--cache-dir")
-            .arg(work.join("cache"))
-            .stdout(Stdio::from(wlog.try_clone().unwrap()))
-            .stderr(Stdio::from(wlog))
-            .spawn()
-            .unwrap(),
-    );
     let out = Command::new(bin("nnunet"))
         .args(["submit", "--coordinator", &grpc, "--epochs", "4", "--iters", "2", "--val-iters", "1"])
         .arg("--token-file")
@@ -108,8 +95,26 @@ fn dashboard_follows_a_five_fold_run_and_tensorboard_reads_every_epoch() {
     b.wait_for("document.querySelectorAll('section.fold').length === 5", Duration::from_secs(30));
     let folds = b.eval("[...document.querySelectorAll('section.fold')].map(s => +s.dataset.fold)");
     assert_eq!(folds, serde_json::json!([0, 1, 2, 3, 4]));
+    // The worker starts only now, with the page open on a run that has not trained yet: the first
+    // chart point arrives while the page watches, so there is always a later one to wait for (a
+    // browser that starts slowly, as on a fresh machine, must not miss the whole run).
+    assert_eq!(js_points(&mut b).iter().sum::<u64>(), 0, "no epoch before a worker exists");
+    let wlog = std::fs::File::create(work.join("worker.log")).unwrap();
+    procs.0.push(
+        Command::new(bin("nnunet-worker"))
+            .args(["--coordinator", &grpc, "--device", "cpu", "--threads", "1", "--exit-when-idle"])
+            .arg("--token-file")
+            .arg(work.join("token"))
+            .arg("--cache-dir")
+            .arg(work.join("cache"))
+            .stdout(Stdio::from(wlog.try_clone().unwrap()))
+            .stderr(Stdio::from(wlog))
+            .spawn()
+            .unwrap(),
+    );
     b.wait_for("[...document.querySelectorAll('section.fold')].some(s => +s.dataset.points >= 1)", Duration::from_secs(600));
     let first: u64 = js_points(&mut b).iter().sum();
+    assert!(first < 20, "the page saw the first epochs only once all 20 (5 folds x 4) were trained");
     assert!(b.eval("document.querySelectorAll('section.fold canvas').length >= 10") == serde_json::json!(true), "two charts per fold");
     // Epochs keep arriving over the event stream while the page stays open.
     b.wait_for(

@@ -151,8 +151,23 @@ pub fn cached_input(path: &Path, size: u64, sha: &str) -> bool {
 /// Removes checkpoint pairs a killed worker left torn in its scratch folders: the weights and the
 /// sidecar are two atomic writes, weights first, so weights newer than their sidecar were written by
 /// an epoch whose sidecar never came. Scratch only (the coordinator holds the checkpoints a task
-/// resumes from); returns the pairs removed (blocking).
-pub fn remove_torn_checkpoints(root: &Path) -> usize {
+/// resumes from). `runs` is the cache's `runs/` folder; a run folder that a task on this host holds
+/// (another worker sharing the cache, between its two writes) is skipped. Returns the pairs removed
+/// (blocking).
+pub fn remove_torn_checkpoints(runs: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(runs) else { return 0 };
+    let mut removed = 0;
+    for run in entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
+        let Ok(lock) = open_lock(&run.path()) else { continue };
+        if flock(&lock, libc::LOCK_EX | libc::LOCK_NB).is_err() {
+            continue; // in use: its newest weights may be waiting for their sidecar right now
+        }
+        removed += remove_torn_under(&run.path());
+    }
+    removed
+}
+
+fn remove_torn_under(root: &Path) -> usize {
     let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let mut removed = 0;
     let mut stack = vec![root.to_path_buf()];
@@ -272,7 +287,12 @@ mod tests {
         // latest: a killed worker wrote new weights after the sidecar; best: weights, then sidecar.
         set(&fold.join("checkpoint_latest.json"), old);
         set(&fold.join("checkpoint_best.safetensors"), old);
-        assert_eq!(remove_torn_checkpoints(d.path()), 1);
+        // A task of this host holds the run folder (another worker sharing the cache): left alone.
+        let held = RunLease::acquire(d.path(), "r").unwrap();
+        assert_eq!(remove_torn_checkpoints(&d.path().join("runs")), 0);
+        assert!(fold.join("checkpoint_latest.safetensors").exists(), "a held run folder is not swept");
+        drop(held);
+        assert_eq!(remove_torn_checkpoints(&d.path().join("runs")), 1);
         assert!(!fold.join("checkpoint_latest.safetensors").exists() && !fold.join("checkpoint_latest.json").exists());
         assert!(fold.join("checkpoint_best.safetensors").exists() && fold.join("checkpoint_best.json").exists());
     }
