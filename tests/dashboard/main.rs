@@ -21,6 +21,13 @@ fn free_port() -> u16 {
 }
 
 struct Procs(Vec<Child>);
+impl Procs {
+    /// Starts `cmd` with its stdout and stderr in `log`; killed when `Procs` drops.
+    fn spawn(&mut self, cmd: &mut Command, log: &Path) {
+        let log = std::fs::File::create(log).unwrap();
+        self.0.push(cmd.stdout(Stdio::from(log.try_clone().unwrap())).stderr(Stdio::from(log)).spawn().unwrap());
+    }
+}
 impl Drop for Procs {
     fn drop(&mut self) {
         for c in &mut self.0 {
@@ -34,18 +41,14 @@ impl Drop for Procs {
 fn serve(work: &Path, procs: &mut Procs) -> (String, String) {
     std::fs::write(work.join("token"), TOKEN).unwrap();
     let (grpc, web) = (free_port(), free_port());
-    let log = std::fs::File::create(work.join("serve.log")).unwrap();
-    procs.0.push(
+    procs.spawn(
         Command::new(bin("nnunet"))
             .args(["serve", "--listen", &format!("127.0.0.1:{grpc}"), "--http-listen", &format!("127.0.0.1:{web}"), "--threads", "1"])
             .arg("--state-dir")
             .arg(work.join("state"))
             .arg("--token-file")
-            .arg(work.join("token"))
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap(),
+            .arg(work.join("token")),
+        &work.join("serve.log"),
     );
     let t = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", web)).is_err() || std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err() {
@@ -99,18 +102,14 @@ fn dashboard_follows_a_five_fold_run_and_tensorboard_reads_every_epoch() {
     // chart point arrives while the page watches, so there is always a later one to wait for (a
     // browser that starts slowly, as on a fresh machine, must not miss the whole run).
     assert_eq!(js_points(&mut b).iter().sum::<u64>(), 0, "no epoch before a worker exists");
-    let wlog = std::fs::File::create(work.join("worker.log")).unwrap();
-    procs.0.push(
+    procs.spawn(
         Command::new(bin("nnunet-worker"))
             .args(["--coordinator", &grpc, "--device", "cpu", "--threads", "1", "--exit-when-idle"])
             .arg("--token-file")
             .arg(work.join("token"))
             .arg("--cache-dir")
-            .arg(work.join("cache"))
-            .stdout(Stdio::from(wlog.try_clone().unwrap()))
-            .stderr(Stdio::from(wlog))
-            .spawn()
-            .unwrap(),
+            .arg(work.join("cache")),
+        &work.join("worker.log"),
     );
     b.wait_for("[...document.querySelectorAll('section.fold')].some(s => +s.dataset.points >= 1)", Duration::from_secs(600));
     let first: u64 = js_points(&mut b).iter().sum();

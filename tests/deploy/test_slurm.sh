@@ -70,7 +70,13 @@ if ! sinfo -h >/dev/null 2>&1; then
   exit 1
 fi
 say "binaries from $BIN_DIR"
-[[ -d $ISBI/images ]] || say "real data $ISBI not found (set NNUNET_SHARED to the shared/ folder): the built-in synthetic dataset instead"
+# The data: the real ISBI slices where ../shared has them, else the built-in synthetic dataset.
+REAL_DATA=0
+if [[ -d $ISBI/images ]]; then
+  REAL_DATA=1
+else
+  say "real data $ISBI not found (set NNUNET_SHARED to the shared/ folder): the built-in synthetic dataset instead"
+fi
 
 # shellcheck source=tests/deploy/venv.sh
 source "$REPO/tests/deploy/venv.sh"
@@ -83,7 +89,7 @@ say "work dir $WORK (kept on failure)"
 # synthetic dataset at 64 px) -> raw nnU-Net dataset; echoes the dataset folder
 make_dataset() {
   local dir=$1
-  if [[ -d $ISBI/images ]]; then
+  if [[ $REAL_DATA == 1 ]]; then
     "$DEPLOY_PY" "$REPO/tests/deploy/make_isbi_tiny.py" "$ISBI" "$dir/png" 10 64 >&2 || return 1
   else
     "$BIN_DIR/nnunet" synth --cases 10 --size 64 --out "$dir/png" >&2 || return 1

@@ -426,11 +426,11 @@ pub fn slow_link(work: &Path) {
         assert!(*n >= 1, "no checkpoint was streamed over the throttled link");
         assert!(*kbit < rate_kbit as f64 * 1.5, "uploads ran at {kbit:.0} kbit/s: the tbf limit of {rate_kbit} kbit/s did not apply");
     }
-    // The rate makes a checkpoint take about two epochs to stream, so an upload that blocked training
-    // would add about two epochs' time for every checkpoint streamed. CI machines are shared and noisy (in one long run
-    // on a shared 2-core machine the throttled rounds took 1.34/1.19 s per epoch and the free ones
-    // 1.79/1.64): the short run only has to tell background streaming from blocking; the long run
-    // reports the precise figure.
+    // The rate makes a checkpoint take about two epochs to stream, so an upload that blocked
+    // training would add about two epochs' time for every checkpoint streamed. CI machines are
+    // shared and noisy (in one long run on a shared 2-core machine the throttled rounds took
+    // 1.34/1.19 s per epoch and the free ones 1.79/1.64): the short run only has to tell background
+    // streaming from blocking; the long run reports the precise figure.
     let bound = if long() { 0.10 } else { 0.75 };
     assert!(slowdown < bound, "a throttled link slowed training by {:.1}% ({w_free:.3}s -> {w_slow:.3}s per epoch)", slowdown * 100.0);
 }
